@@ -1,0 +1,27 @@
+// Validates every WGSL module the library can build, so that an invalid shader fails the
+// build with its own file and line instead of failing at run time.
+
+#[path = "src/shader_check.rs"]
+mod shader_check;
+#[path = "src/shaders.rs"]
+#[allow(dead_code)]
+mod shaders;
+
+fn main() {
+    println!("cargo:rerun-if-changed=shaders");
+    println!("cargo:rerun-if-changed=src/shaders.rs");
+    println!("cargo:rerun-if-changed=src/shader_check.rs");
+    for kernel in shaders::KERNELS {
+        for layout in shaders::ELEM_LAYOUTS {
+            for reduction in shaders::REDUCTIONS {
+                let composed =
+                    shaders::compose(kernel, layout, reduction, shaders::ShaderTarget::Native);
+                if let Err(message) = shader_check::validate(&composed, reduction.uses_subgroups())
+                {
+                    eprintln!("invalid WGSL ({layout:?}, {reduction:?}):\n{message}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The high-level API: slices in, `Vec` out, on a device it picks or one you bring.
+
+use crate::config::RmsNormConfig;
+use crate::error::{Error, Result};
+use crate::kernel::{BufferRegion, KernelOptions, RmsNorm, RmsNormBuffers};
+use crate::platform;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Which adapter [`GpuContext::new`] takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterChoice {
+    /// Backends to look at (`WGPU_BACKEND`, e.g. `vulkan` or `vulkan,gl`).
+    pub backends: wgpu::Backends,
+    /// Only adapters whose name contains this, case-insensitive (`WGPU_ADAPTER_NAME`).
+    pub name: Option<String>,
+    /// `HighPerformance` ranks discrete GPUs first, `LowPower` integrated ones
+    /// (`WGPU_POWER_PREF`: `high` or `low`). Hardware always ranks above software adapters.
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl Default for AdapterChoice {
+    fn default() -> Self {
+        Self {
+            backends: wgpu::Backends::all(),
+            name: None,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+        }
+    }
+}
+
+impl AdapterChoice {
+    /// The default choice, changed by `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
+    pub fn from_env() -> Self {
+        let default = Self::default();
+        #[cfg(not(target_arch = "wasm32"))]
+        let name = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|n| !n.is_empty());
+        #[cfg(target_arch = "wasm32")]
+        let name = None;
+        Self {
+            backends: wgpu::Backends::from_env().unwrap_or(default.backends),
+            name,
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or(default.power_preference),
+        }
+    }
+
+    /// Higher is better: device type by power preference, then Vulkan/Metal/DX12 over GL.
+    pub fn rank(&self, info: &wgpu::AdapterInfo) -> (u8, u8) {
+        use wgpu::DeviceType::*;
+        let low_power = self.power_preference == wgpu::PowerPreference::LowPower;
+        let device = match info.device_type {
+            DiscreteGpu if low_power => 3,
+            IntegratedGpu if low_power => 4,
+            DiscreteGpu => 4,
+            IntegratedGpu => 3,
+            VirtualGpu => 2,
+            Cpu => 1,
+            Other => 0,
+        };
+        let backend = match info.backend {
+            wgpu::Backend::Gl => 0,
+            _ => 1,
+        };
+        (device, backend)
+    }
+}
+
+/// Optional gain and bias vectors for a high-level call; each present exactly when the
+/// config asks for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Weights<'a> {
+    /// `hidden` gains.
+    pub gain: Option<&'a [f32]>,
+    /// `hidden` biases.
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Weights<'_> {
+    /// No gain, no bias.
+    pub const NONE: Weights<'static> = Weights {
+        gain: None,
+        bias: None,
+    };
+}
+
+/// The features the context asks for when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::SHADER_F16);
+
+/// A device with kernels and buffers kept between calls.
+///
+/// ```no_run
+/// # fn main() -> wgpu_rmsnorm::Result<()> {
+/// use wgpu_rmsnorm::{GpuContext, RmsNormConfig, Weights};
+/// let gpu = GpuContext::new_blocking()?;
+/// let y = gpu.rms_norm_blocking(&[1.0, 2.0, 3.0, 4.0], &RmsNormConfig::new(4), Weights::NONE)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: wgpu::AdapterInfo,
+    kernel_options: KernelOptions,
+    kernels: Mutex<HashMap<KernelKey, Arc<RmsNorm>>>,
+    scratch: Mutex<Option<Scratch>>,
+}
+
+/// Everything that makes two configs need different pipelines or parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct KernelKey {
+    hidden: u32,
+    k: u32,
+    eps_bits: u32,
+    eps_mode: crate::EpsMode,
+    gain: crate::Gain,
+    bias: bool,
+}
+
+/// Buffers reused by every call, grown when a larger call comes.
+#[derive(Debug)]
+struct Scratch {
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    weights: wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Picks an adapter by [`AdapterChoice::from_env`] and opens a device on it.
+    pub async fn new() -> Result<Self> {
+        Self::with_adapter_choice(&AdapterChoice::from_env(), KernelOptions::default()).await
+    }
+
+    /// Picks an adapter by `choice` and opens a device with the features it has of
+    /// subgroups, timestamp queries and f16, and all of its limits.
+    pub async fn with_adapter_choice(
+        choice: &AdapterChoice,
+        kernel_options: KernelOptions,
+    ) -> Result<Self> {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        descriptor.backends = choice.backends;
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter = platform::find_adapter(&instance, choice).await?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-rmsnorm"),
+                required_features: adapter.features() & WANTED_FEATURES,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, kernel_options))
+    }
+
+    /// Wraps a device and queue you already have.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        kernel_options: KernelOptions,
+    ) -> Self {
+        Self {
+            adapter_info: device.adapter_info(),
+            device,
+            queue,
+            kernel_options,
+            kernels: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(None),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's name, backend, type and subgroup sizes.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter_info
+    }
+
+    /// The kernel for `config`, built on first use and cached.
+    pub fn kernel(&self, config: &RmsNormConfig) -> Result<Arc<RmsNorm>> {
+        config.validate()?;
+        let key = KernelKey {
+            hidden: config.hidden,
+            k: config.rms_count()?,
+            eps_bits: config.eps.to_bits(),
+            eps_mode: config.eps_mode,
+            gain: config.gain,
+            bias: config.bias,
+        };
+        let mut kernels = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kernel) = kernels.get(&key) {
+            return Ok(kernel.clone());
+        }
+        let kernel = Arc::new(RmsNorm::new(&self.device, config, &self.kernel_options)?);
+        kernels.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// RMSNorm or pRMSNorm (by `config.partial`) of `x`, `rows * config.hidden` elements.
+    pub async fn rms_norm(
+        &self,
+        x: &[f32],
+        config: &RmsNormConfig,
+        weights: Weights<'_>,
+    ) -> Result<Vec<f32>> {
+        config.validate()?;
+        let rows = config.rows_in(x.len())?;
+        config.check_weights(
+            weights.gain.map(<[f32]>::len),
+            weights.bias.map(<[f32]>::len),
+        )?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let too_large = Error::TooManyRows {
+            rows: rows as u64,
+            hidden: config.hidden,
+        };
+        let rows = u32::try_from(rows).map_err(|_| too_large.clone())?;
+        let bytes = x.len() as u64 * 4;
+        if bytes > self.device.limits().max_buffer_size {
+            return Err(too_large);
+        }
+        let kernel = self.kernel(config)?;
+
+        let scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
+        let vector_bytes = u64::from(config.hidden) * 4;
+        // Gain at 0, bias after it, on a 256-byte boundary.
+        let bias_offset = vector_bytes.next_multiple_of(256);
+        let errors = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue
+            .write_buffer(&scratch.input, 0, bytemuck::cast_slice(x));
+        if let Some(gain) = weights.gain {
+            self.queue
+                .write_buffer(&scratch.weights, 0, bytemuck::cast_slice(gain));
+        }
+        if let Some(bias) = weights.bias {
+            self.queue
+                .write_buffer(&scratch.weights, bias_offset, bytemuck::cast_slice(bias));
+        }
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("rmsnorm call"),
+            });
+        let buffers = RmsNormBuffers {
+            input: BufferRegion::whole(&scratch.input),
+            output: BufferRegion::whole(&scratch.output),
+            gain: weights.gain.map(|_| BufferRegion::whole(&scratch.weights)),
+            bias: weights.bias.map(|_| BufferRegion {
+                buffer: &scratch.weights,
+                offset: bias_offset,
+            }),
+        };
+        kernel.encode(&self.device, &mut encoder, &buffers, rows)?;
+        encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let gpu_error = errors.pop().await;
+
+        let slice = scratch.staging.slice(..bytes);
+        let result = match gpu_error {
+            Some(e) => Err(Error::Gpu(e.to_string())),
+            None => platform::map_read(&self.device, slice).await,
+        }
+        .and_then(|()| {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&view))
+        });
+        if result.is_ok() {
+            scratch.staging.unmap();
+        }
+        self.return_scratch(scratch);
+        result
+    }
+
+    /// Takes the reusable buffers out (so no lock is held across an await), grown to fit.
+    fn take_scratch(&self, tensor_bytes: u64, weight_bytes: u64) -> Scratch {
+        let taken = self
+            .scratch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let fits = |s: &Scratch| s.input.size() >= tensor_bytes && s.weights.size() >= weight_bytes;
+        match taken {
+            Some(s) if fits(&s) => s,
+            previous => {
+                let (old_tensor, old_weights) =
+                    previous.map_or((0, 0), |s| (s.input.size(), s.weights.size()));
+                let tensor = tensor_bytes.max(old_tensor).next_multiple_of(256);
+                let weights = (weight_bytes + 256).max(old_weights).next_multiple_of(256);
+                let buffer = |label, size, usage| {
+                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                };
+                use wgpu::BufferUsages as U;
+                Scratch {
+                    input: buffer("rmsnorm input", tensor, U::STORAGE | U::COPY_DST),
+                    output: buffer("rmsnorm output", tensor, U::STORAGE | U::COPY_SRC),
+                    staging: buffer("rmsnorm staging", tensor, U::MAP_READ | U::COPY_DST),
+                    weights: buffer("rmsnorm weights", weights, U::STORAGE | U::COPY_DST),
+                }
+            }
+        }
+    }
+
+    fn return_scratch(&self, scratch: Scratch) {
+        let mut slot = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep = slot
+            .as_ref()
+            .is_none_or(|s| s.input.size() <= scratch.input.size());
+        if keep {
+            *slot = Some(scratch);
+        }
+    }
+
+    /// GPU bytes held between calls (input, output, staging and weight buffers).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| {
+                s.input.size() + s.output.size() + s.staging.size() + s.weights.size()
+            })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl GpuContext {
+    /// [`GpuContext::new`], blocking.
+    pub fn new_blocking() -> Result<Self> {
+        platform::block_on(Self::new())
+    }
+
+    /// [`GpuContext::rms_norm`], blocking.
+    pub fn rms_norm_blocking(
+        &self,
+        x: &[f32],
+        config: &RmsNormConfig,
+        weights: Weights<'_>,
+    ) -> Result<Vec<f32>> {
+        platform::block_on(self.rms_norm(x, config, weights))
+    }
+}

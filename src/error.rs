@@ -1,0 +1,184 @@
+//! The one error type of the crate.
+
+/// Everything that can go wrong, each message saying what to change.
+///
+/// Bad input is caught here before it reaches wgpu: no call in this crate panics on user
+/// input or lets wgpu raise a validation error for it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The hidden size (row length) is zero.
+    #[error("hidden size is 0: set it to the length of a row (at least 1)")]
+    ZeroHiddenSize,
+
+    /// The hidden size is larger than one storage binding can hold on this device.
+    #[error(
+        "hidden size {hidden} needs {row_bytes} bytes per row, more than this device's \
+         max_storage_buffer_binding_size ({limit} bytes): use a smaller hidden size or a \
+         device with a larger limit"
+    )]
+    RowExceedsBindingLimit {
+        /// The hidden size asked for.
+        hidden: u32,
+        /// Bytes in one row, with the alignment slack of a binding.
+        row_bytes: u64,
+        /// The device's `max_storage_buffer_binding_size`.
+        limit: u64,
+    },
+
+    /// The input's length is not `rows * hidden`.
+    #[error(
+        "input has {len} elements, not a multiple of the hidden size {hidden}: pass \
+         rows * {hidden} elements"
+    )]
+    InputNotMultipleOfHidden {
+        /// Elements in the input.
+        len: usize,
+        /// The configured hidden size.
+        hidden: u32,
+    },
+
+    /// More rows than the crate can address.
+    #[error("{rows} rows of {hidden} is too large a tensor: split it into batches of fewer rows")]
+    TooManyRows {
+        /// Rows asked for.
+        rows: u64,
+        /// The configured hidden size.
+        hidden: u32,
+    },
+
+    /// A gain or bias vector whose length is not the hidden size.
+    #[error("{which} has {len} elements but the hidden size is {hidden}: pass exactly {hidden}")]
+    WeightLength {
+        /// `"gain"` or `"bias"`.
+        which: &'static str,
+        /// Elements given.
+        len: usize,
+        /// The configured hidden size.
+        hidden: u32,
+    },
+
+    /// The config asks for a gain or bias that the call does not supply.
+    #[error("the config has a {which} but none was passed: pass a {which} or {fix}")]
+    MissingWeight {
+        /// `"gain"` or `"bias"`.
+        which: &'static str,
+        /// The config change that removes it.
+        fix: &'static str,
+    },
+
+    /// The call supplies a gain or bias that the config does not use.
+    #[error("a {which} was passed but the config has none: {fix}, or pass none")]
+    UnexpectedWeight {
+        /// `"gain"` or `"bias"`.
+        which: &'static str,
+        /// The config change that enables it.
+        fix: &'static str,
+    },
+
+    /// pRMSNorm fraction outside (0, 1] or NaN.
+    #[error(
+        "pRMSNorm fraction p = {p} is outside (0, 1]: pass a p with 0 < p <= 1 (1 is RMSNorm)"
+    )]
+    InvalidFraction {
+        /// The fraction given.
+        p: f64,
+    },
+
+    /// pRMSNorm element count outside 1..=hidden.
+    #[error("pRMSNorm count k = {k} is outside 1..={hidden}: pass 1 <= k <= hidden size")]
+    InvalidCount {
+        /// The count given.
+        k: u32,
+        /// The configured hidden size.
+        hidden: u32,
+    },
+
+    /// eps negative, NaN or infinite.
+    #[error("eps = {eps} is not a finite number >= 0: pass e.g. 1e-6 (0 is allowed)")]
+    InvalidEps {
+        /// The eps given.
+        eps: f32,
+    },
+
+    /// A buffer that is bound as storage lacks `BufferUsages::STORAGE`.
+    #[error("the {which} buffer lacks BufferUsages::STORAGE: create it with STORAGE usage")]
+    MissingStorageUsage {
+        /// Which buffer.
+        which: &'static str,
+    },
+
+    /// A byte offset that is not a multiple of 4.
+    #[error("the {which} offset {offset} is not a multiple of 4 bytes: align it to an f32")]
+    MisalignedOffset {
+        /// Which buffer.
+        which: &'static str,
+        /// The offset given, in bytes.
+        offset: u64,
+    },
+
+    /// A buffer region that does not fit in its buffer.
+    #[error(
+        "the {which} buffer has {size} bytes, but {needed} bytes from offset {offset} are \
+         needed: make it at least {} bytes or pass fewer rows",
+        offset.saturating_add(*needed)
+    )]
+    BufferTooSmall {
+        /// Which buffer.
+        which: &'static str,
+        /// The offset given, in bytes.
+        offset: u64,
+        /// Bytes the call reads or writes from the offset.
+        needed: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+
+    /// The output buffer is also one of the inputs.
+    #[error(
+        "the output buffer is also the {other} buffer: WebGPU forbids writing a buffer that \
+         the same dispatch reads, so pass a separate output buffer"
+    )]
+    AliasedOutput {
+        /// The input it aliases.
+        other: &'static str,
+    },
+
+    /// A workgroup size the device or the kernel cannot use.
+    #[error("workgroup size {size} is not usable: {reason}")]
+    InvalidWorkgroupSize {
+        /// The size asked for.
+        size: u32,
+        /// What is wrong and what would do.
+        reason: String,
+    },
+
+    /// A subgroup reduction was asked for on a device without `Features::SUBGROUP`.
+    #[error(
+        "the {reduction} reduction needs subgroups, which this device lacks: use \
+         Reduction::Auto or Reduction::WorkgroupTree, or request Features::SUBGROUP"
+    )]
+    SubgroupsUnsupported {
+        /// The reduction asked for.
+        reduction: &'static str,
+    },
+
+    /// No adapter matched, or none exists.
+    #[error("no GPU adapter found: {0}")]
+    NoAdapter(String),
+
+    /// The adapter refused to create a device.
+    #[error("the adapter could not create a device: {0}")]
+    RequestDevice(String),
+
+    /// wgpu reported an error for work this crate recorded (a bug or an exhausted device).
+    #[error("the GPU reported an error: {0}")]
+    Gpu(String),
+
+    /// Reading the result back failed (device lost, mapping failed).
+    #[error("reading the result back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+/// Short for `Result<T, wgpu_rmsnorm::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,513 @@
+//! The low-level API: pipelines built once, work recorded into the caller's encoder with the
+//! caller's buffers.
+
+use crate::config::{EpsMode, Gain, RmsNormConfig};
+use crate::error::{Error, Result};
+use crate::shaders::{self, ElemLayout, ReductionKind, ShaderTarget};
+use wgpu::util::DeviceExt;
+
+/// Which workgroup reduction the kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reduction {
+    /// Chosen from the device: [`Reduction::SingleSubgroup`] on CPU adapters with subgroups
+    /// (lavapipe, SwiftShader: barriers are costly there), [`Reduction::Subgroups`] on other
+    /// adapters with subgroups, else [`Reduction::WorkgroupTree`].
+    #[default]
+    Auto,
+    /// A tree in workgroup memory; works everywhere.
+    WorkgroupTree,
+    /// subgroupAdd, then one partial per subgroup through workgroup memory. Needs
+    /// `Features::SUBGROUP`.
+    Subgroups,
+    /// One subgroup per workgroup (the workgroup size is the adapter's smallest subgroup
+    /// size), no barriers. Needs `Features::SUBGROUP`.
+    SingleSubgroup,
+}
+
+/// How the kernel is built; the defaults suit every device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KernelOptions {
+    /// The workgroup reduction.
+    pub reduction: Reduction,
+    /// Invocations per workgroup, a power of two. `None`: 256 (capped by the device), or the
+    /// subgroup size for [`Reduction::SingleSubgroup`].
+    pub workgroup_size: Option<u32>,
+}
+
+/// A region of a buffer: the buffer and a byte offset (a multiple of 4) where the data starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferRegion<'a> {
+    /// The buffer; it needs `BufferUsages::STORAGE`.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first element.
+    pub offset: u64,
+}
+
+impl<'a> BufferRegion<'a> {
+    /// The region that starts at the beginning of `buffer`.
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Self { buffer, offset: 0 }
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufferRegion<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Self::whole(buffer)
+    }
+}
+
+/// The buffers of one [`RmsNorm::encode`] call. `output` must be a different buffer from the
+/// others (WebGPU forbids a dispatch writing a buffer it also reads).
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNormBuffers<'a> {
+    /// `rows * hidden` f32, read.
+    pub input: BufferRegion<'a>,
+    /// `rows * hidden` f32, written; nothing outside the region is touched.
+    pub output: BufferRegion<'a>,
+    /// `hidden` f32, exactly when the config has a gain.
+    pub gain: Option<BufferRegion<'a>>,
+    /// `hidden` f32, exactly when the config has a bias.
+    pub bias: Option<BufferRegion<'a>>,
+}
+
+/// The uniform block of `shaders/rmsnorm.wgsl` (`struct Params`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    row_len: u32,
+    k: u32,
+    k_f32: f32,
+    eps: f32,
+    x_base: u32,
+    y_base: u32,
+    gain_base: u32,
+    bias_base: u32,
+    _pad: [u32; 3],
+}
+
+/// The device limits that encode checks against, read once.
+#[derive(Debug, Clone, Copy)]
+struct DeviceLimits {
+    offset_alignment: u64,
+    max_binding: u64,
+    max_workgroups: u32,
+}
+
+/// RMSNorm or pRMSNorm for one [`RmsNormConfig`] on one device: the pipelines are built
+/// once by [`RmsNorm::new`]; [`RmsNorm::encode`] only records work.
+///
+/// ```no_run
+/// # async fn demo(device: &wgpu::Device, queue: &wgpu::Queue, x: &wgpu::Buffer, y: &wgpu::Buffer)
+/// # -> wgpu_rmsnorm::Result<()> {
+/// use wgpu_rmsnorm::{KernelOptions, RmsNorm, RmsNormBuffers, RmsNormConfig};
+/// let kernel = RmsNorm::new(device, &RmsNormConfig::new(4096), &KernelOptions::default())?;
+/// let mut encoder = device.create_command_encoder(&Default::default());
+/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None };
+/// kernel.encode(device, &mut encoder, &buffers, 64)?;
+/// queue.submit([encoder.finish()]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RmsNorm {
+    config: RmsNormConfig,
+    k: u32,
+    reduction: ReductionKind,
+    workgroup_size: u32,
+    limits: DeviceLimits,
+    layout: wgpu::BindGroupLayout,
+    vec4: Option<wgpu::ComputePipeline>,
+    scalar: wgpu::ComputePipeline,
+}
+
+impl RmsNorm {
+    /// Validates `config` against the device and builds the pipelines.
+    pub fn new(
+        device: &wgpu::Device,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        let k = config.rms_count()?;
+        let device_limits = device.limits();
+        let limits = DeviceLimits {
+            offset_alignment: u64::from(device_limits.min_storage_buffer_offset_alignment),
+            // Element indices in the shader are u32: no binding above 4 GiB.
+            max_binding: device_limits
+                .max_storage_buffer_binding_size
+                .min(u64::from(u32::MAX) & !15),
+            max_workgroups: device_limits.max_compute_workgroups_per_dimension,
+        };
+        let row_bytes = u64::from(config.hidden) * 4 + binding_slack(&limits);
+        if row_bytes > limits.max_binding {
+            return Err(Error::RowExceedsBindingLimit {
+                hidden: config.hidden,
+                row_bytes,
+                limit: limits.max_binding,
+            });
+        }
+        let (reduction, workgroup_size) = choose_reduction(device, options)?;
+
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("rmsnorm bind group layout"),
+            entries: &[
+                layout_entry(0, wgpu::BufferBindingType::Uniform),
+                layout_entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
+                layout_entry(2, wgpu::BufferBindingType::Storage { read_only: true }),
+                layout_entry(3, wgpu::BufferBindingType::Storage { read_only: true }),
+                layout_entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("rmsnorm pipeline layout"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants = [
+            ("WG", f64::from(workgroup_size)),
+            ("HAS_GAIN", bool_constant(config.gain != Gain::None)),
+            (
+                "GAIN_PLUS_ONE",
+                bool_constant(config.gain == Gain::UnitOffset),
+            ),
+            ("HAS_BIAS", bool_constant(config.bias)),
+            (
+                "EPS_INSIDE_ROOT",
+                bool_constant(config.eps_mode == EpsMode::InsideRoot),
+            ),
+        ];
+        let build = |elem: ElemLayout| {
+            let composed =
+                shaders::compose(shaders::RMSNORM, elem, reduction, ShaderTarget::CURRENT);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("rmsnorm"),
+                source: wgpu::ShaderSource::Wgsl(composed.source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("rmsnorm"),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some("rms_norm"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every workgroup variable is written before it is read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        };
+        let vec4 = (config.hidden % 4 == 0).then(|| build(ElemLayout::Vec4));
+        let scalar = build(ElemLayout::Scalar);
+        Ok(Self {
+            config: *config,
+            k,
+            reduction,
+            workgroup_size,
+            limits,
+            layout,
+            vec4,
+            scalar,
+        })
+    }
+
+    /// The config this kernel computes.
+    pub fn config(&self) -> &RmsNormConfig {
+        &self.config
+    }
+
+    /// The number of leading elements the RMS is taken over.
+    pub fn rms_count(&self) -> u32 {
+        self.k
+    }
+
+    /// The reduction in use (never [`Reduction::Auto`]).
+    pub fn reduction(&self) -> Reduction {
+        match self.reduction {
+            ReductionKind::WorkgroupTree => Reduction::WorkgroupTree,
+            ReductionKind::Subgroups => Reduction::Subgroups,
+            ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
+        }
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
+    }
+
+    /// Whether a call with these buffers would use vec4 loads and stores (hidden size and
+    /// every offset a multiple of 4 elements) rather than scalar ones.
+    pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
+        self.vec4.is_some() && regions(buffers).all(|(_, region)| region.offset % 16 == 0)
+    }
+
+    /// Records `rows` rows of normalization into `encoder`: one compute pass, never submitted.
+    /// `rows = 0` records nothing.
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<()> {
+        self.encode_with_timestamps(device, encoder, buffers, rows, None)
+    }
+
+    /// [`RmsNorm::encode`], with the compute pass writing the given timestamps (needs
+    /// `Features::TIMESTAMP_QUERY`).
+    pub fn encode_with_timestamps(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        self.check_buffers(buffers, rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let vec4 = self.uses_vec4(buffers);
+        let (pipeline, lanes) = match (&self.vec4, vec4) {
+            (Some(pipeline), true) => (pipeline, 4),
+            _ => (&self.scalar, 1),
+        };
+        let row_bytes = u64::from(self.config.hidden) * 4;
+        let vector_bytes = row_bytes;
+        let rows_per_chunk = (self.limits.max_binding - binding_slack(&self.limits)) / row_bytes;
+        // Bind groups for each chunk of rows that fits in one binding (usually one chunk).
+        let mut chunks = Vec::new();
+        let mut first_row = 0u64;
+        while first_row < u64::from(rows) {
+            let chunk_rows = rows_per_chunk.min(u64::from(rows) - first_row);
+            let x = self.bind_range(buffers.input, first_row * row_bytes, chunk_rows * row_bytes);
+            let y = self.bind_range(
+                buffers.output,
+                first_row * row_bytes,
+                chunk_rows * row_bytes,
+            );
+            let gain = buffers.gain.map(|g| self.bind_range(g, 0, vector_bytes));
+            let bias = buffers.bias.map(|b| self.bind_range(b, 0, vector_bytes));
+            let params = Params {
+                rows: chunk_rows as u32,
+                row_len: self.config.hidden / lanes,
+                k: self.k,
+                k_f32: self.k as f32,
+                eps: self.config.eps,
+                x_base: x.base_elements / lanes,
+                y_base: y.base_elements / lanes,
+                gain_base: gain.map_or(0, |g| g.base_elements / lanes),
+                bias_base: bias.map_or(0, |b| b.base_elements / lanes),
+                _pad: [0; 3],
+            };
+            let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("rmsnorm params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            // Without gain or bias, x is bound in their place: the shader never reads them.
+            let unused = x;
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("rmsnorm bind group"),
+                layout: &self.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: params_buffer.as_entire_binding(),
+                    },
+                    x.entry(1),
+                    gain.unwrap_or(unused).entry(2),
+                    bias.unwrap_or(unused).entry(3),
+                    y.entry(4),
+                ],
+            });
+            let workgroups = (chunk_rows as u32).min(self.limits.max_workgroups);
+            chunks.push((bind_group, workgroups));
+            first_row += chunk_rows;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("rmsnorm"),
+            timestamp_writes,
+        });
+        pass.set_pipeline(pipeline);
+        for (bind_group, workgroups) in &chunks {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*workgroups, 1, 1);
+        }
+        Ok(())
+    }
+
+    /// Everything wgpu would refuse, and what the config requires, as typed errors.
+    fn check_buffers(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> Result<()> {
+        let config = &self.config;
+        config.check_weights(
+            buffers.gain.map(|_| config.hidden as usize),
+            buffers.bias.map(|_| config.hidden as usize),
+        )?;
+        let tensor_bytes = u64::from(rows) * u64::from(config.hidden) * 4;
+        let vector_bytes = u64::from(config.hidden) * 4;
+        for (which, region) in regions(buffers) {
+            if !region.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(Error::MissingStorageUsage { which });
+            }
+            if region.offset % 4 != 0 {
+                return Err(Error::MisalignedOffset {
+                    which,
+                    offset: region.offset,
+                });
+            }
+            let needed = match which {
+                "input" | "output" => tensor_bytes,
+                _ => vector_bytes,
+            };
+            let size = region.buffer.size();
+            if region.offset > size || size - region.offset < needed {
+                return Err(Error::BufferTooSmall {
+                    which,
+                    offset: region.offset,
+                    needed,
+                    size,
+                });
+            }
+        }
+        for (other, region) in regions(buffers).skip(2) {
+            if region.buffer == buffers.output.buffer {
+                return Err(Error::AliasedOutput { other });
+            }
+        }
+        if buffers.input.buffer == buffers.output.buffer {
+            return Err(Error::AliasedOutput { other: "input" });
+        }
+        Ok(())
+    }
+
+    /// The binding for `len` bytes at `region.offset + start`: the binding starts at that
+    /// offset aligned down to the device's alignment, the rest is a base index in elements.
+    fn bind_range<'a>(&self, region: BufferRegion<'a>, start: u64, len: u64) -> Bound<'a> {
+        let begin = region.offset + start;
+        let aligned = begin - begin % self.limits.offset_alignment;
+        // Rounded up to whole vec4s where the buffer allows: a vec4 array binding of a size
+        // that is not a multiple of 16 would drop its last partial element.
+        let end = (begin + len).next_multiple_of(16).min(region.buffer.size());
+        Bound {
+            buffer: region.buffer,
+            offset: aligned,
+            size: end - aligned,
+            base_elements: ((begin - aligned) / 4) as u32,
+        }
+    }
+}
+
+/// Bytes a binding may need beyond its data: the offset aligned down, the end rounded up to 16.
+fn binding_slack(limits: &DeviceLimits) -> u64 {
+    limits.offset_alignment + 16
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bound<'a> {
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+    base_elements: u32,
+}
+
+impl Bound<'_> {
+    fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
+        wgpu::BindGroupEntry {
+            binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset: self.offset,
+                size: wgpu::BufferSize::new(self.size),
+            }),
+        }
+    }
+}
+
+/// The buffers of a call with their names, input and output first.
+fn regions<'a, 'b>(
+    buffers: &'b RmsNormBuffers<'a>,
+) -> impl Iterator<Item = (&'static str, BufferRegion<'a>)> + 'b {
+    [
+        ("input", Some(buffers.input)),
+        ("output", Some(buffers.output)),
+        ("gain", buffers.gain),
+        ("bias", buffers.bias),
+    ]
+    .into_iter()
+    .filter_map(|(which, region)| region.map(|r| (which, r)))
+}
+
+fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn bool_constant(value: bool) -> f64 {
+    if value {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Resolves [`Reduction::Auto`] and the workgroup size against the device.
+fn choose_reduction(
+    device: &wgpu::Device,
+    options: &KernelOptions,
+) -> Result<(ReductionKind, u32)> {
+    let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+    let info = device.adapter_info();
+    let reduction = match options.reduction {
+        Reduction::Auto if !has_subgroups => ReductionKind::WorkgroupTree,
+        Reduction::Auto if info.device_type == wgpu::DeviceType::Cpu => {
+            ReductionKind::SingleSubgroup
+        }
+        Reduction::Auto => ReductionKind::Subgroups,
+        Reduction::WorkgroupTree => ReductionKind::WorkgroupTree,
+        Reduction::Subgroups => ReductionKind::Subgroups,
+        Reduction::SingleSubgroup => ReductionKind::SingleSubgroup,
+    };
+    if reduction.uses_subgroups() && !has_subgroups {
+        let name = match reduction {
+            ReductionKind::SingleSubgroup => "SingleSubgroup",
+            _ => "Subgroups",
+        };
+        return Err(Error::SubgroupsUnsupported { reduction: name });
+    }
+    let limits = device.limits();
+    let max = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x)
+        .min(1024);
+    let subgroup = info.subgroup_min_size.max(1);
+    let size = match (reduction, options.workgroup_size) {
+        (ReductionKind::SingleSubgroup, None) => subgroup,
+        (_, Some(size)) => size,
+        (_, None) => 256.min(max),
+    };
+    let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });
+    if size == 0 || !size.is_power_of_two() {
+        return invalid("it must be a power of two, e.g. 64 or 256".into());
+    }
+    if size > max {
+        return invalid(format!(
+            "this device allows at most {max} invocations per workgroup \
+             (max_compute_invocations_per_workgroup, max_compute_workgroup_size_x)"
+        ));
+    }
+    if reduction == ReductionKind::SingleSubgroup && size > subgroup {
+        return invalid(format!(
+            "Reduction::SingleSubgroup needs the workgroup to fit in one subgroup, and this \
+             adapter's subgroups may be as small as {subgroup}: pass at most {subgroup} or None"
+        ));
+    }
+    Ok((reduction, size))
+}

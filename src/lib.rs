@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod kernel;
+mod platform;
+pub mod reference;
+pub mod shaders;
+pub mod timing;
+
+pub use config::{EpsMode, Gain, PartialRms, RmsNormConfig, DEFAULT_EPS};
+pub use context::{AdapterChoice, GpuContext, Weights};
+pub use error::{Error, Result};
+pub use kernel::{BufferRegion, KernelOptions, Reduction, RmsNorm, RmsNormBuffers};
+#[cfg(not(target_arch = "wasm32"))]
+pub use platform::block_on;

@@ -1,0 +1,115 @@
+//! The few things that differ between native wgpu and the browser's WebGPU.
+
+use crate::error::{Error, Result};
+
+/// Waits until `slice` is mapped for reading. Natively this blocks in `device.poll`; in the
+/// browser the event loop completes the mapping and the future resolves then.
+pub(crate) async fn map_read(device: &wgpu::Device, slice: wgpu::BufferSlice<'_>) -> Result<()> {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    slice.map_async(wgpu::MapMode::Read, move |result| {
+        // The receiver only goes away if the caller's future was dropped.
+        let _ = sender.send(result);
+    });
+    wait_for_device(device)?;
+    match receiver.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Readback(e.to_string())),
+        Err(_) => Err(Error::Readback("the device dropped the map request".into())),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn wait_for_device(device: &wgpu::Device) -> Result<()> {
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| Error::Readback(e.to_string()))
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn wait_for_device(_device: &wgpu::Device) -> Result<()> {
+    Ok(())
+}
+
+/// Runs a future to completion on the current thread (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    pollster::block_on(future)
+}
+
+/// The adapter: on native, every adapter of the allowed backends is listed and the best by
+/// [`crate::context::AdapterChoice`] is taken; in the browser there is the one it offers.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) async fn find_adapter(
+    instance: &wgpu::Instance,
+    choice: &crate::context::AdapterChoice,
+) -> Result<wgpu::Adapter> {
+    let adapters = instance.enumerate_adapters(choice.backends).await;
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(format!(
+            "no adapter on backends {:?}. Install a GPU driver, or the software Vulkan \
+             driver lavapipe (apt-get install mesa-vulkan-drivers), or allow more backends \
+             (WGPU_BACKEND)",
+            choice.backends
+        )));
+    }
+    let described: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        })
+        .collect();
+    let matching = adapters.into_iter().filter(|a| {
+        choice.name.as_ref().is_none_or(|name| {
+            a.get_info()
+                .name
+                .to_lowercase()
+                .contains(&name.to_lowercase())
+        })
+    });
+    matching
+        .max_by_key(|a| choice.rank(&a.get_info()))
+        .ok_or_else(|| {
+            Error::NoAdapter(format!(
+                "no adapter name contains {:?} (WGPU_ADAPTER_NAME); available: {}",
+                choice.name.as_deref().unwrap_or_default(),
+                described.join(", ")
+            ))
+        })
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) async fn find_adapter(
+    instance: &wgpu::Instance,
+    choice: &crate::context::AdapterChoice,
+) -> Result<wgpu::Adapter> {
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: choice.power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+        })
+        .await
+        .map_err(|e| {
+            Error::NoAdapter(format!(
+                "this browser offers no WebGPU adapter ({e}). WebGPU is in Chrome and Edge 113+, \
+                 Safari 26+ and Firefox 141+ (Windows); on Linux Chromium needs \
+                 --enable-unsafe-webgpu"
+            ))
+        })
+}
+
+/// Seconds from an arbitrary origin, for wall-clock timing.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn now_seconds() -> f64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn now_seconds() -> f64 {
+    js_sys::Date::now() * 1e-3
+}

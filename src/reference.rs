@@ -1,0 +1,98 @@
+//! The CPU reference: RMSNorm and pRMSNorm in f64, the yardstick for the GPU kernels.
+//!
+//! Sums are taken in f64 (53-bit mantissa): against the kernels' f32 results they are exact
+//! for every purpose here. Magnitudes beyond f64's range are not expected: f32 inputs square
+//! to at most ~1.2e77.
+
+use crate::config::{EpsMode, Gain, RmsNormConfig};
+use crate::error::Result;
+
+/// The scale `1 / rms_k` (with eps) applied to the row `row`, by the config's conventions.
+/// A zero RMS with eps = 0 gives 0, as the kernels do.
+pub fn row_scale(row: &[f32], k: usize, eps: f32, eps_mode: EpsMode) -> f64 {
+    let sumsq: f64 = row[..k].iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = sumsq / k as f64;
+    let eps = f64::from(eps);
+    let denominator = match eps_mode {
+        EpsMode::InsideRoot => (mean + eps).sqrt(),
+        EpsMode::AddedToRms => mean.sqrt() + eps,
+    };
+    if denominator == 0.0 {
+        0.0
+    } else {
+        1.0 / denominator
+    }
+}
+
+/// `y` in f64 for `x` of `rows * hidden` elements, checking the input like the GPU path.
+pub fn rms_norm(
+    x: &[f32],
+    config: &RmsNormConfig,
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f64>> {
+    config.validate()?;
+    config.rows_in(x.len())?;
+    config.check_weights(gain.map(<[f32]>::len), bias.map(<[f32]>::len))?;
+    let k = config.rms_count()? as usize;
+    let n = config.hidden as usize;
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let scale = row_scale(row, k, config.eps, config.eps_mode);
+        for (i, &v) in row.iter().enumerate() {
+            let mut out = f64::from(v) * scale;
+            if let Some(g) = gain {
+                let g = f64::from(g[i]);
+                out *= match config.gain {
+                    Gain::UnitOffset => 1.0 + g,
+                    _ => g,
+                };
+            }
+            if let Some(b) = bias {
+                out += f64::from(b[i]);
+            }
+            y.push(out);
+        }
+    }
+    Ok(y)
+}
+
+/// The largest errors of `actual` against `expected`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ErrorStats {
+    /// max |actual - expected|.
+    pub max_abs: f64,
+    /// max |actual - expected| / |expected| over elements with expected != 0.
+    pub max_rel: f64,
+    /// Elements outside `abs_tol + rel_tol * |expected|` (NaN counts as outside).
+    pub failures: usize,
+}
+
+/// Compares element by element with tolerance `abs_tol + rel_tol * |expected|`.
+pub fn compare(actual: &[f32], expected: &[f64], abs_tol: f64, rel_tol: f64) -> ErrorStats {
+    let mut stats = ErrorStats::default();
+    if actual.len() != expected.len() {
+        stats.failures = actual.len().max(expected.len());
+        return stats;
+    }
+    for (&a, &e) in actual.iter().zip(expected) {
+        let err = (f64::from(a) - e).abs();
+        if !(err <= abs_tol + rel_tol * e.abs()) {
+            stats.failures += 1;
+        }
+        if err.is_nan() {
+            stats.max_abs = f64::NAN;
+            continue;
+        }
+        stats.max_abs = stats.max_abs.max(err);
+        if e != 0.0 {
+            stats.max_rel = stats.max_rel.max(err / e.abs());
+        }
+    }
+    stats
+}
+
+/// The tolerance the f32 kernels are held to: relative 1e-5, absolute 1e-6.
+pub const F32_REL_TOL: f64 = 1e-5;
+/// See [`F32_REL_TOL`].
+pub const F32_ABS_TOL: f64 = 1e-6;
