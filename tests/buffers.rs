@@ -1,0 +1,224 @@
+//! The low-level API on the caller's buffers: offsets, guard words, chunking past the
+//! binding limit, devices with low limits and no subgroups.
+
+mod common;
+
+use common::*;
+use wgpu_rmsnorm::{
+    block_on, BufferRegion, Error, Gain, GpuContext, KernelOptions, PartialRms, Reduction, RmsNorm,
+    RmsNormBuffers, RmsNormConfig, Weights,
+};
+
+const GUARD: f32 = -12345.678;
+
+/// Writes y at a non-zero offset inside a larger buffer and checks that the words around
+/// the output keep their value.
+fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_vec4: bool) {
+    let device = gpu.device();
+    let len = (n * rows) as usize;
+    let x = data(len, u64::from(n));
+    let g = data(n as usize, 5);
+    let b = data(n as usize, 6);
+    let config = RmsNormConfig::new(n)
+        .with_gain(Gain::UnitOffset)
+        .with_bias(true)
+        .with_partial(PartialRms::Fraction(0.5));
+    // Each buffer holds GUARD everywhere but its data, which starts at its offset.
+    let placed = |data: &[f32], offset: u64| {
+        let start = (offset / 4) as usize;
+        let mut all = vec![GUARD; start + data.len() + 67];
+        all[start..start + data.len()].copy_from_slice(data);
+        storage_buffer(gpu, &all)
+    };
+    let [xo, yo, go, bo] = offsets;
+    let x_buffer = placed(&x, xo);
+    let y_buffer = placed(&vec![GUARD; len], yo);
+    let g_buffer = placed(&g, go);
+    let b_buffer = placed(&b, bo);
+    let buffers = RmsNormBuffers {
+        input: BufferRegion {
+            buffer: &x_buffer,
+            offset: xo,
+        },
+        output: BufferRegion {
+            buffer: &y_buffer,
+            offset: yo,
+        },
+        gain: Some(BufferRegion {
+            buffer: &g_buffer,
+            offset: go,
+        }),
+        bias: Some(BufferRegion {
+            buffer: &b_buffer,
+            offset: bo,
+        }),
+    };
+    let y_all = no_gpu_errors(device, || {
+        let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
+        assert_eq!(kernel.uses_vec4(&buffers), expect_vec4, "{offsets:?}");
+        let mut encoder = device.create_command_encoder(&Default::default());
+        kernel.encode(device, &mut encoder, &buffers, rows).unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        read_back(gpu, &y_buffer)
+    });
+    let start = (yo / 4) as usize;
+    let (before, rest) = y_all.split_at(start);
+    let (y, after) = rest.split_at(len);
+    assert!(
+        before.iter().chain(after).all(|&v| v == GUARD),
+        "guard words changed"
+    );
+    assert_matches_reference(y, &x, &config, Some(&g), Some(&b), &format!("{offsets:?}"));
+}
+
+#[test]
+fn offsets_scalar_and_vec4_with_guard_words() {
+    let Some(gpu) = gpu() else { return };
+    check_offsets(gpu, 1024, 5, [0, 0, 0, 0], true);
+    check_offsets(gpu, 1024, 5, [16, 272, 48, 512], true);
+    check_offsets(gpu, 1024, 5, [20, 0, 0, 0], false);
+    check_offsets(gpu, 1024, 5, [0, 4, 0, 0], false);
+    check_offsets(gpu, 1024, 5, [0, 0, 0, 8], false);
+    check_offsets(gpu, 257, 3, [0, 0, 0, 0], false);
+    check_offsets(gpu, 257, 3, [12, 1028, 260, 4], false);
+    check_offsets(gpu, 3, 9, [4, 8, 12, 16], false);
+}
+
+#[test]
+fn buffers_are_reused_between_calls() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = GpuContext::from_device(
+        gpu.device().clone(),
+        gpu.queue().clone(),
+        Default::default(),
+    );
+    let config = RmsNormConfig::new(256);
+    gpu.rms_norm_blocking(&data(256 * 8, 1), &config, Weights::NONE)
+        .unwrap();
+    let held = gpu.scratch_bytes();
+    gpu.rms_norm_blocking(&data(256 * 4, 2), &config, Weights::NONE)
+        .unwrap();
+    assert_eq!(
+        gpu.scratch_bytes(),
+        held,
+        "a smaller call must reuse the buffers"
+    );
+    gpu.rms_norm_blocking(&data(256 * 64, 3), &config, Weights::NONE)
+        .unwrap();
+    assert!(gpu.scratch_bytes() > held, "a larger call grows them");
+    let held = gpu.scratch_bytes();
+    gpu.rms_norm_blocking(&data(256 * 8, 1), &config, Weights::NONE)
+        .unwrap();
+    assert_eq!(gpu.scratch_bytes(), held);
+    // Input, output, staging: three tensors, plus O(hidden) for the weights.
+    assert!(held <= 3 * 256 * 64 * 4 + 4096, "{held} bytes");
+}
+
+/// A second device on the same adapter with lower limits and no optional features.
+fn limited_device(limits: impl FnOnce(&mut wgpu::Limits)) -> Option<(wgpu::Device, wgpu::Queue)> {
+    let gpu = gpu()?;
+    let info = gpu.adapter_info();
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    descriptor.backends = info.backend.into();
+    let instance = wgpu::Instance::new(descriptor);
+    let adapter = block_on(instance.enumerate_adapters(info.backend.into()))
+        .into_iter()
+        .find(|a| a.get_info().name == info.name)
+        .expect("the same adapter again");
+    let mut required_limits = wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits());
+    required_limits.max_compute_workgroups_per_dimension = 65535;
+    required_limits.max_compute_invocations_per_workgroup = 256;
+    required_limits.max_compute_workgroup_size_x = 256;
+    limits(&mut required_limits);
+    Some(
+        block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            required_limits,
+            ..Default::default()
+        }))
+        .expect("limited device"),
+    )
+}
+
+#[test]
+fn rows_beyond_the_binding_limit_are_split_into_chunks() {
+    let Some((device, queue)) = limited_device(|l| {
+        l.max_storage_buffer_binding_size = 64 * 1024;
+    }) else {
+        return;
+    };
+    let gpu = GpuContext::from_device(device, queue, KernelOptions::default());
+    // 1000-element rows: 15 rows per 64 KiB binding, so 100 rows take 7 dispatches.
+    for n in [1000u32, 1024] {
+        let x = data(100 * n as usize, 9);
+        let config = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(0.1));
+        let y = no_gpu_errors(gpu.device(), || {
+            gpu.rms_norm_blocking(&x, &config, Weights::NONE)
+        })
+        .unwrap();
+        assert_matches_reference(&y, &x, &config, None, None, &format!("chunked n={n}"));
+    }
+    // A row of 16385 elements cannot fit in one 64 KiB binding at all.
+    let e = RmsNorm::new(
+        gpu.device(),
+        &RmsNormConfig::new(16385),
+        &KernelOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::RowExceedsBindingLimit { limit: 65536, .. }),
+        "{e:?}"
+    );
+    eprintln!("hidden 16385 with a 64 KiB binding limit: {e}");
+}
+
+#[test]
+fn tensors_beyond_the_buffer_limit_are_refused() {
+    let Some((device, queue)) = limited_device(|l| {
+        l.max_buffer_size = 1 << 20;
+    }) else {
+        return;
+    };
+    let gpu = GpuContext::from_device(device, queue, KernelOptions::default());
+    let x = vec![1.0f32; (1 << 18) + 1024];
+    let e = no_gpu_errors(gpu.device(), || {
+        gpu.rms_norm_blocking(&x, &RmsNormConfig::new(1024), Weights::NONE)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooManyRows {
+                rows: 257,
+                hidden: 1024
+            }
+        ),
+        "{e:?}"
+    );
+    eprintln!("257 x 1024 with a 1 MiB buffer limit: {e}");
+}
+
+#[test]
+fn devices_without_subgroups_use_the_tree() {
+    let Some((device, queue)) = limited_device(|_| {}) else {
+        return;
+    };
+    assert!(!device.features().contains(wgpu::Features::SUBGROUP));
+    let config = RmsNormConfig::new(300);
+    for reduction in [Reduction::Subgroups, Reduction::SingleSubgroup] {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        let e = RmsNorm::new(&device, &config, &options).unwrap_err();
+        assert!(matches!(e, Error::SubgroupsUnsupported { .. }), "{e:?}");
+        eprintln!("{reduction:?} without subgroups: {e}");
+    }
+    let gpu = GpuContext::from_device(device, queue, KernelOptions::default());
+    assert_eq!(
+        gpu.kernel(&config).unwrap().reduction(),
+        Reduction::WorkgroupTree
+    );
+    let x = data(300 * 7, 8);
+    let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+    assert_matches_reference(&y, &x, &config, None, None, "no subgroups");
+}

@@ -1,0 +1,153 @@
+//! Shared by the GPU test files: the device, test data, running a kernel, comparing.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use wgpu::util::DeviceExt;
+use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use wgpu_rmsnorm::{
+    block_on, BufferRegion, GpuContext, KernelOptions, Reduction, RmsNorm, RmsNormBuffers,
+    RmsNormConfig,
+};
+
+/// The shared context, or `None` (announced loudly) when there is no adapter and
+/// REQUIRE_GPU is not set. With REQUIRE_GPU=1 a missing adapter fails the test.
+pub fn gpu() -> Option<&'static GpuContext> {
+    static GPU: OnceLock<Option<GpuContext>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        match GpuContext::new_blocking() {
+            Ok(gpu) => {
+                let info = gpu.adapter_info();
+                eprintln!("GPU tests run on {} ({:?})", info.name, info.backend);
+                Some(gpu)
+            }
+            Err(e) if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+                panic!("REQUIRE_GPU=1 but no GPU adapter: {e}")
+            }
+            Err(e) => {
+                eprintln!("*** GPU TESTS SKIPPED: no GPU adapter ({e}). Set REQUIRE_GPU=1 to fail instead. ***");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Deterministic data of varied sign and magnitude.
+pub fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        })
+        .collect()
+}
+
+/// The reductions to test on this device: all three where it has subgroups.
+pub fn reductions(gpu: &GpuContext) -> Vec<Reduction> {
+    let mut all = vec![Reduction::WorkgroupTree];
+    if gpu.device().features().contains(wgpu::Features::SUBGROUP) {
+        all.extend([Reduction::Subgroups, Reduction::SingleSubgroup]);
+    }
+    all
+}
+
+/// Runs `body` inside validation and out-of-memory error scopes and fails on any error.
+pub fn no_gpu_errors<T>(device: &wgpu::Device, body: impl FnOnce() -> T) -> T {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = body();
+    let v = block_on(validation.pop());
+    let o = block_on(oom.pop());
+    assert!(v.is_none(), "wgpu validation error: {v:?}");
+    assert!(o.is_none(), "wgpu out-of-memory error: {o:?}");
+    result
+}
+
+/// Reads `size` bytes of `buffer` (which needs COPY_SRC) back as f32.
+pub fn read_back(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
+    let device = gpu.device();
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test readback"),
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    gpu.queue().submit([encoder.finish()]);
+    let slice = staging.slice(..);
+    slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let view = slice.get_mapped_range().expect("mapped range");
+    bytemuck::pod_collect_to_vec(&view)
+}
+
+/// A storage buffer holding `contents`, readable back.
+pub fn storage_buffer(gpu: &GpuContext, contents: &[f32]) -> wgpu::Buffer {
+    gpu.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test storage"),
+            contents: bytemuck::cast_slice(contents),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+}
+
+/// Runs the low-level kernel with `options` on `x` and returns y.
+pub fn run_kernel(
+    gpu: &GpuContext,
+    config: &RmsNormConfig,
+    options: &KernelOptions,
+    x: &[f32],
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let device = gpu.device();
+    no_gpu_errors(device, || {
+        let kernel = RmsNorm::new(device, config, options).expect("kernel");
+        let x_buffer = storage_buffer(gpu, x);
+        let y_buffer = storage_buffer(gpu, &vec![f32::NAN; x.len()]);
+        let gain_buffer = gain.map(|g| storage_buffer(gpu, g));
+        let bias_buffer = bias.map(|b| storage_buffer(gpu, b));
+        let buffers = RmsNormBuffers {
+            input: BufferRegion::whole(&x_buffer),
+            output: BufferRegion::whole(&y_buffer),
+            gain: gain_buffer.as_ref().map(BufferRegion::whole),
+            bias: bias_buffer.as_ref().map(BufferRegion::whole),
+        };
+        let rows = (x.len() / config.hidden as usize) as u32;
+        let mut encoder = device.create_command_encoder(&Default::default());
+        kernel
+            .encode(device, &mut encoder, &buffers, rows)
+            .expect("encode");
+        gpu.queue().submit([encoder.finish()]);
+        read_back(gpu, &y_buffer)
+    })
+}
+
+/// Asserts y matches the f64 reference within the f32 tolerance.
+pub fn assert_matches_reference(
+    y: &[f32],
+    x: &[f32],
+    config: &RmsNormConfig,
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    what: &str,
+) {
+    let expected = reference::rms_norm(x, config, gain, bias).expect("reference");
+    let stats = reference::compare(y, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(
+        stats.failures,
+        0,
+        "{what}: {} of {} elements off (max abs {:e}, max rel {:e})",
+        stats.failures,
+        y.len(),
+        stats.max_abs,
+        stats.max_rel
+    );
+}

@@ -1,0 +1,315 @@
+//! RMSNorm and pRMSNorm against the f64 reference on the GPU, every reduction.
+
+mod common;
+
+use common::*;
+use wgpu_rmsnorm::{EpsMode, Gain, KernelOptions, PartialRms, Reduction, RmsNormConfig, Weights};
+
+const HIDDEN_SIZES: [u32; 22] = [
+    1, 2, 3, 4, 5, 31, 32, 33, 127, 255, 256, 257, 1000, 1023, 1024, 1025, 4095, 4096, 4097, 8192,
+    12289, 65536,
+];
+
+#[test]
+fn every_hidden_size_and_reduction_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        for (i, n) in HIDDEN_SIZES.into_iter().enumerate() {
+            let rows = if n <= 4097 { 3 } else { 1 };
+            let x = data(rows * n as usize, i as u64);
+            let config = RmsNormConfig::new(n);
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            assert_matches_reference(&y, &x, &config, None, None, &format!("{reduction:?} n={n}"));
+        }
+    }
+}
+
+#[test]
+fn row_counts_through_the_high_level_api() {
+    let Some(gpu) = gpu() else { return };
+    for rows in [1usize, 3, 64, 1000] {
+        for n in [5u32, 257, 1024] {
+            let x = data(rows * n as usize, rows as u64 + u64::from(n));
+            let config = RmsNormConfig::new(n);
+            let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+            assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} x {n}"));
+        }
+    }
+}
+
+#[test]
+fn more_rows_than_workgroups_in_one_dispatch() {
+    let Some(gpu) = gpu() else { return };
+    let max = gpu.device().limits().max_compute_workgroups_per_dimension as usize;
+    let rows = max + 4465;
+    for n in [3u32, 4] {
+        let x = data(rows * n as usize, 7);
+        let config = RmsNormConfig::new(n).with_partial(PartialRms::Count(2));
+        let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+        assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} x {n}"));
+    }
+}
+
+#[test]
+fn partial_rms_fractions_and_counts() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        for n in [5u32, 1000, 4096, 4097] {
+            let x = data(4 * n as usize, u64::from(n));
+            let full = run_kernel(gpu, &RmsNormConfig::new(n), &options, &x, None, None);
+            let p_one = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(1.0));
+            let y = run_kernel(gpu, &p_one, &options, &x, None, None);
+            assert_eq!(bits(&y), bits(&full), "p = 1 must be RMSNorm bit for bit");
+            let k_n = RmsNormConfig::new(n).with_partial(PartialRms::Count(n));
+            let y = run_kernel(gpu, &k_n, &options, &x, None, None);
+            assert_eq!(bits(&y), bits(&full), "k = n must be RMSNorm bit for bit");
+
+            let partials = [
+                PartialRms::Fraction(1.0 / 16.0),
+                PartialRms::Fraction(0.5),
+                PartialRms::Fraction(1e-9),
+                PartialRms::Count(1),
+                PartialRms::Count((n / 3).max(1)),
+            ];
+            for partial in partials {
+                let config = RmsNormConfig::new(n).with_partial(partial);
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                let what = format!("{reduction:?} n={n} {partial:?}");
+                assert_matches_reference(&y, &x, &config, None, None, &what);
+            }
+        }
+    }
+    let tiny = RmsNormConfig::new(4096).with_partial(PartialRms::Fraction(1e-9));
+    assert_eq!(tiny.rms_count(), Ok(1));
+}
+
+#[test]
+fn eps_modes_gain_and_bias() {
+    let Some(gpu) = gpu() else { return };
+    for n in [257u32, 1024] {
+        let x = data(5 * n as usize, 11);
+        let g = data(n as usize, 12);
+        let b = data(n as usize, 13);
+        for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
+            for eps in [0.0, 1e-8, 1e-5, 0.5] {
+                for gain in [Gain::None, Gain::Scale, Gain::UnitOffset] {
+                    for bias in [false, true] {
+                        let config = RmsNormConfig::new(n)
+                            .with_eps(eps)
+                            .with_eps_mode(eps_mode)
+                            .with_gain(gain)
+                            .with_bias(bias)
+                            .with_partial(PartialRms::Fraction(0.25));
+                        let weights = Weights {
+                            gain: (gain != Gain::None).then_some(g.as_slice()),
+                            bias: bias.then_some(b.as_slice()),
+                        };
+                        let y = gpu.rms_norm_blocking(&x, &config, weights).unwrap();
+                        assert_matches_reference(
+                            &y,
+                            &x,
+                            &config,
+                            weights.gain,
+                            weights.bias,
+                            &format!("n={n} {eps_mode:?} eps={eps} {gain:?} bias={bias}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rescaling_invariance_and_no_shift_invariance() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        for n in [33u32, 4096] {
+            let config = RmsNormConfig::new(n).with_eps(0.0);
+            let x = data(2 * n as usize, 21);
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            // Powers of two: x * 2^j is exact, so any difference is the kernel's.
+            for j in [-40, -3, 1, 7, 40] {
+                let scaled: Vec<f32> = x.iter().map(|v| v * 2f32.powi(j)).collect();
+                let ys = run_kernel(gpu, &config, &options, &scaled, None, None);
+                let worst = ulp_distance(&y, &ys);
+                assert!(worst <= 4, "{reduction:?} n={n} 2^{j}: {worst} ulp apart");
+            }
+            // A positive factor that is not a power of two: equal within f32 rounding.
+            let scaled: Vec<f32> = x.iter().map(|v| v * 3.7).collect();
+            let ys = run_kernel(gpu, &config, &options, &scaled, None, None);
+            let max_diff = y
+                .iter()
+                .zip(&ys)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_diff < 1e-5,
+                "{reduction:?} n={n} x3.7: differs by {max_diff}"
+            );
+            // Shifting changes the result.
+            let shifted: Vec<f32> = x.iter().map(|v| v + 1.5).collect();
+            let yt = run_kernel(gpu, &config, &options, &shifted, None, None);
+            let max_diff = y
+                .iter()
+                .zip(&yt)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                max_diff > 0.1,
+                "{reduction:?} n={n}: shift changed only {max_diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn zero_rows_give_zero_or_bias_never_nan() {
+    let Some(gpu) = gpu() else { return };
+    let n = 1000u32;
+    let b = data(n as usize, 31);
+    let g = data(n as usize, 32);
+    let mut x = data(3 * n as usize, 33);
+    x[n as usize..2 * n as usize].fill(0.0);
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
+            for eps in [1e-6f32, 0.0] {
+                let config = RmsNormConfig::new(n).with_eps(eps).with_eps_mode(eps_mode);
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                let zero_row = &y[n as usize..2 * n as usize];
+                assert!(
+                    zero_row.iter().all(|&v| v == 0.0),
+                    "{reduction:?} eps={eps}"
+                );
+                assert_matches_reference(&y, &x, &config, None, None, "zero row");
+
+                let affine = config.with_gain(Gain::Scale).with_bias(true);
+                let y = run_kernel(gpu, &affine, &options, &x, Some(&g), Some(&b));
+                assert_eq!(bits(&y[n as usize..2 * n as usize]), bits(&b));
+            }
+        }
+        // pRMSNorm whose first k elements are zero but the rest are not: with eps = 0 the
+        // documented scale is 0; with eps > 0 the elements are scaled by 1/sqrt(eps).
+        let mut x = data(n as usize, 34);
+        x[..10].fill(0.0);
+        for eps in [0.0f32, 1e-4] {
+            let config = RmsNormConfig::new(n)
+                .with_eps(eps)
+                .with_partial(PartialRms::Count(10));
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            assert!(y.iter().all(|v| v.is_finite()), "{reduction:?} eps={eps}");
+            assert_matches_reference(&y, &x, &config, None, None, "zero prefix");
+        }
+    }
+}
+
+#[test]
+fn extreme_magnitudes_stay_finite_and_correct() {
+    let Some(gpu) = gpu() else { return };
+    let n = 1027u32;
+    let base = data(n as usize, 41);
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            workgroup_size: None,
+        };
+        for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
+            for eps in [0.0f32, 1e-6] {
+                let config = RmsNormConfig::new(n).with_eps(eps).with_eps_mode(eps_mode);
+                for scale in [1e20f32, 1e30, 1e37, 1e-20, 1e-30, 1e-36] {
+                    let x: Vec<f32> = base.iter().map(|v| v * scale).collect();
+                    let y = run_kernel(gpu, &config, &options, &x, None, None);
+                    let what = format!("{reduction:?} {eps_mode:?} eps={eps} scale={scale:e}");
+                    assert_matches_reference(&y, &x, &config, None, None, &what);
+                }
+                // A constant row of 1e20: every output is exactly representable as 1.
+                let x = vec![1e20f32; n as usize];
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                assert!(
+                    y.iter().all(|&v| (v - 1.0).abs() < 1e-6),
+                    "row of 1e20: {}",
+                    y[0]
+                );
+                // Near f32::MAX.
+                let x: Vec<f32> = base.iter().map(|v| v / 6.0 * 3.0e38).collect();
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                assert_matches_reference(&y, &x, &config, None, None, "near f32::MAX");
+            }
+        }
+    }
+}
+
+#[test]
+fn explicit_workgroup_sizes() {
+    let Some(gpu) = gpu() else { return };
+    let n = 1000u32;
+    let x = data(7 * n as usize, 51);
+    let config = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(0.3));
+    for reduction in reductions(gpu) {
+        if reduction == Reduction::SingleSubgroup {
+            continue;
+        }
+        for size in [1u32, 2, 32, 64, 256] {
+            let options = KernelOptions {
+                reduction,
+                workgroup_size: Some(size),
+            };
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            assert_matches_reference(
+                &y,
+                &x,
+                &config,
+                None,
+                None,
+                &format!("{reduction:?} {size}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_batch_is_a_no_op() {
+    let Some(gpu) = gpu() else { return };
+    let y = gpu
+        .rms_norm_blocking(&[], &RmsNormConfig::new(64), Weights::NONE)
+        .unwrap();
+    assert!(y.is_empty());
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+fn ulp_distance(a: &[f32], b: &[f32]) -> u32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let order = |f: f32| {
+                let i = f.to_bits() as i32;
+                if i < 0 {
+                    i32::MIN - i
+                } else {
+                    i
+                }
+            };
+            order(*x).abs_diff(order(*y))
+        })
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,50 @@
+//! Every module the library can build parses and validates with naga against WebGPU's
+//! capabilities (plus subgroups where it uses them); the browser variant differs only by
+//! the `enable subgroups;` directive.
+
+#[path = "../src/shader_check.rs"]
+mod shader_check;
+mod shaders {
+    pub use wgpu_rmsnorm::shaders::*;
+}
+
+use shaders::*;
+
+#[test]
+fn every_module_validates() {
+    for kernel in KERNELS {
+        for layout in ELEM_LAYOUTS {
+            for reduction in REDUCTIONS {
+                let native = compose(kernel, layout, reduction, ShaderTarget::Native);
+                let module = shader_check::validate(&native, reduction.uses_subgroups())
+                    .unwrap_or_else(|e| panic!("{layout:?} {reduction:?}: {e}"));
+                assert!(module.entry_points.iter().any(|e| e.name == "rms_norm"));
+                if reduction.uses_subgroups() {
+                    let err = shader_check::validate(&native, false).unwrap_err();
+                    assert!(err.contains("ubgroup"), "{err}");
+                }
+                let browser = compose(kernel, layout, reduction, ShaderTarget::Browser);
+                let expected = if reduction.uses_subgroups() {
+                    format!("enable subgroups;\n{}", native.source)
+                } else {
+                    native.source.clone()
+                };
+                assert_eq!(browser.source, expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_point_at_the_shader_file_and_line() {
+    let composed = compose(
+        RMSNORM,
+        ElemLayout::Scalar,
+        ReductionKind::WorkgroupTree,
+        ShaderTarget::Native,
+    );
+    let kernel_start = composed.source.find("struct Params").unwrap();
+    let line = composed.source[..kernel_start].lines().count() + 1;
+    assert_eq!(composed.locate(line).0, "shaders/rmsnorm.wgsl");
+    assert_eq!(composed.locate(1), ("shaders/elem_scalar.wgsl", 1));
+}
