@@ -155,7 +155,7 @@ impl RmsNormConfig {
             return Err(Error::ZeroHiddenSize);
         }
         let hidden = self.hidden as usize;
-        if len % hidden != 0 {
+        if !len.is_multiple_of(hidden) {
             return Err(Error::InputNotMultipleOfHidden {
                 len,
                 hidden: self.hidden,

@@ -196,7 +196,10 @@ impl RmsNorm {
                 cache: None,
             })
         };
-        let vec4 = (config.hidden % 4 == 0).then(|| build(ElemLayout::Vec4));
+        let vec4 = config
+            .hidden
+            .is_multiple_of(4)
+            .then(|| build(ElemLayout::Vec4));
         let scalar = build(ElemLayout::Scalar);
         Ok(Self {
             config: *config,

@@ -87,8 +87,7 @@ pub(crate) async fn find_adapter(
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: choice.power_preference,
-            force_fallback_adapter: false,
-            compatible_surface: None,
+            ..Default::default()
         })
         .await
         .map_err(|e| {

@@ -77,7 +77,8 @@ pub fn compare(actual: &[f32], expected: &[f64], abs_tol: f64, rel_tol: f64) -> 
     }
     for (&a, &e) in actual.iter().zip(expected) {
         let err = (f64::from(a) - e).abs();
-        if !(err <= abs_tol + rel_tol * e.abs()) {
+        let within = err <= abs_tol + rel_tol * e.abs();
+        if !within {
             stats.failures += 1;
         }
         if err.is_nan() {

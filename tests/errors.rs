@@ -19,13 +19,14 @@ fn bad_configs_and_slices() {
     let c = RmsNormConfig::new(8);
     let v8 = data(8, 2);
     let v7 = data(7, 3);
-    let cases: Vec<(
-        &str,
+    type Case<'a> = (
+        &'a str,
         RmsNormConfig,
         Vec<f32>,
-        Weights<'_>,
+        Weights<'a>,
         fn(&Error) -> bool,
-    )> = vec![
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "hidden 0",
             RmsNormConfig::new(0),
