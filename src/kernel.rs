@@ -34,6 +34,16 @@ pub struct KernelOptions {
     pub workgroup_size: Option<u32>,
 }
 
+impl KernelOptions {
+    /// The given reduction with the default workgroup size.
+    pub fn with_reduction(reduction: Reduction) -> Self {
+        Self {
+            reduction,
+            workgroup_size: None,
+        }
+    }
+}
+
 /// A region of a buffer: the buffer and a byte offset (a multiple of 4) where the data starts.
 #[derive(Debug, Clone, Copy)]
 pub struct BufferRegion<'a> {

@@ -91,19 +91,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Deterministic test data: values of varied sign and magnitude in about [-4, 4].
-fn sample_data(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
-        })
-        .collect()
-}
-
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -159,9 +146,12 @@ async fn run(args: &Args) -> wgpu_rmsnorm::Result<bool> {
         args.config.gain,
         args.config.bias
     );
-    let x = sample_data(len, 1);
-    let gain = (args.config.gain != Gain::None).then(|| sample_data(n as usize, 2));
-    let bias = args.config.bias.then(|| sample_data(n as usize, 3));
+    let x = reference::sample_data(len, 1, 4.0);
+    let gain = (args.config.gain != Gain::None).then(|| reference::sample_data(n as usize, 2, 4.0));
+    let bias = args
+        .config
+        .bias
+        .then(|| reference::sample_data(n as usize, 3, 4.0));
     let weights = Weights {
         gain: gain.as_deref(),
         bias: bias.as_deref(),

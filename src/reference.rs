@@ -57,6 +57,21 @@ pub fn rms_norm(
     Ok(y)
 }
 
+/// Deterministic data of varied sign and magnitude in `[-amplitude, amplitude)`, the same for
+/// the same `seed` on every platform (xorshift64): for tests, the CLI and the demo.
+pub fn sample_data(len: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            (unit * 2.0 - 1.0) * amplitude
+        })
+        .collect()
+}
+
 /// The largest errors of `actual` against `expected`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ErrorStats {

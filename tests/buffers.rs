@@ -205,10 +205,7 @@ fn devices_without_subgroups_use_the_tree() {
     assert!(!device.features().contains(wgpu::Features::SUBGROUP));
     let config = RmsNormConfig::new(300);
     for reduction in [Reduction::Subgroups, Reduction::SingleSubgroup] {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         let e = RmsNorm::new(&device, &config, &options).unwrap_err();
         assert!(matches!(e, Error::SubgroupsUnsupported { .. }), "{e:?}");
         eprintln!("{reduction:?} without subgroups: {e}");

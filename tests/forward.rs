@@ -14,10 +14,7 @@ const HIDDEN_SIZES: [u32; 22] = [
 fn every_hidden_size_and_reduction_matches_the_reference() {
     let Some(gpu) = gpu() else { return };
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         for (i, n) in HIDDEN_SIZES.into_iter().enumerate() {
             let rows = if n <= 4097 { 3 } else { 1 };
             let x = data(rows * n as usize, i as u64);
@@ -58,10 +55,7 @@ fn more_rows_than_workgroups_in_one_dispatch() {
 fn partial_rms_fractions_and_counts() {
     let Some(gpu) = gpu() else { return };
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         for n in [5u32, 1000, 4096, 4097] {
             let x = data(4 * n as usize, u64::from(n));
             let full = run_kernel(gpu, &RmsNormConfig::new(n), &options, &x, None, None);
@@ -132,10 +126,7 @@ fn eps_modes_gain_and_bias() {
 fn rescaling_invariance_and_no_shift_invariance() {
     let Some(gpu) = gpu() else { return };
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         for n in [33u32, 4096] {
             let config = RmsNormConfig::new(n).with_eps(0.0);
             let x = data(2 * n as usize, 21);
@@ -184,10 +175,7 @@ fn zero_rows_give_zero_or_bias_never_nan() {
     let mut x = data(3 * n as usize, 33);
     x[n as usize..2 * n as usize].fill(0.0);
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
             for eps in [1e-6f32, 0.0] {
                 let config = RmsNormConfig::new(n).with_eps(eps).with_eps_mode(eps_mode);
@@ -225,10 +213,7 @@ fn extreme_magnitudes_stay_finite_and_correct() {
     let n = 1027u32;
     let base = data(n as usize, 41);
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            workgroup_size: None,
-        };
+        let options = KernelOptions::with_reduction(reduction);
         for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
             for eps in [0.0f32, 1e-6] {
                 let config = RmsNormConfig::new(n).with_eps(eps).with_eps_mode(eps_mode);

@@ -35,15 +35,7 @@ pub fn gpu() -> Option<&'static GpuContext> {
 
 /// Deterministic data of varied sign and magnitude.
 pub fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
+    reference::sample_data(len, seed, 3.0)
 }
 
 /// The reductions to test on this device: all three where it has subgroups.
