@@ -11,6 +11,13 @@ fn main() {
     println!("cargo:rerun-if-changed=shaders");
     println!("cargo:rerun-if-changed=src/shaders.rs");
     println!("cargo:rerun-if-changed=src/shader_check.rs");
+    for file in shaders::STANDALONE {
+        let composed = shaders::ComposedShader::standalone(file);
+        if let Err(message) = shader_check::validate(&composed, false) {
+            eprintln!("invalid WGSL:\n{message}");
+            std::process::exit(1);
+        }
+    }
     for kernel in shaders::KERNELS {
         for layout in shaders::ELEM_LAYOUTS {
             for reduction in shaders::REDUCTIONS {

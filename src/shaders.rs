@@ -71,12 +71,16 @@ macro_rules! shader_file {
 
 /// `shaders/rmsnorm.wgsl`: RMSNorm and pRMSNorm forward.
 pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl");
+/// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
+pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
 const ELEM_SCALAR: ShaderFile = shader_file!("elem_scalar.wgsl");
 const REDUCE_TREE: ShaderFile = shader_file!("reduce_workgroup_tree.wgsl");
 const REDUCE_SUBGROUP: ShaderFile = shader_file!("reduce_subgroup.wgsl");
 const REDUCE_SINGLE: ShaderFile = shader_file!("reduce_single_subgroup.wgsl");
 
+/// Every standalone module (used as it is, not composed).
+pub const STANDALONE: [ShaderFile; 1] = [COPY_VEC4];
 /// Every kernel file.
 pub const KERNELS: [ShaderFile; 1] = [RMSNORM];
 /// Every element layout.
@@ -108,6 +112,16 @@ impl ComposedShader {
             .copied()
             .unwrap_or((1, "<prelude>"));
         (path, line + 1 - first)
+    }
+}
+
+impl ComposedShader {
+    /// A standalone file as a module of its own.
+    pub fn standalone(file: ShaderFile) -> Self {
+        Self {
+            source: file.text.to_string(),
+            parts: vec![(1, file.path)],
+        }
     }
 }
 

@@ -1,5 +1,9 @@
 //! GPU timing: timestamp queries where the device has them, wall clock around a whole
 //! submit elsewhere. Used by the CLI and the benchmarks.
+//!
+//! With `TIMESTAMP_QUERY_INSIDE_ENCODERS` (native) the timestamps bracket the whole sample
+//! in the encoder, so copies and kernels are timed alike. With `TIMESTAMP_QUERY` alone (the
+//! browser) they are written by the first and the last compute pass of the sample.
 
 use crate::error::{Error, Result};
 use crate::platform;
@@ -12,6 +16,8 @@ pub struct GpuTimer {
 
 #[derive(Debug)]
 struct Timestamps {
+    /// Written by `CommandEncoder::write_timestamp` (else by the passes).
+    in_encoder: bool,
     query_set: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
@@ -29,6 +35,9 @@ impl GpuTimer {
             .features()
             .contains(wgpu::Features::TIMESTAMP_QUERY)
             .then(|| Timestamps {
+                in_encoder: device
+                    .features()
+                    .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
                 query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
                     label: Some("timer queries"),
                     ty: wgpu::QueryType::Timestamp,
@@ -51,14 +60,26 @@ impl GpuTimer {
         Self { timestamps }
     }
 
+    /// A timer that always uses the wall clock around a whole submit.
+    pub fn wall_clock() -> Self {
+        Self { timestamps: None }
+    }
+
     /// Whether times come from timestamp queries (else from the wall clock).
     pub fn uses_timestamps(&self) -> bool {
         self.timestamps.is_some()
     }
 
-    /// Records `reps` repetitions with `record(encoder, rep, timestamps)` into one submit
-    /// and returns the seconds per repetition. `record` must pass `timestamps` to the compute
-    /// pass it records (it is `Some` for the first and the last repetition only).
+    /// Whether work without a compute pass (a buffer copy) is timed by timestamps too.
+    pub fn times_copies(&self) -> bool {
+        self.timestamps.as_ref().is_some_and(|t| t.in_encoder)
+    }
+
+    /// Records `reps` repetitions with `record(encoder, timestamps)` into one submit and
+    /// returns the seconds per repetition. `record` must pass `timestamps` to the compute pass
+    /// it records (it is `Some` for the first and the last repetition where the passes write
+    /// the timestamps). Work without a pass is timed by the wall clock unless
+    /// [`GpuTimer::times_copies`].
     pub async fn time(
         &self,
         device: &wgpu::Device,
@@ -68,8 +89,13 @@ impl GpuTimer {
     ) -> Result<f64> {
         let reps = reps.max(1);
         let mut encoder = device.create_command_encoder(&Default::default());
+        let in_encoder = self.times_copies();
+        let t = self.timestamps.as_ref();
+        if let Some(t) = t.filter(|_| in_encoder) {
+            encoder.write_timestamp(&t.query_set, 0);
+        }
         for rep in 0..reps {
-            let writes = self.timestamps.as_ref().and_then(|t| {
+            let writes = t.filter(|_| !in_encoder).and_then(|t| {
                 let first = rep == 0;
                 let last = rep + 1 == reps;
                 (first || last).then_some(wgpu::ComputePassTimestampWrites {
@@ -80,7 +106,10 @@ impl GpuTimer {
             });
             record(&mut encoder, writes)?;
         }
-        if let Some(t) = &self.timestamps {
+        if let Some(t) = t.filter(|_| in_encoder) {
+            encoder.write_timestamp(&t.query_set, 1);
+        }
+        if let Some(t) = t {
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
         }

@@ -36,6 +36,15 @@ fn every_module_validates() {
 }
 
 #[test]
+fn standalone_modules_validate() {
+    for file in STANDALONE {
+        let module = shader_check::validate(&ComposedShader::standalone(file), false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(module.entry_points.len(), 1, "{}", file.path);
+    }
+}
+
+#[test]
 fn errors_point_at_the_shader_file_and_line() {
     let composed = compose(
         RMSNORM,
