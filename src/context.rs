@@ -240,7 +240,10 @@ impl GpuContext {
         let vector_bytes = u64::from(config.hidden) * 4;
         // Gain at 0, bias after it, on a 256-byte boundary.
         let bias_offset = vector_bytes.next_multiple_of(256);
-        let errors = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // Any error wgpu raises for this call comes back as Error::Gpu (an out-of-memory
+        // device, or a bug here), not through the device's uncaptured-error handler.
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue
             .write_buffer(&scratch.input, 0, bytemuck::cast_slice(x));
         if let Some(gain) = weights.gain {
@@ -268,7 +271,10 @@ impl GpuContext {
         kernel.encode(&self.device, &mut encoder, &buffers, rows)?;
         encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
-        let gpu_error = errors.pop().await;
+        // Both popped (innermost first) before any await: the guards are not Send.
+        let validation = validation.pop();
+        let out_of_memory = out_of_memory.pop();
+        let gpu_error = validation.await.or(out_of_memory.await);
 
         let slice = scratch.staging.slice(..bytes);
         let result = match gpu_error {
@@ -359,5 +365,26 @@ impl GpuContext {
         weights: Weights<'_>,
     ) -> Result<Vec<f32>> {
         platform::block_on(self.rms_norm(x, config, weights))
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Compiles only if the futures can move between threads (tokio's multi-thread runtime).
+    #[allow(dead_code)]
+    fn futures_are_send(gpu: &GpuContext, x: &[f32], config: &RmsNormConfig) {
+        assert_send(&gpu.rms_norm(x, config, Weights::NONE));
+        assert_send(&GpuContext::new());
+    }
+
+    #[test]
+    fn context_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<GpuContext>();
+        check::<RmsNorm>();
     }
 }
