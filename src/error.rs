@@ -13,9 +13,9 @@ pub enum Error {
 
     /// The hidden size is larger than one storage binding can hold on this device.
     #[error(
-        "hidden size {hidden} needs {row_bytes} bytes per row, more than this device's \
-         max_storage_buffer_binding_size ({limit} bytes): use a smaller hidden size or a \
-         device with a larger limit"
+        "hidden size {hidden} needs a binding of {row_bytes} bytes for one row (with alignment \
+         slack), more than this device's max_storage_buffer_binding_size ({limit} bytes): use \
+         a smaller hidden size or a device with a larger limit"
     )]
     RowExceedsBindingLimit {
         /// The hidden size asked for.
