@@ -156,7 +156,7 @@ impl RmsNorm {
                 limit: limits.max_binding,
             });
         }
-        let (reduction, workgroup_size) = choose_reduction(device, options)?;
+        let (reduction, workgroup_size) = choose_reduction(device, options, config.hidden)?;
 
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("rmsnorm bind group layout"),
@@ -471,16 +471,32 @@ fn bool_constant(value: bool) -> f64 {
     }
 }
 
-/// Resolves [`Reduction::Auto`] and the workgroup size against the device.
+/// Loop iterations one invocation may spend on a row. llvmpipe (lavapipe) stops every loop
+/// of an invocation after 65535 iterations in all, silently: a row takes up to four passes
+/// (two, plus two on the rescaled path), so the default workgroup grows with the row to keep
+/// each invocation well under that.
+const ROW_ITERATION_BUDGET: u64 = 8192;
+
+/// The fewest invocations per workgroup that keep a row of `hidden` within
+/// [`ROW_ITERATION_BUDGET`] (scalar loads, the worst case).
+fn min_workgroup_for_row(hidden: u32) -> u32 {
+    let needed = (4 * u64::from(hidden)).div_ceil(ROW_ITERATION_BUDGET);
+    needed.next_power_of_two().min(1024) as u32
+}
+
+/// Resolves [`Reduction::Auto`] and the workgroup size against the device and row length.
 fn choose_reduction(
     device: &wgpu::Device,
     options: &KernelOptions,
+    hidden: u32,
 ) -> Result<(ReductionKind, u32)> {
     let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
     let info = device.adapter_info();
+    let subgroup = info.subgroup_min_size.max(1);
+    let row_minimum = min_workgroup_for_row(hidden);
     let reduction = match options.reduction {
         Reduction::Auto if !has_subgroups => ReductionKind::WorkgroupTree,
-        Reduction::Auto if info.device_type == wgpu::DeviceType::Cpu => {
+        Reduction::Auto if info.device_type == wgpu::DeviceType::Cpu && row_minimum <= subgroup => {
             ReductionKind::SingleSubgroup
         }
         Reduction::Auto => ReductionKind::Subgroups,
@@ -500,11 +516,10 @@ fn choose_reduction(
         .max_compute_invocations_per_workgroup
         .min(limits.max_compute_workgroup_size_x)
         .min(1024);
-    let subgroup = info.subgroup_min_size.max(1);
     let size = match (reduction, options.workgroup_size) {
         (ReductionKind::SingleSubgroup, None) => subgroup,
         (_, Some(size)) => size,
-        (_, None) => 256.min(max),
+        (_, None) => 256.max(row_minimum).min(max),
     };
     let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });
     if size == 0 || !size.is_power_of_two() {

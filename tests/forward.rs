@@ -25,6 +25,27 @@ fn every_hidden_size_and_reduction_matches_the_reference() {
     }
 }
 
+/// Rows long enough that one invocation per 8 elements would loop past llvmpipe's limit of
+/// 65535 iterations (it then stops the loops silently): the default variant must not.
+#[test]
+fn very_long_rows_with_the_default_variant() {
+    let Some(gpu) = gpu() else { return };
+    for (rows, n) in [(1usize, 1_048_576u32), (2, 262_147), (1, 1_048_572)] {
+        let x = data(rows * n as usize, u64::from(n));
+        for partial in [PartialRms::Full, PartialRms::Fraction(0.75)] {
+            let config = RmsNormConfig::new(n).with_partial(partial);
+            let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+            assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} x {n}"));
+        }
+    }
+    // The rescaled path too (four passes over the row).
+    let n = 1_048_576u32;
+    let x: Vec<f32> = data(n as usize, 3).iter().map(|v| v * 1e25).collect();
+    let config = RmsNormConfig::new(n);
+    let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+    assert_matches_reference(&y, &x, &config, None, None, "1 x 1048576 of ~1e25");
+}
+
 #[test]
 fn row_counts_through_the_high_level_api() {
     let Some(gpu) = gpu() else { return };
