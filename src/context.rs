@@ -382,6 +382,25 @@ mod tests {
     }
 
     #[test]
+    fn adapter_ranking_prefers_hardware_then_native_backends() {
+        let info = wgpu::AdapterInfo::new;
+        use wgpu::{Backend, DeviceType::*};
+        let high = AdapterChoice::default();
+        let low = AdapterChoice {
+            power_preference: wgpu::PowerPreference::LowPower,
+            ..AdapterChoice::default()
+        };
+        let discrete = info(DiscreteGpu, Backend::Vulkan);
+        let integrated = info(IntegratedGpu, Backend::Vulkan);
+        let lavapipe = info(Cpu, Backend::Vulkan);
+        let llvmpipe_gl = info(Cpu, Backend::Gl);
+        assert!(high.rank(&discrete) > high.rank(&integrated));
+        assert!(low.rank(&integrated) > low.rank(&discrete));
+        assert!(low.rank(&discrete) > low.rank(&lavapipe));
+        assert!(high.rank(&lavapipe) > high.rank(&llvmpipe_gl));
+    }
+
+    #[test]
     fn context_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<GpuContext>();
