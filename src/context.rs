@@ -108,7 +108,24 @@ pub struct GpuContext {
     kernel_options: KernelOptions,
     kernels: Mutex<HashMap<KernelKey, Arc<RmsNorm>>>,
     scratch: Mutex<Option<Scratch>>,
+    /// Timestamp queries for every call, where the device has them.
+    call_timer: Option<CallTimer>,
+    last_gpu_seconds: Mutex<Option<f64>>,
+    /// Why the device was lost, once it is (only for devices this crate opened).
+    lost: Arc<Mutex<Option<String>>>,
 }
+
+/// Two timestamps around each call's compute pass, resolved and copied behind the output in
+/// the staging buffer, so that one mapping reads both.
+#[derive(Debug)]
+struct CallTimer {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    period_ns: f64,
+}
+
+/// Bytes reserved behind the output in the staging buffer for the two timestamps.
+const TIMESTAMP_BYTES: u64 = 16;
 
 /// Everything that makes two configs need different pipelines or parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,7 +172,19 @@ impl GpuContext {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, kernel_options))
+        // Errors are caught by scopes around each call; anything else is logged, not a panic.
+        device.on_uncaptured_error(Arc::new(|e| {
+            platform::log_error(&format!("wgpu-rmsnorm: uncaptured GPU error: {e}"))
+        }));
+        let context = Self::from_device(device, queue, kernel_options);
+        let lost = context.lost.clone();
+        context
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("{reason:?}: {message}"));
+            });
+        Ok(context)
     }
 
     /// Wraps a device and queue you already have.
@@ -164,6 +193,23 @@ impl GpuContext {
         queue: wgpu::Queue,
         kernel_options: KernelOptions,
     ) -> Self {
+        let call_timer = device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| CallTimer {
+                query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("rmsnorm call timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                }),
+                resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("rmsnorm call timestamps"),
+                    size: TIMESTAMP_BYTES,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period_ns: f64::from(queue.get_timestamp_period()),
+            });
         Self {
             adapter_info: device.adapter_info(),
             device,
@@ -171,6 +217,9 @@ impl GpuContext {
             kernel_options,
             kernels: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
+            call_timer,
+            last_gpu_seconds: Mutex::new(None),
+            lost: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -217,6 +266,14 @@ impl GpuContext {
         weights: Weights<'_>,
     ) -> Result<Vec<f32>> {
         config.validate()?;
+        if let Some(reason) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Err(Error::DeviceLost(reason));
+        }
         let rows = config.rows_in(x.len())?;
         config.check_weights(
             weights.gain.map(<[f32]>::len),
@@ -268,15 +325,39 @@ impl GpuContext {
                 offset: bias_offset,
             }),
         };
-        kernel.encode(&self.device, &mut encoder, &buffers, rows)?;
+        let timestamp_writes = self
+            .call_timer
+            .as_ref()
+            .map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+        kernel.encode_with_timestamps(
+            &self.device,
+            &mut encoder,
+            &buffers,
+            rows,
+            timestamp_writes,
+        )?;
         encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
+        if let Some(t) = &self.call_timer {
+            encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &scratch.staging, bytes, TIMESTAMP_BYTES);
+        }
+        let mapped = bytes
+            + if self.call_timer.is_some() {
+                TIMESTAMP_BYTES
+            } else {
+                0
+            };
         self.queue.submit([encoder.finish()]);
         // Both popped (innermost first) before any await: the guards are not Send.
         let validation = validation.pop();
         let out_of_memory = out_of_memory.pop();
         let gpu_error = validation.await.or(out_of_memory.await);
 
-        let slice = scratch.staging.slice(..bytes);
+        let slice = scratch.staging.slice(..mapped);
         let result = match gpu_error {
             Some(e) => Err(Error::Gpu(e.to_string())),
             None => platform::map_read(&self.device, slice).await,
@@ -285,7 +366,16 @@ impl GpuContext {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Readback(e.to_string()))?;
-            Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&view))
+            let (output, ticks) = view.split_at(bytes as usize);
+            if let Some(t) = &self.call_timer {
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(ticks);
+                let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
+                *self
+                    .last_gpu_seconds
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
+            }
+            Ok(bytemuck::pod_collect_to_vec::<u8, f32>(output))
         });
         if result.is_ok() {
             scratch.staging.unmap();
@@ -321,7 +411,11 @@ impl GpuContext {
                 Scratch {
                     input: buffer("rmsnorm input", tensor, U::STORAGE | U::COPY_DST),
                     output: buffer("rmsnorm output", tensor, U::STORAGE | U::COPY_SRC),
-                    staging: buffer("rmsnorm staging", tensor, U::MAP_READ | U::COPY_DST),
+                    staging: buffer(
+                        "rmsnorm staging",
+                        tensor + TIMESTAMP_BYTES,
+                        U::MAP_READ | U::COPY_DST,
+                    ),
                     weights: buffer("rmsnorm weights", weights, U::STORAGE | U::COPY_DST),
                 }
             }
@@ -336,6 +430,15 @@ impl GpuContext {
         if keep {
             *slot = Some(scratch);
         }
+    }
+
+    /// GPU time of the compute pass of the last call to finish, from timestamp queries
+    /// (`None` without `Features::TIMESTAMP_QUERY`, or before the first call).
+    pub fn last_gpu_seconds(&self) -> Option<f64> {
+        *self
+            .last_gpu_seconds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// GPU bytes held between calls (input, output, staging and weight buffers).

@@ -175,6 +175,10 @@ pub enum Error {
     #[error("the GPU reported an error: {0}")]
     Gpu(String),
 
+    /// The device was lost (driver reset, browser tab in the background, destroyed).
+    #[error("the GPU device was lost ({0}): create a new context")]
+    DeviceLost(String),
+
     /// Reading the result back failed (device lost, mapping failed).
     #[error("reading the result back from the GPU failed: {0}")]
     Readback(String),

@@ -29,9 +29,14 @@ pub enum Reduction {
 pub struct KernelOptions {
     /// The workgroup reduction.
     pub reduction: Reduction,
-    /// Invocations per workgroup, a power of two. `None`: 256 (capped by the device), or the
-    /// subgroup size for [`Reduction::SingleSubgroup`].
+    /// Invocations per workgroup, a power of two. `None`: chosen from the device and the row
+    /// length (see [`RmsNorm::new`]).
     pub workgroup_size: Option<u32>,
+    /// Whether the adapter runs compute shaders on the CPU (lavapipe, SwiftShader, WARP),
+    /// where every barrier costs a switch between invocations: small workgroups then win by
+    /// 20x. `None`: from the adapter's device type (browsers report SwiftShader as a GPU,
+    /// so the JavaScript API sets this from the adapter's architecture).
+    pub cpu_adapter: Option<bool>,
 }
 
 impl KernelOptions {
@@ -39,7 +44,7 @@ impl KernelOptions {
     pub fn with_reduction(reduction: Reduction) -> Self {
         Self {
             reduction,
-            workgroup_size: None,
+            ..Self::default()
         }
     }
 }
@@ -132,6 +137,17 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Validates `config` against the device and builds the pipelines.
+    ///
+    /// Unless `options` force them, the reduction and workgroup size follow from the device
+    /// and the row length `n`:
+    /// - with subgroups, on a CPU adapter: one subgroup per workgroup, no barrier at all;
+    /// - with subgroups, elsewhere: [`Reduction::Subgroups`] with 256 invocations;
+    /// - without subgroups: the tree, with about one SIMD width (the smallest subgroup size,
+    ///   at least 4) per workgroup on CPU adapters and 256 invocations elsewhere;
+    /// - in every case the workgroup grows with `n` so that no invocation loops more than
+    ///   8192 times over a row (llvmpipe stops loops past 65535 iterations).
+    ///
+    /// Loads and stores are vec4 where `n` and every offset of a call are multiples of 4.
     pub fn new(
         device: &wgpu::Device,
         config: &RmsNormConfig,
@@ -494,11 +510,12 @@ fn choose_reduction(
     let info = device.adapter_info();
     let subgroup = info.subgroup_min_size.max(1);
     let row_minimum = min_workgroup_for_row(hidden);
+    let cpu = options
+        .cpu_adapter
+        .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
     let reduction = match options.reduction {
         Reduction::Auto if !has_subgroups => ReductionKind::WorkgroupTree,
-        Reduction::Auto if info.device_type == wgpu::DeviceType::Cpu && row_minimum <= subgroup => {
-            ReductionKind::SingleSubgroup
-        }
+        Reduction::Auto if cpu && row_minimum <= subgroup => ReductionKind::SingleSubgroup,
         Reduction::Auto => ReductionKind::Subgroups,
         Reduction::WorkgroupTree => ReductionKind::WorkgroupTree,
         Reduction::Subgroups => ReductionKind::Subgroups,
@@ -519,6 +536,8 @@ fn choose_reduction(
     let size = match (reduction, options.workgroup_size) {
         (ReductionKind::SingleSubgroup, None) => subgroup,
         (_, Some(size)) => size,
+        // CPU adapters: a workgroup of about one SIMD width keeps barriers cheap.
+        (_, None) if cpu => subgroup.max(4).max(row_minimum).min(max),
         (_, None) => 256.max(row_minimum).min(max),
     };
     let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });

@@ -16,3 +16,5 @@ pub use error::{Error, Result};
 pub use kernel::{BufferRegion, KernelOptions, Reduction, RmsNorm, RmsNormBuffers};
 #[cfg(not(target_arch = "wasm32"))]
 pub use platform::block_on;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

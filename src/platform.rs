@@ -79,11 +79,23 @@ pub(crate) async fn find_adapter(
         })
 }
 
+/// How to get WebGPU, for the messages of a browser that has none.
+#[cfg(target_arch = "wasm32")]
+const WEBGPU_HELP: &str = "WebGPU is in Chrome and Edge 113+, Safari 26+ and Firefox 141+ \
+     (Windows, macOS); Chromium on Linux needs --enable-unsafe-webgpu (and --enable-features=Vulkan); \
+     pages must come from https or http://localhost";
+
 #[cfg(target_arch = "wasm32")]
 pub(crate) async fn find_adapter(
     instance: &wgpu::Instance,
     choice: &crate::context::AdapterChoice,
 ) -> Result<wgpu::Adapter> {
+    if !wgpu::util::is_browser_webgpu_supported().await {
+        return Err(Error::NoAdapter(format!(
+            "this browser has no WebGPU (navigator.gpu is missing or offers no adapter). \
+             {WEBGPU_HELP}"
+        )));
+    }
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: choice.power_preference,
@@ -92,9 +104,7 @@ pub(crate) async fn find_adapter(
         .await
         .map_err(|e| {
             Error::NoAdapter(format!(
-                "this browser offers no WebGPU adapter ({e}). WebGPU is in Chrome and Edge 113+, \
-                 Safari 26+ and Firefox 141+ (Windows); on Linux Chromium needs \
-                 --enable-unsafe-webgpu"
+                "this browser offers no WebGPU adapter ({e}). {WEBGPU_HELP}"
             ))
         })
 }
@@ -111,4 +121,15 @@ pub(crate) fn now_seconds() -> f64 {
 #[cfg(target_arch = "wasm32")]
 pub(crate) fn now_seconds() -> f64 {
     js_sys::Date::now() * 1e-3
+}
+
+/// Reports an error that has no caller to return to.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn log_error(message: &str) {
+    eprintln!("{message}");
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn log_error(message: &str) {
+    web_sys::console::error_1(&message.into());
 }

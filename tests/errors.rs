@@ -200,6 +200,7 @@ fn bad_workgroup_sizes() {
         let options = KernelOptions {
             reduction,
             workgroup_size: Some(size),
+            ..KernelOptions::default()
         };
         let e = no_gpu_errors(gpu.device(), || {
             RmsNorm::new(gpu.device(), &config, &options)

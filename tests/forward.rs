@@ -55,6 +55,10 @@ fn row_counts_through_the_high_level_api() {
             let config = RmsNormConfig::new(n);
             let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
             assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} x {n}"));
+            if gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+                let seconds = gpu.last_gpu_seconds().expect("timed call");
+                assert!(seconds > 0.0 && seconds < 10.0, "{seconds} s");
+            }
         }
     }
 }
@@ -275,6 +279,7 @@ fn explicit_workgroup_sizes() {
             let options = KernelOptions {
                 reduction,
                 workgroup_size: Some(size),
+                ..KernelOptions::default()
             };
             let y = run_kernel(gpu, &config, &options, &x, None, None);
             assert_matches_reference(
@@ -318,4 +323,57 @@ fn ulp_distance(a: &[f32], b: &[f32]) -> u32 {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The documented rule of `RmsNorm::new` for choosing the variant.
+#[test]
+fn variant_rule() {
+    let Some(gpu) = gpu() else { return };
+    let device = gpu.device();
+    let info = gpu.adapter_info();
+    let subgroup = info.subgroup_min_size;
+    let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+    let choose = |hidden: u32, cpu_adapter: Option<bool>| {
+        let options = KernelOptions {
+            cpu_adapter,
+            ..KernelOptions::default()
+        };
+        let kernel =
+            wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options).unwrap();
+        (kernel.reduction(), kernel.workgroup_size())
+    };
+    if has_subgroups {
+        assert_eq!(
+            choose(4096, Some(true)),
+            (Reduction::SingleSubgroup, subgroup)
+        );
+        assert_eq!(choose(4096, Some(false)), (Reduction::Subgroups, 256));
+        // 4 * 1048576 / 8192 = 512 invocations keep every invocation under 8192 iterations.
+        assert_eq!(choose(1 << 20, Some(true)), (Reduction::Subgroups, 512));
+        assert_eq!(choose(1 << 20, Some(false)), (Reduction::Subgroups, 512));
+    } else {
+        assert_eq!(
+            choose(4096, Some(true)),
+            (Reduction::WorkgroupTree, subgroup.max(4))
+        );
+        assert_eq!(choose(4096, Some(false)), (Reduction::WorkgroupTree, 256));
+    }
+    let tree = |cpu_adapter| KernelOptions {
+        reduction: Reduction::WorkgroupTree,
+        cpu_adapter: Some(cpu_adapter),
+        ..KernelOptions::default()
+    };
+    let size = |options: KernelOptions, hidden| {
+        wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options)
+            .unwrap()
+            .workgroup_size()
+    };
+    assert_eq!(size(tree(true), 4096), subgroup.max(4));
+    assert_eq!(size(tree(true), 1 << 20), 512);
+    assert_eq!(size(tree(false), 4096), 256);
+    // And the small-workgroup tree is correct.
+    let x = data(9 * 1000, 77);
+    let config = RmsNormConfig::new(1000).with_partial(PartialRms::Fraction(0.2));
+    let y = run_kernel(gpu, &config, &tree(true), &x, None, None);
+    assert_matches_reference(&y, &x, &config, None, None, "tree on a CPU adapter");
 }

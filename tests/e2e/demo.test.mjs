@@ -1,0 +1,76 @@
+// The demo page, end to end, in Debian's Chromium driven by playwright-core.
+// DEMO_URL: the page, served on 127.0.0.1 (cargo xtask test serves it and sets this).
+// SCREENSHOT_DIR: where the screenshot goes (default: target/ of the repository).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const url = process.env.DEMO_URL;
+const screenshots = process.env.SCREENSHOT_DIR ?? new URL("../../target/", import.meta.url).pathname;
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const quietFlags = [
+  "--no-sandbox", "--disable-gpu-sandbox", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+];
+const webgpuFlags = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader"];
+
+assert.ok(url, "set DEMO_URL to the served demo page");
+const browsers = [];
+after(async () => Promise.all(browsers.map((b) => b.close())));
+
+async function openPage(args) {
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args });
+  browsers.push(browser);
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const problems = [];
+  page.on("console", (m) => { if (m.type() === "error") problems.push(`console.error: ${m.text()}`); });
+  page.on("pageerror", (e) => problems.push(`unhandled: ${e.message}`));
+  await page.goto(url);
+  return { page, problems };
+}
+
+test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 240_000 }, async () => {
+  const { page, problems } = await openPage([...quietFlags, ...webgpuFlags]);
+  await page.waitForSelector("#adapter[data-ready=true]", { timeout: 60_000 });
+  const adapter = await page.textContent("#adapter");
+  console.log(`adapter line: ${adapter}`);
+  assert.match(adapter, /BrowserWebGpu/);
+  await page.fill("#rows", "1024");
+  await page.fill("#hidden", "4096");
+  await page.click("#run");
+  await page.waitForSelector("body[data-state=done], body[data-state=error]", { timeout: 200_000 });
+  assert.equal(await page.getAttribute("body", "data-state"), "done", await page.textContent("#status"));
+
+  const rows = await page.$$eval("#results tbody tr", (trs) =>
+    trs.map((tr) => ({ cells: [...tr.children].map((td) => td.textContent), pass: tr.dataset.pass })));
+  console.log("results (1024 x 4096):");
+  console.log("kernel | k | GPU ms | GB/s | max abs err | max rel err | check");
+  for (const row of rows) console.log(row.cells.join(" | "));
+  assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm"]);
+  for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} failed verification`);
+
+  assert.equal(await page.locator("#sweep svg path.series").count(), 2, "sweep chart has both kernels");
+  assert.equal(await page.locator("#invariance svg path.series").count(), 3);
+  const scaled = Number(await page.getAttribute("#invariance-summary", "data-scaled"));
+  const shifted = Number(await page.getAttribute("#invariance-summary", "data-shifted"));
+  assert.ok(scaled < 1e-5, `scaling changed the output by ${scaled}`);
+  assert.ok(shifted > 0.1, `shifting changed the output by only ${shifted}`);
+
+  mkdirSync(screenshots, { recursive: true });
+  const path = `${screenshots}/demo.png`;
+  await page.screenshot({ path, fullPage: true });
+  console.log(`screenshot: ${path}`);
+  assert.deepEqual(problems, []);
+});
+
+test("the page explains how to get WebGPU when the browser has none", { timeout: 60_000 }, async () => {
+  const { page, problems } = await openPage([...quietFlags, "--disable-webgpu"]);
+  await page.waitForSelector("body[data-state=no-webgpu]", { timeout: 30_000 });
+  assert.ok(await page.isVisible("#no-webgpu"));
+  const text = await page.textContent("#no-webgpu");
+  assert.match(text, /--enable-unsafe-webgpu/);
+  assert.match(text, /Chrome/);
+  assert.equal(await page.isDisabled("#run"), true);
+  assert.deepEqual(problems, []);
+});

@@ -1,0 +1,247 @@
+// The demo page: RMSNorm and pRMSNorm on this browser's WebGPU through wgpu-rmsnorm's
+// wasm build, each result checked against the f64 reference (also from the wasm build).
+import init, {
+  Normalizer,
+  referenceRmsNorm,
+  compareToReference,
+  sampleData,
+} from "./pkg/wgpu_rmsnorm.js";
+
+const MAX_VALUES = 1 << 24; // 64 MiB of f32 per tensor keeps the tab responsive
+const SWEEP_VALUES = 1 << 20;
+const SWEEP_HIDDEN = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+const CALLS_PER_TIMING = 3;
+
+const $ = (id) => document.getElementById(id);
+const setState = (state) => { document.body.dataset.state = state; };
+
+function setStatus(text, kind = "") {
+  const status = $("status");
+  status.textContent = text;
+  status.className = kind;
+}
+
+function showNoWebGpu(detail) {
+  $("adapter").textContent = "No WebGPU adapter.";
+  $("no-webgpu-detail").textContent = detail;
+  $("no-webgpu").hidden = false;
+  setState("no-webgpu");
+}
+
+// The options of one kernel call from the form.
+function readForm() {
+  const rows = Number($("rows").value);
+  const hidden = Number($("hidden").value);
+  const p = Number($("p").value);
+  const eps = Number($("eps").value);
+  const problems = [];
+  if (!Number.isInteger(rows) || rows < 1) problems.push("rows must be a whole number >= 1");
+  if (!Number.isInteger(hidden) || hidden < 1) problems.push("hidden must be a whole number >= 1");
+  if (!(p > 0 && p <= 1)) problems.push("p must be in (0, 1]");
+  if (!(eps >= 0) || !Number.isFinite(eps)) problems.push("eps must be a finite number >= 0");
+  if (rows * hidden > MAX_VALUES) {
+    problems.push(`rows x hidden = ${rows * hidden} is more than this page allows (${MAX_VALUES})`);
+  }
+  return {
+    rows, hidden, p, problems,
+    eps, epsMode: $("eps-mode").value,
+    gain: $("gain").checked, gainOffset: $("gain-offset").checked, bias: $("bias").checked,
+  };
+}
+
+// Median GPU time (ms) of a few identical calls and the last output; wall clock where the
+// adapter has no timestamps (then upload and readback are included).
+async function timed(call, normalizer) {
+  const times = [];
+  let y;
+  for (let i = 0; i < CALLS_PER_TIMING; i++) {
+    const start = performance.now();
+    y = await call();
+    times.push(normalizer.lastGpuTimeMs() ?? performance.now() - start);
+  }
+  times.sort((a, b) => a - b);
+  return { y, ms: times[Math.floor(times.length / 2)] };
+}
+
+const gbps = (values, ms) => (2 * values * 4) / (ms * 1e-3) / 1e9;
+
+function resultRow(cells, pass) {
+  const tr = document.createElement("tr");
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  const check = document.createElement("td");
+  check.className = pass ? "pass" : "fail";
+  check.textContent = pass ? "✓ pass" : "✗ FAIL";
+  tr.append(check);
+  tr.dataset.pass = String(pass);
+  return tr;
+}
+
+async function runKernels(normalizer, form) {
+  const { rows, hidden } = form;
+  const values = rows * hidden;
+  const x = sampleData(values, 1, 4);
+  const options = { eps: form.eps, epsMode: form.epsMode };
+  if (form.gain) {
+    options.gain = sampleData(hidden, 2, 1);
+    options.gainOffset = form.gainOffset;
+  }
+  if (form.bias) options.bias = sampleData(hidden, 3, 1);
+  const kernels = [
+    { name: "RMSNorm", k: hidden, options, call: () => normalizer.rmsNorm(x, hidden, options) },
+    {
+      name: "pRMSNorm",
+      k: Math.min(hidden, Math.max(1, Math.ceil(hidden * form.p))),
+      options: { ...options, p: form.p },
+      call: () => normalizer.pRmsNorm(x, hidden, { ...options, p: form.p }),
+    },
+  ];
+  const body = $("results").querySelector("tbody");
+  body.replaceChildren();
+  for (const kernel of kernels) {
+    setStatus(`Running ${kernel.name} on ${rows} x ${hidden}…`, "busy");
+    const { y, ms } = await timed(kernel.call, normalizer);
+    const expected = referenceRmsNorm(x, hidden, kernel.options);
+    const error = compareToReference(y, expected);
+    body.append(resultRow([
+      kernel.name,
+      String(kernel.k),
+      ms.toFixed(3),
+      gbps(values, ms).toFixed(2),
+      error.maxAbs.toExponential(2),
+      error.maxRel.toExponential(2),
+    ], error.pass));
+  }
+}
+
+// A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }].
+function lineChart(container, series, { xLabel, yLabel, logX = false }) {
+  const W = 720, H = 300, L = 60, R = 130, T = 12, B = 40;
+  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+  const ys = series.flatMap((s) => s.points.map((p) => p[1]));
+  const fx = logX ? Math.log2 : (v) => v;
+  const [x0, x1] = [Math.min(...xs.map(fx)), Math.max(...xs.map(fx))];
+  let [y0, y1] = [Math.min(0, ...ys), Math.max(...ys)];
+  if (y1 === y0) y1 = y0 + 1;
+  const px = (v) => L + ((fx(v) - x0) / (x1 - x0 || 1)) * (W - L - R);
+  const py = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.append(el);
+    return el;
+  };
+  add("line", { x1: L, y1: py(y0), x2: W - R, y2: py(y0), class: "axis" });
+  add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
+  for (let i = 0; i <= 4; i++) {
+    const v = y0 + ((y1 - y0) * i) / 4;
+    add("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, Number(v.toPrecision(3)).toString());
+  }
+  for (const v of [...new Set(xs)]) {
+    add("text", { x: px(v), y: H - B + 16, "text-anchor": "middle" }, String(v));
+  }
+  add("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, xLabel);
+  add("text", { x: 12, y: T + 8 }, yLabel);
+  series.forEach((s, i) => {
+    const d = s.points.map((p, j) => `${j ? "L" : "M"}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join("");
+    add("path", { d, class: "series", stroke: s.color, "stroke-dasharray": s.dash ?? "" });
+    add("rect", { x: W - R + 12, y: T + 4 + i * 20, width: 14, height: 4, fill: s.color });
+    add("text", { x: W - R + 32, y: T + 10 + i * 20 }, s.name);
+  });
+  container.replaceChildren(svg);
+}
+
+async function runSweep(normalizer, form) {
+  const rms = [], prms = [];
+  for (const hidden of SWEEP_HIDDEN) {
+    setStatus(`Sweep: hidden ${hidden}…`, "busy");
+    const x = sampleData(SWEEP_VALUES, hidden, 4);
+    const a = await timed(() => normalizer.rmsNorm(x, hidden), normalizer);
+    const b = await timed(() => normalizer.pRmsNorm(x, hidden, { p: form.p }), normalizer);
+    rms.push([hidden, gbps(SWEEP_VALUES, a.ms)]);
+    prms.push([hidden, gbps(SWEEP_VALUES, b.ms)]);
+  }
+  lineChart($("sweep"), [
+    { name: "RMSNorm", color: "var(--rms)", points: rms },
+    { name: `pRMSNorm p=${form.p}`, color: "var(--prms)", points: prms },
+  ], { xLabel: "hidden size", yLabel: "GB/s", logX: true });
+}
+
+async function runInvariance(normalizer) {
+  const n = 64, a = 3, c = 1.5;
+  const x = sampleData(n, 7, 2);
+  const options = { eps: 0 };
+  const y = await normalizer.rmsNorm(x, n, options);
+  const ya = await normalizer.rmsNorm(x.map((v) => v * a), n, options);
+  const yc = await normalizer.rmsNorm(x.map((v) => v + c), n, options);
+  const points = (v) => Array.from(v, (value, i) => [i, value]);
+  lineChart($("invariance"), [
+    { name: "RMSNorm(x)", color: "var(--rms)", points: points(y) },
+    { name: `RMSNorm(${a}·x)`, color: "var(--prms)", points: points(ya), dash: "5 4" },
+    { name: `RMSNorm(x + ${c})`, color: "var(--layer)", points: points(yc) },
+  ], { xLabel: "element", yLabel: "output" });
+  const maxDiff = (u, v) => u.reduce((m, value, i) => Math.max(m, Math.abs(value - v[i])), 0);
+  const scaled = maxDiff(y, ya), shifted = maxDiff(y, yc);
+  const summary = $("invariance-summary");
+  summary.textContent = `max |RMSNorm(${a}·x) − RMSNorm(x)| = ${scaled.toExponential(2)} ` +
+    `(invariant); max |RMSNorm(x + ${c}) − RMSNorm(x)| = ${shifted.toFixed(3)} (not invariant).`;
+  summary.dataset.scaled = String(scaled);
+  summary.dataset.shifted = String(shifted);
+}
+
+async function main() {
+  await init();
+  if (!navigator.gpu) {
+    showNoWebGpu("navigator.gpu is not defined in this browser.");
+    return;
+  }
+  let normalizer;
+  try {
+    normalizer = await Normalizer.create();
+  } catch (error) {
+    showNoWebGpu(String(error.message ?? error));
+    return;
+  }
+  const info = normalizer.adapterInfo();
+  const name = info.name || [info.vendor, info.architecture].filter(Boolean).join(" ") || "unnamed adapter";
+  $("adapter").textContent = `${name} (vendor ${info.vendor || "?"}, architecture ${info.architecture || "?"}, ` +
+    `${info.backend}); features: ${info.features.join(", ") || "none"}; reduction: ${info.reduction}`;
+  $("adapter").dataset.ready = "true";
+  setState("ready");
+  $("run").disabled = false;
+
+  $("controls").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = readForm();
+    if (form.problems.length) {
+      setStatus(form.problems.join("; "), "error");
+      return;
+    }
+    $("run").disabled = true;
+    setState("running");
+    try {
+      await runKernels(normalizer, form);
+      await runInvariance(normalizer);
+      await runSweep(normalizer, form);
+      setStatus("Done.");
+      setState("done");
+    } catch (error) {
+      setStatus(`Error: ${error.message ?? error}`, "error");
+      setState("error");
+    } finally {
+      $("run").disabled = false;
+    }
+  });
+}
+
+main().catch((error) => {
+  setStatus(`Could not start: ${error.message ?? error}`, "error");
+  setState("error");
+});
