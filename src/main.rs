@@ -1,15 +1,23 @@
 //! The main job: runs RMSNorm and pRMSNorm on the chosen adapter, checks them against the
-//! f64 reference and prints GPU time and effective bandwidth.
+//! f64 reference and prints GPU time and effective bandwidth. Native only: in the browser
+//! the demo page in www/ does this job.
+#![cfg_attr(target_arch = "wasm32", allow(unused))]
 
-use std::process::ExitCode;
-use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
-use wgpu_rmsnorm::timing::GpuTimer;
-use wgpu_rmsnorm::{
-    block_on, AdapterChoice, BufferRegion, EpsMode, Gain, GpuContext, KernelOptions, PartialRms,
-    Reduction, RmsNormBuffers, RmsNormConfig, Weights,
-};
+#[cfg(target_arch = "wasm32")]
+fn main() {}
 
-const USAGE: &str = "\
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+
+    use std::process::ExitCode;
+    use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+    use wgpu_rmsnorm::timing::GpuTimer;
+    use wgpu_rmsnorm::{
+        block_on, AdapterChoice, BufferRegion, EpsMode, Gain, GpuContext, KernelOptions,
+        PartialRms, Reduction, RmsNormBuffers, RmsNormConfig, Weights,
+    };
+
+    const USAGE: &str = "\
 usage: wgpu-rmsnorm [options]
   --rows R             rows (tokens), default 4096
   --hidden N           hidden size (row length), default 4096
@@ -24,208 +32,215 @@ usage: wgpu-rmsnorm [options]
   --samples S          timing samples (median taken), default 10
 Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
 
-struct Args {
-    rows: u32,
-    config: RmsNormConfig,
-    partial: PartialRms,
-    options: KernelOptions,
-    samples: usize,
-}
+    struct Args {
+        rows: u32,
+        config: RmsNormConfig,
+        partial: PartialRms,
+        options: KernelOptions,
+        samples: usize,
+    }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        rows: 4096,
-        config: RmsNormConfig::new(4096),
-        partial: PartialRms::Fraction(0.0625),
-        options: KernelOptions::default(),
-        samples: 10,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(String::new());
+    fn parse_args() -> Result<Args, String> {
+        let mut args = Args {
+            rows: 4096,
+            config: RmsNormConfig::new(4096),
+            partial: PartialRms::Fraction(0.0625),
+            options: KernelOptions::default(),
+            samples: 10,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            if flag == "--help" || flag == "-h" {
+                return Err(String::new());
+            }
+            if flag == "--bias" {
+                args.config.bias = true;
+                continue;
+            }
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let bad = |what: &str| format!("{flag} {value}: {what}");
+            let number = |v: &str| v.parse::<f64>().map_err(|_| bad("not a number"));
+            let count = |v: &str| v.parse::<u32>().map_err(|_| bad("not a whole number >= 0"));
+            match flag.as_str() {
+                "--rows" => args.rows = count(&value)?,
+                "--hidden" => args.config.hidden = count(&value)?,
+                "--p" => args.partial = PartialRms::Fraction(number(&value)?),
+                "--k" => args.partial = PartialRms::Count(count(&value)?),
+                "--eps" => args.config.eps = number(&value)? as f32,
+                "--eps-mode" => {
+                    args.config.eps_mode = match value.as_str() {
+                        "inside" => EpsMode::InsideRoot,
+                        "add" => EpsMode::AddedToRms,
+                        _ => return Err(bad("use inside or add")),
+                    }
+                }
+                "--gain" => {
+                    args.config.gain = match value.as_str() {
+                        "none" => Gain::None,
+                        "scale" => Gain::Scale,
+                        "unit-offset" => Gain::UnitOffset,
+                        _ => return Err(bad("use none, scale or unit-offset")),
+                    }
+                }
+                "--reduction" => {
+                    args.options.reduction = match value.as_str() {
+                        "auto" => Reduction::Auto,
+                        "tree" => Reduction::WorkgroupTree,
+                        "subgroups" => Reduction::Subgroups,
+                        "single-subgroup" => Reduction::SingleSubgroup,
+                        _ => return Err(bad("use auto, tree, subgroups or single-subgroup")),
+                    }
+                }
+                "--workgroup-size" => args.options.workgroup_size = Some(count(&value)?),
+                "--samples" => args.samples = count(&value)?.max(1) as usize,
+                _ => return Err(format!("unknown option {flag}")),
+            }
         }
-        if flag == "--bias" {
-            args.config.bias = true;
-            continue;
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |what: &str| format!("{flag} {value}: {what}");
-        let number = |v: &str| v.parse::<f64>().map_err(|_| bad("not a number"));
-        let count = |v: &str| v.parse::<u32>().map_err(|_| bad("not a whole number >= 0"));
-        match flag.as_str() {
-            "--rows" => args.rows = count(&value)?,
-            "--hidden" => args.config.hidden = count(&value)?,
-            "--p" => args.partial = PartialRms::Fraction(number(&value)?),
-            "--k" => args.partial = PartialRms::Count(count(&value)?),
-            "--eps" => args.config.eps = number(&value)? as f32,
-            "--eps-mode" => {
-                args.config.eps_mode = match value.as_str() {
-                    "inside" => EpsMode::InsideRoot,
-                    "add" => EpsMode::AddedToRms,
-                    _ => return Err(bad("use inside or add")),
+        Ok(args)
+    }
+
+    pub fn main() -> ExitCode {
+        let args = match parse_args() {
+            Ok(args) => args,
+            Err(message) => {
+                if !message.is_empty() {
+                    eprintln!("error: {message}");
                 }
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
             }
-            "--gain" => {
-                args.config.gain = match value.as_str() {
-                    "none" => Gain::None,
-                    "scale" => Gain::Scale,
-                    "unit-offset" => Gain::UnitOffset,
-                    _ => return Err(bad("use none, scale or unit-offset")),
-                }
+        };
+        match block_on(run(&args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
-            "--reduction" => {
-                args.options.reduction = match value.as_str() {
-                    "auto" => Reduction::Auto,
-                    "tree" => Reduction::WorkgroupTree,
-                    "subgroups" => Reduction::Subgroups,
-                    "single-subgroup" => Reduction::SingleSubgroup,
-                    _ => return Err(bad("use auto, tree, subgroups or single-subgroup")),
-                }
-            }
-            "--workgroup-size" => args.options.workgroup_size = Some(count(&value)?),
-            "--samples" => args.samples = count(&value)?.max(1) as usize,
-            _ => return Err(format!("unknown option {flag}")),
         }
     }
-    Ok(args)
-}
 
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("error: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match block_on(run(&args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(args: &Args) -> wgpu_rmsnorm::Result<bool> {
-    let gpu = GpuContext::with_adapter_choice(&AdapterChoice::from_env(), args.options).await?;
-    let info = gpu.adapter_info();
-    let device = gpu.device();
-    let timer = GpuTimer::new(device, gpu.queue());
-    println!(
-        "adapter: {} ({:?}, {:?}), subgroups: {}, timing: {}",
-        info.name,
-        info.backend,
-        info.device_type,
-        if device.features().contains(wgpu::Features::SUBGROUP) {
-            format!("{}..{}", info.subgroup_min_size, info.subgroup_max_size)
-        } else {
-            "no".into()
-        },
-        if timer.uses_timestamps() {
-            "timestamp queries"
-        } else {
-            "wall clock"
-        }
-    );
-    let (rows, n) = (args.rows, args.config.hidden);
-    let len = rows as usize * n as usize;
-    let eps_mode = match args.config.eps_mode {
-        EpsMode::InsideRoot => "inside the root",
-        EpsMode::AddedToRms => "added to the RMS",
-    };
-    println!(
-        "shape: {rows} x {n} f32 ({:.1} MiB), eps {:e} {eps_mode}, gain {:?}, bias {}",
-        len as f64 * 4.0 / (1 << 20) as f64,
-        args.config.eps,
-        args.config.gain,
-        args.config.bias
-    );
-    let x = reference::sample_data(len, 1, 4.0);
-    let gain = (args.config.gain != Gain::None).then(|| reference::sample_data(n as usize, 2, 4.0));
-    let bias = args
-        .config
-        .bias
-        .then(|| reference::sample_data(n as usize, 3, 4.0));
-    let weights = Weights {
-        gain: gain.as_deref(),
-        bias: bias.as_deref(),
-    };
-
-    // Timing buffers, separate from the context's: x in, y out, weights.
-    use wgpu::util::DeviceExt;
-    let storage = |label, contents: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(contents),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
-    };
-    let x_buffer = storage("x", &x);
-    let y_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("y"),
-        size: (len as u64 * 4).max(4),
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let gain_buffer = gain.as_deref().map(|g| storage("gain", g));
-    let bias_buffer = bias.as_deref().map(|b| storage("bias", b));
-    let buffers = RmsNormBuffers {
-        input: BufferRegion::whole(&x_buffer),
-        output: BufferRegion::whole(&y_buffer),
-        gain: gain_buffer.as_ref().map(BufferRegion::whole),
-        bias: bias_buffer.as_ref().map(BufferRegion::whole),
-    };
-
-    println!(
-        "{:<9} {:>8} {:<28} {:>11} {:>11} {:>6} {:>10} {:>8}",
-        "kernel", "k", "variant", "max abs err", "max rel err", "check", "GPU ms", "GB/s"
-    );
-    let mut all_pass = true;
-    for (name, partial) in [("RMSNorm", PartialRms::Full), ("pRMSNorm", args.partial)] {
-        let config = args.config.with_partial(partial);
-        let y = gpu.rms_norm(&x, &config, weights).await?;
-        let expected = reference::rms_norm(&x, &config, weights.gain, weights.bias)?;
-        let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
-        let pass = stats.failures == 0;
-        all_pass &= pass;
-
-        let kernel = gpu.kernel(&config)?;
-        let seconds = timer
-            .median(device, gpu.queue(), args.samples, 0.01, |encoder, ts| {
-                kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
-            })
-            .await?;
-        // Bytes moved: x read (k elements twice where the row is re-read: counted once),
-        // y written, gain and bias read once per call.
-        let weight_bytes = 4 * u64::from(n) * (gain.is_some() as u64 + bias.is_some() as u64);
-        let bytes = 2 * len as u64 * 4 + weight_bytes;
-        let variant = format!(
-            "{:?} wg={} {}",
-            kernel.reduction(),
-            kernel.workgroup_size(),
-            if kernel.uses_vec4(&buffers) {
-                "vec4"
-            } else {
-                "scalar"
-            }
-        );
+    async fn run(args: &Args) -> wgpu_rmsnorm::Result<bool> {
+        let gpu = GpuContext::with_adapter_choice(&AdapterChoice::from_env(), args.options).await?;
+        let info = gpu.adapter_info();
+        let device = gpu.device();
+        let timer = GpuTimer::new(device, gpu.queue());
         println!(
-            "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
-            name,
-            kernel.rms_count(),
-            variant,
-            stats.max_abs,
-            stats.max_rel,
-            if pass { "PASS" } else { "FAIL" },
-            seconds * 1e3,
-            bytes as f64 / seconds / 1e9
+            "adapter: {} ({:?}, {:?}), subgroups: {}, timing: {}",
+            info.name,
+            info.backend,
+            info.device_type,
+            if device.features().contains(wgpu::Features::SUBGROUP) {
+                format!("{}..{}", info.subgroup_min_size, info.subgroup_max_size)
+            } else {
+                "no".into()
+            },
+            if timer.uses_timestamps() {
+                "timestamp queries"
+            } else {
+                "wall clock"
+            }
         );
+        let (rows, n) = (args.rows, args.config.hidden);
+        let len = rows as usize * n as usize;
+        let eps_mode = match args.config.eps_mode {
+            EpsMode::InsideRoot => "inside the root",
+            EpsMode::AddedToRms => "added to the RMS",
+        };
+        println!(
+            "shape: {rows} x {n} f32 ({:.1} MiB), eps {:e} {eps_mode}, gain {:?}, bias {}",
+            len as f64 * 4.0 / (1 << 20) as f64,
+            args.config.eps,
+            args.config.gain,
+            args.config.bias
+        );
+        let x = reference::sample_data(len, 1, 4.0);
+        let gain =
+            (args.config.gain != Gain::None).then(|| reference::sample_data(n as usize, 2, 4.0));
+        let bias = args
+            .config
+            .bias
+            .then(|| reference::sample_data(n as usize, 3, 4.0));
+        let weights = Weights {
+            gain: gain.as_deref(),
+            bias: bias.as_deref(),
+        };
+
+        // Timing buffers, separate from the context's: x in, y out, weights.
+        use wgpu::util::DeviceExt;
+        let storage = |label, contents: &[f32]| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(contents),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let x_buffer = storage("x", &x);
+        let y_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("y"),
+            size: (len as u64 * 4).max(4),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let gain_buffer = gain.as_deref().map(|g| storage("gain", g));
+        let bias_buffer = bias.as_deref().map(|b| storage("bias", b));
+        let buffers = RmsNormBuffers {
+            input: BufferRegion::whole(&x_buffer),
+            output: BufferRegion::whole(&y_buffer),
+            gain: gain_buffer.as_ref().map(BufferRegion::whole),
+            bias: bias_buffer.as_ref().map(BufferRegion::whole),
+        };
+
+        println!(
+            "{:<9} {:>8} {:<28} {:>11} {:>11} {:>6} {:>10} {:>8}",
+            "kernel", "k", "variant", "max abs err", "max rel err", "check", "GPU ms", "GB/s"
+        );
+        let mut all_pass = true;
+        for (name, partial) in [("RMSNorm", PartialRms::Full), ("pRMSNorm", args.partial)] {
+            let config = args.config.with_partial(partial);
+            let y = gpu.rms_norm(&x, &config, weights).await?;
+            let expected = reference::rms_norm(&x, &config, weights.gain, weights.bias)?;
+            let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+            let pass = stats.failures == 0;
+            all_pass &= pass;
+
+            let kernel = gpu.kernel(&config)?;
+            let seconds = timer
+                .median(device, gpu.queue(), args.samples, 0.01, |encoder, ts| {
+                    kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
+                })
+                .await?;
+            // Bytes moved: x read (k elements twice where the row is re-read: counted once),
+            // y written, gain and bias read once per call.
+            let weight_bytes = 4 * u64::from(n) * (gain.is_some() as u64 + bias.is_some() as u64);
+            let bytes = 2 * len as u64 * 4 + weight_bytes;
+            let variant = format!(
+                "{:?} wg={} {}",
+                kernel.reduction(),
+                kernel.workgroup_size(),
+                if kernel.uses_vec4(&buffers) {
+                    "vec4"
+                } else {
+                    "scalar"
+                }
+            );
+            println!(
+                "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
+                name,
+                kernel.rms_count(),
+                variant,
+                stats.max_abs,
+                stats.max_rel,
+                if pass { "PASS" } else { "FAIL" },
+                seconds * 1e3,
+                bytes as f64 / seconds / 1e9
+            );
+        }
+        Ok(all_pass)
     }
-    Ok(all_pass)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

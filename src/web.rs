@@ -93,6 +93,8 @@ impl Normalizer {
         let gpu = GpuContext::with_adapter_choice(&choice, kernel_options)
             .await
             .map_err(to_js)?;
+        // Options the device cannot honour (subgroups, workgroup sizes) fail here, not later.
+        gpu.kernel(&RmsNormConfig::new(4)).map_err(to_js)?;
         Ok(Normalizer {
             vendor,
             architecture,
@@ -281,7 +283,13 @@ fn parse_create_options(options: &JsValue) -> Result<(AdapterChoice, KernelOptio
     let size = get("workgroupSize");
     if !size.is_undefined() {
         kernel.workgroup_size = match size.as_f64() {
-            Some(v) if v.fract() == 0.0 && (1.0..=1024.0).contains(&v) => Some(v as u32),
+            Some(v)
+                if (1.0..=1024.0).contains(&v)
+                    && (v as u32).is_power_of_two()
+                    && v.fract() == 0.0 =>
+            {
+                Some(v as u32)
+            }
             _ => {
                 return Err(JsError::new(
                     "option workgroupSize must be a power of two from 1 to 1024",

@@ -1,5 +1,6 @@
 //! The low-level API on the caller's buffers: offsets, guard words, chunking past the
 //! binding limit, devices with low limits and no subgroups.
+#![cfg(not(target_arch = "wasm32"))] // Native GPU tests; tests/web.rs runs in the browser.
 
 mod common;
 

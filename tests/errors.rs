@@ -1,4 +1,5 @@
 //! Every bad input gets its typed error, never a panic and never a wgpu validation error.
+#![cfg(not(target_arch = "wasm32"))] // Native GPU tests; tests/web.rs runs in the browser.
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! RMSNorm and pRMSNorm against the f64 reference on the GPU, every reduction.
+#![cfg(not(target_arch = "wasm32"))] // Native GPU tests; tests/web.rs runs in the browser.
 
 mod common;
 
@@ -55,7 +56,11 @@ fn row_counts_through_the_high_level_api() {
             let config = RmsNormConfig::new(n);
             let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
             assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} x {n}"));
-            if gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            if gpu
+                .device()
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+            {
                 let seconds = gpu.last_gpu_seconds().expect("timed call");
                 assert!(seconds > 0.0 && seconds < 10.0, "{seconds} s");
             }

@@ -119,7 +119,7 @@ async function runKernels(normalizer, form) {
 
 // A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }].
 function lineChart(container, series, { xLabel, yLabel, logX = false }) {
-  const W = 720, H = 300, L = 60, R = 130, T = 12, B = 40;
+  const W = 760, H = 300, L = 60, R = 170, T = 26, B = 40;
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const fx = logX ? Math.log2 : (v) => v;
@@ -144,11 +144,13 @@ function lineChart(container, series, { xLabel, yLabel, logX = false }) {
     const v = y0 + ((y1 - y0) * i) / 4;
     add("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, Number(v.toPrecision(3)).toString());
   }
-  for (const v of [...new Set(xs)]) {
+  const ticks = [...new Set(xs)];
+  const every = Math.ceil(ticks.length / 10);
+  ticks.filter((_, i) => i % every === 0).forEach((v) => {
     add("text", { x: px(v), y: H - B + 16, "text-anchor": "middle" }, String(v));
-  }
+  });
   add("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, xLabel);
-  add("text", { x: 12, y: T + 8 }, yLabel);
+  add("text", { x: L, y: T - 10, "text-anchor": "middle" }, yLabel);
   series.forEach((s, i) => {
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join("");
     add("path", { d, class: "series", stroke: s.color, "stroke-dasharray": s.dash ?? "" });

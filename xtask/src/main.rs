@@ -1,15 +1,31 @@
 //! `cargo xtask`: everything that is not plain cargo.
 //!
-//!   cargo xtask setup   install what is missing (as root), or print the commands
-//!   cargo xtask test    setup, then every test with REQUIRE_GPU=1
-//!   cargo xtask demo    setup, then the main job (extra arguments go to the CLI)
+//!   cargo xtask setup              install what is missing (as root), or print the commands
+//!   cargo xtask test               setup, then every test: native (lavapipe), wasm in headless
+//!                                  Chromium (SwiftShader WebGPU), the demo page end to end
+//!   cargo xtask demo [args]        setup, the main job (CLI, args go to it), then build and
+//!                                  serve the demo page until Ctrl-C
+//!   cargo xtask build-web          build the wasm package into www/pkg
+//!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
+
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debian packages the tests need: the Vulkan loader and Mesa's lavapipe software driver.
-const APT_PACKAGES: &[&str] = &["libvulkan1", "mesa-vulkan-drivers"];
+/// Debian packages: the Vulkan loader and Mesa's lavapipe (native tests), Chromium and its
+/// WebDriver (browser tests), Node.js and npm (the end-to-end test).
+const APT_PACKAGES: &[&str] = &[
+    "libvulkan1",
+    "mesa-vulkan-drivers",
+    "chromium",
+    "chromium-driver",
+    "nodejs",
+    "npm",
+];
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Must equal the `wasm-bindgen` crate's version pinned in Cargo.toml.
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -19,8 +35,10 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "test" => setup().and_then(|()| test()),
         "demo" => setup().and_then(|()| demo(&rest)),
+        "build-web" => build_web(),
+        "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo> [args for the demo]"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|build-web|serve [--port N]>"
         )),
     };
     match result {
@@ -29,6 +47,16 @@ fn main() -> ExitCode {
             eprintln!("xtask: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn port_arg(args: &[String]) -> Result<u16, String> {
+    match args {
+        [] => Ok(8000),
+        [flag, port] if flag == "--port" => port
+            .parse()
+            .map_err(|_| format!("--port {port}: not a port number")),
+        _ => Err(format!("unexpected arguments {args:?}: use --port N")),
     }
 }
 
@@ -52,19 +80,17 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn succeeds(command: &mut Command) -> bool {
-    command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    output("id", &["-u"]).is_some_and(|o| o.trim() == "0")
 }
 
 fn setup() -> Result<(), String> {
@@ -72,39 +98,88 @@ fn setup() -> Result<(), String> {
         .iter()
         .copied()
         .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|o| o.contains("install ok installed"))
         })
         .collect();
-    let wasm_missing = !Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_TARGET));
+    // Node.js may come from elsewhere than Debian (the machine image ships its own).
+    let missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|p| {
+            !matches!(*p, "nodejs" | "npm") || output(binary_of(p), &["--version"]).is_none()
+        })
+        .collect();
+    let wasm_target = output("rustup", &["target", "list", "--installed"])
+        .is_some_and(|o| o.lines().any(|l| l.trim() == WASM_TARGET));
+    let bindgen = output("wasm-bindgen", &["--version"])
+        .is_some_and(|o| o.trim().ends_with(WASM_BINDGEN_VERSION));
+    let npm_packages = root()
+        .join("tests/e2e/node_modules/playwright-core")
+        .exists();
 
+    let mut todo = Vec::new();
     if !missing.is_empty() {
-        let install = format!("apt-get update && apt-get install -y {}", missing.join(" "));
-        if !is_root() {
-            return Err(format!("missing packages; as root run:\n  {install}"));
-        }
+        todo.push(format!(
+            "apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        ));
+    }
+    if !wasm_target {
+        todo.push(format!("rustup target add {WASM_TARGET}"));
+    }
+    if !bindgen {
+        todo.push(format!(
+            "cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION} --force"
+        ));
+    }
+    if !npm_packages {
+        todo.push("npm ci --prefix tests/e2e".into());
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    if !missing.is_empty() && !is_root() {
+        return Err(format!(
+            "missing tools; as root run:\n  {}",
+            todo.join("\n  ")
+        ));
+    }
+    if !missing.is_empty() {
         run(Command::new("apt-get").arg("update"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    if wasm_missing {
+    if !wasm_target {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
-    if !succeeds(Command::new("sh").args(["-c", "ls /usr/share/vulkan/icd.d/lvp_icd*.json"])) {
-        eprintln!("xtask: warning: no lavapipe ICD in /usr/share/vulkan/icd.d");
+    if !bindgen {
+        run(Command::new(cargo()).args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            WASM_BINDGEN_VERSION,
+            "--force",
+        ]))?;
+    }
+    if !npm_packages {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix", "tests/e2e"])
+            .current_dir(root()))?;
     }
     Ok(())
 }
 
-/// The environment every GPU run here gets: a runtime dir (silences a Mesa warning).
-fn gpu_command(program: &str) -> Command {
+fn binary_of(package: &str) -> &str {
+    match package {
+        "nodejs" => "node",
+        other => other,
+    }
+}
+
+/// A command in the workspace root with a runtime dir (silences a Mesa warning).
+fn workspace_command(program: &str) -> Command {
     let mut command = Command::new(program);
     command.current_dir(root());
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
@@ -118,15 +193,50 @@ fn cargo() -> String {
 }
 
 fn test() -> Result<(), String> {
-    // The library must build for the browser too.
-    run(gpu_command(&cargo()).args(["check", "--lib", "--target", WASM_TARGET]))?;
-    run(gpu_command(&cargo())
+    // Native: lavapipe where there is no GPU.
+    run(workspace_command(&cargo())
         .args(["test", "--workspace"])
-        .env("REQUIRE_GPU", "1"))
+        .env("REQUIRE_GPU", "1"))?;
+    // The same crate in headless Chromium on SwiftShader's WebGPU (webdriver.json has the
+    // flags). REQUIRE_GPU is read when the test is compiled.
+    run(workspace_command(&cargo())
+        .args(["test", "--target", WASM_TARGET, "--test", "web"])
+        .env("REQUIRE_GPU", "1")
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "600"))?;
+    // The demo page end to end.
+    build_web()?;
+    let server = serve::Server::start(&root().join("www"), 0)?;
+    let url = format!("http://127.0.0.1:{}/", server.port());
+    run(workspace_command("node")
+        .args(["--test", "tests/e2e/"])
+        .env("DEMO_URL", &url)
+        .env("SCREENSHOT_DIR", root().join("target")))
+}
+
+fn build_web() -> Result<(), String> {
+    run(workspace_command(&cargo()).args([
+        "build",
+        "--lib",
+        "--release",
+        "--target",
+        WASM_TARGET,
+    ]))?;
+    let wasm = root().join("target/wasm32-unknown-unknown/release/wgpu_rmsnorm.wasm");
+    run(workspace_command("wasm-bindgen")
+        .args(["--target", "web", "--out-dir", "www/pkg"])
+        .arg(&wasm))?;
+    let size = std::fs::metadata(root().join("www/pkg/wgpu_rmsnorm_bg.wasm"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    eprintln!("xtask: www/pkg/wgpu_rmsnorm_bg.wasm is {size} bytes");
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
-    run(gpu_command(&cargo())
+    run(workspace_command(&cargo())
         .args(["run", "--release", "--package", "wgpu-rmsnorm", "--"])
-        .args(args))
+        .args(args))?;
+    build_web()?;
+    serve::serve_forever(&root().join("www"), 8000)
 }
