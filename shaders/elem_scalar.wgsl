@@ -19,3 +19,7 @@ fn elem_keep_below(v: Elem, first: u32, k: u32) -> Elem {
 fn elem_ldexp(v: Elem, e: i32) -> Elem {
     return ldexp(v, e);
 }
+
+fn elem_first(v: Elem) -> f32 {
+    return v;
+}

@@ -23,3 +23,8 @@ fn elem_keep_below(v: Elem, first: u32, k: u32) -> Elem {
 fn elem_ldexp(v: Elem, e: i32) -> Elem {
     return ldexp(v, vec4<i32>(e));
 }
+
+// The first of the four elements.
+fn elem_first(v: Elem) -> f32 {
+    return v.x;
+}

@@ -188,6 +188,67 @@ impl RmsNormConfig {
     }
 }
 
+/// The default eps of [`LayerNormConfig::new`], PyTorch's `nn.LayerNorm`'s.
+pub const DEFAULT_LAYER_NORM_EPS: f32 = 1e-5;
+
+/// LayerNorm over rows of `hidden` f32: `y = (x - mean) / sqrt(var + eps) * g + b`, the
+/// baseline of the paper's comparison.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNormConfig {
+    /// Elements per row, `n`.
+    pub hidden: u32,
+    /// Finite and `>= 0`, inside the root. With eps = 0 a constant row's scale is 0.
+    pub eps: f32,
+    /// Gain, if any.
+    pub gain: Gain,
+    /// Whether a bias vector is added after the gain.
+    pub bias: bool,
+}
+
+impl LayerNormConfig {
+    /// LayerNorm over rows of `hidden` elements, eps = [`DEFAULT_LAYER_NORM_EPS`], no gain,
+    /// no bias.
+    pub fn new(hidden: u32) -> Self {
+        Self {
+            hidden,
+            eps: DEFAULT_LAYER_NORM_EPS,
+            gain: Gain::None,
+            bias: false,
+        }
+    }
+
+    /// Sets eps.
+    pub fn with_eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets the gain.
+    pub fn with_gain(mut self, gain: Gain) -> Self {
+        self.gain = gain;
+        self
+    }
+
+    /// Adds (or removes) the bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// The same checks as RMSNorm's: the fields they share are validated alike.
+    pub(crate) fn as_rms_config(&self) -> RmsNormConfig {
+        RmsNormConfig::new(self.hidden)
+            .with_eps(self.eps)
+            .with_gain(self.gain)
+            .with_bias(self.bias)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.as_rms_config().validate()
+    }
+}
+
 fn check_weight(
     which: &'static str,
     wanted: bool,

@@ -1,8 +1,8 @@
 //! The high-level API: slices in, `Vec` out, on a device it picks or one you bring.
 
-use crate::config::RmsNormConfig;
+use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
-use crate::kernel::{BufferRegion, KernelOptions, RmsNorm, RmsNormBuffers};
+use crate::kernel::{BufferRegion, KernelOptions, Norm, RmsNorm, RmsNormBuffers};
 use crate::platform;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -130,6 +130,7 @@ const TIMESTAMP_BYTES: u64 = 16;
 /// Everything that makes two configs need different pipelines or parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct KernelKey {
+    norm: Norm,
     hidden: u32,
     k: u32,
     eps_bits: u32,
@@ -240,8 +241,13 @@ impl GpuContext {
 
     /// The kernel for `config`, built on first use and cached.
     pub fn kernel(&self, config: &RmsNormConfig) -> Result<Arc<RmsNorm>> {
+        self.cached_kernel(Norm::Rms, config)
+    }
+
+    fn cached_kernel(&self, norm: Norm, config: &RmsNormConfig) -> Result<Arc<RmsNorm>> {
         config.validate()?;
         let key = KernelKey {
+            norm,
             hidden: config.hidden,
             k: config.rms_count()?,
             eps_bits: config.eps.to_bits(),
@@ -253,7 +259,12 @@ impl GpuContext {
         if let Some(kernel) = kernels.get(&key) {
             return Ok(kernel.clone());
         }
-        let kernel = Arc::new(RmsNorm::new(&self.device, config, &self.kernel_options)?);
+        let kernel = Arc::new(RmsNorm::build(
+            &self.device,
+            norm,
+            config,
+            &self.kernel_options,
+        )?);
         kernels.insert(key, kernel.clone());
         Ok(kernel)
     }
@@ -261,6 +272,27 @@ impl GpuContext {
     /// RMSNorm or pRMSNorm (by `config.partial`) of `x`, `rows * config.hidden` elements.
     pub async fn rms_norm(
         &self,
+        x: &[f32],
+        config: &RmsNormConfig,
+        weights: Weights<'_>,
+    ) -> Result<Vec<f32>> {
+        self.normalize(Norm::Rms, x, config, weights).await
+    }
+
+    /// LayerNorm of `x`, `rows * config.hidden` elements: the baseline, on the same path.
+    pub async fn layer_norm(
+        &self,
+        x: &[f32],
+        config: &LayerNormConfig,
+        weights: Weights<'_>,
+    ) -> Result<Vec<f32>> {
+        self.normalize(Norm::Layer, x, &config.as_rms_config(), weights)
+            .await
+    }
+
+    async fn normalize(
+        &self,
+        norm: Norm,
         x: &[f32],
         config: &RmsNormConfig,
         weights: Weights<'_>,
@@ -291,7 +323,7 @@ impl GpuContext {
         if bytes > self.device.limits().max_buffer_size {
             return Err(too_large);
         }
-        let kernel = self.kernel(config)?;
+        let kernel = self.cached_kernel(norm, config)?;
 
         let scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
         let vector_bytes = u64::from(config.hidden) * 4;
@@ -458,6 +490,16 @@ impl GpuContext {
     /// [`GpuContext::new`], blocking.
     pub fn new_blocking() -> Result<Self> {
         platform::block_on(Self::new())
+    }
+
+    /// [`GpuContext::layer_norm`], blocking.
+    pub fn layer_norm_blocking(
+        &self,
+        x: &[f32],
+        config: &LayerNormConfig,
+        weights: Weights<'_>,
+    ) -> Result<Vec<f32>> {
+        platform::block_on(self.layer_norm(x, config, weights))
     }
 
     /// [`GpuContext::rms_norm`], blocking.

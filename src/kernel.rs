@@ -1,7 +1,7 @@
 //! The low-level API: pipelines built once, work recorded into the caller's encoder with the
 //! caller's buffers.
 
-use crate::config::{EpsMode, Gain, RmsNormConfig};
+use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
 use crate::shaders::{self, ElemLayout, ReductionKind, ShaderTarget};
 use wgpu::util::DeviceExt;
@@ -153,6 +153,16 @@ impl RmsNorm {
         config: &RmsNormConfig,
         options: &KernelOptions,
     ) -> Result<Self> {
+        Self::build(device, Norm::Rms, config, options)
+    }
+
+    /// The pipelines of `norm`: both kernels share parameters, bindings and host path.
+    pub(crate) fn build(
+        device: &wgpu::Device,
+        norm: Norm,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let k = config.rms_count()?;
         let device_limits = device.limits();
@@ -202,18 +212,21 @@ impl RmsNorm {
                 bool_constant(config.eps_mode == EpsMode::InsideRoot),
             ),
         ];
+        let (file, entry_point) = match norm {
+            Norm::Rms => (shaders::RMSNORM, "rms_norm"),
+            Norm::Layer => (shaders::LAYERNORM, "layer_norm"),
+        };
         let build = |elem: ElemLayout| {
-            let composed =
-                shaders::compose(shaders::RMSNORM, elem, reduction, ShaderTarget::CURRENT);
+            let composed = shaders::compose(file, elem, reduction, ShaderTarget::CURRENT);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("rmsnorm"),
+                label: Some(file.path),
                 source: wgpu::ShaderSource::Wgsl(composed.source.into()),
             });
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("rmsnorm"),
+                label: Some(entry_point),
                 layout: Some(&pipeline_layout),
                 module: &module,
-                entry_point: Some("rms_norm"),
+                entry_point: Some(entry_point),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &constants,
                     // Every workgroup variable is written before it is read.
@@ -449,6 +462,80 @@ impl Bound<'_> {
                 size: wgpu::BufferSize::new(self.size),
             }),
         }
+    }
+}
+
+/// Which normalization a kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Norm {
+    Rms,
+    Layer,
+}
+
+/// LayerNorm for one [`LayerNormConfig`] on one device, built and recorded exactly like
+/// [`RmsNorm`] (same buffers, offsets, checks, variants): the baseline of the paper's claim.
+#[derive(Debug)]
+pub struct LayerNorm {
+    config: LayerNormConfig,
+    kernel: RmsNorm,
+}
+
+impl LayerNorm {
+    /// Validates `config` against the device and builds the pipelines (the same variant rule
+    /// as [`RmsNorm::new`]).
+    pub fn new(
+        device: &wgpu::Device,
+        config: &LayerNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        Ok(Self {
+            config: *config,
+            kernel: RmsNorm::build(device, Norm::Layer, &config.as_rms_config(), options)?,
+        })
+    }
+
+    /// The config this kernel computes.
+    pub fn config(&self) -> &LayerNormConfig {
+        &self.config
+    }
+
+    /// The reduction in use.
+    pub fn reduction(&self) -> Reduction {
+        self.kernel.reduction()
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup_size(&self) -> u32 {
+        self.kernel.workgroup_size()
+    }
+
+    /// See [`RmsNorm::uses_vec4`].
+    pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
+        self.kernel.uses_vec4(buffers)
+    }
+
+    /// See [`RmsNorm::encode`].
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<()> {
+        self.kernel.encode(device, encoder, buffers, rows)
+    }
+
+    /// See [`RmsNorm::encode_with_timestamps`].
+    pub fn encode_with_timestamps(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        self.kernel
+            .encode_with_timestamps(device, encoder, buffers, rows, timestamp_writes)
     }
 }
 

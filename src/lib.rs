@@ -10,10 +10,12 @@ pub mod reference;
 pub mod shaders;
 pub mod timing;
 
-pub use config::{EpsMode, Gain, PartialRms, RmsNormConfig, DEFAULT_EPS};
+pub use config::{
+    EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig, DEFAULT_EPS, DEFAULT_LAYER_NORM_EPS,
+};
 pub use context::{AdapterChoice, GpuContext, Weights};
 pub use error::{Error, Result};
-pub use kernel::{BufferRegion, KernelOptions, Reduction, RmsNorm, RmsNormBuffers};
+pub use kernel::{BufferRegion, KernelOptions, LayerNorm, Reduction, RmsNorm, RmsNormBuffers};
 #[cfg(not(target_arch = "wasm32"))]
 pub use platform::block_on;
 #[cfg(target_arch = "wasm32")]

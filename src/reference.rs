@@ -4,7 +4,7 @@
 //! for every purpose here. Magnitudes beyond f64's range are not expected: f32 inputs square
 //! to at most ~1.2e77.
 
-use crate::config::{EpsMode, Gain, RmsNormConfig};
+use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
 use crate::error::Result;
 
 /// The scale `1 / rms_k` (with eps) applied to the row `row`, by the config's conventions.
@@ -40,21 +40,77 @@ pub fn rms_norm(
     for row in x.chunks_exact(n) {
         let scale = row_scale(row, k, config.eps, config.eps_mode);
         for (i, &v) in row.iter().enumerate() {
-            let mut out = f64::from(v) * scale;
-            if let Some(g) = gain {
-                let g = f64::from(g[i]);
-                out *= match config.gain {
-                    Gain::UnitOffset => 1.0 + g,
-                    _ => g,
-                };
-            }
-            if let Some(b) = bias {
-                out += f64::from(b[i]);
-            }
-            y.push(out);
+            y.push(apply_weights(
+                f64::from(v) * scale,
+                i,
+                config.gain,
+                gain,
+                bias,
+            ));
         }
     }
     Ok(y)
+}
+
+/// LayerNorm in f64 (two-pass mean and variance), checking the input like the GPU path.
+/// A zero variance with eps = 0 gives a scale of 0, as the kernels do.
+pub fn layer_norm(
+    x: &[f32],
+    config: &LayerNormConfig,
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f64>> {
+    let rms_config = config.as_rms_config();
+    rms_config.validate()?;
+    rms_config.rows_in(x.len())?;
+    rms_config.check_weights(gain.map(<[f32]>::len), bias.map(<[f32]>::len))?;
+    let n = config.hidden as usize;
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let variance = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        let denominator = (variance + f64::from(config.eps)).sqrt();
+        let scale = if denominator == 0.0 {
+            0.0
+        } else {
+            1.0 / denominator
+        };
+        for (i, &v) in row.iter().enumerate() {
+            y.push(apply_weights(
+                (f64::from(v) - mean) * scale,
+                i,
+                config.gain,
+                gain,
+                bias,
+            ));
+        }
+    }
+    Ok(y)
+}
+
+fn apply_weights(
+    normalized: f64,
+    i: usize,
+    mode: Gain,
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> f64 {
+    let mut out = normalized;
+    if let Some(g) = gain {
+        let g = f64::from(g[i]);
+        out *= match mode {
+            Gain::UnitOffset => 1.0 + g,
+            _ => g,
+        };
+    }
+    if let Some(b) = bias {
+        out += f64::from(b[i]);
+    }
+    out
 }
 
 /// Deterministic data of varied sign and magnitude in `[-amplitude, amplitude)`, the same for

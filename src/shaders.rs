@@ -71,6 +71,8 @@ macro_rules! shader_file {
 
 /// `shaders/rmsnorm.wgsl`: RMSNorm and pRMSNorm forward.
 pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl");
+/// `shaders/layernorm.wgsl`: the LayerNorm baseline, in the same style.
+pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
 pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
@@ -82,7 +84,7 @@ const REDUCE_SINGLE: ShaderFile = shader_file!("reduce_single_subgroup.wgsl");
 /// Every standalone module (used as it is, not composed).
 pub const STANDALONE: [ShaderFile; 1] = [COPY_VEC4];
 /// Every kernel file.
-pub const KERNELS: [ShaderFile; 1] = [RMSNORM];
+pub const KERNELS: [ShaderFile; 2] = [RMSNORM, LAYERNORM];
 /// Every element layout.
 pub const ELEM_LAYOUTS: [ElemLayout; 2] = [ElemLayout::Vec4, ElemLayout::Scalar];
 /// Every reduction.

@@ -1,0 +1,148 @@
+//! The LayerNorm baseline against its f64 reference, on the same variants as RMSNorm.
+#![cfg(not(target_arch = "wasm32"))] // Native GPU tests; tests/web.rs runs in the browser.
+
+mod common;
+
+use common::*;
+use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use wgpu_rmsnorm::{
+    BufferRegion, Gain, KernelOptions, LayerNorm, LayerNormConfig, RmsNormBuffers, Weights,
+};
+
+fn check(
+    y: &[f32],
+    x: &[f32],
+    config: &LayerNormConfig,
+    g: Option<&[f32]>,
+    b: Option<&[f32]>,
+    what: &str,
+) {
+    let expected = reference::layer_norm(x, config, g, b).unwrap();
+    let stats = reference::compare(y, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(stats.failures, 0, "{what}: {stats:?}");
+}
+
+/// Through the low-level API, with a given reduction.
+fn run(
+    gpu: &wgpu_rmsnorm::GpuContext,
+    config: &LayerNormConfig,
+    options: &KernelOptions,
+    x: &[f32],
+) -> Vec<f32> {
+    let device = gpu.device();
+    no_gpu_errors(device, || {
+        let kernel = LayerNorm::new(device, config, options).unwrap();
+        let x_buffer = storage_buffer(gpu, x);
+        let y_buffer = storage_buffer(gpu, &vec![f32::NAN; x.len()]);
+        let buffers = RmsNormBuffers {
+            input: BufferRegion::whole(&x_buffer),
+            output: BufferRegion::whole(&y_buffer),
+            gain: None,
+            bias: None,
+        };
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let rows = (x.len() / config.hidden as usize) as u32;
+        kernel.encode(device, &mut encoder, &buffers, rows).unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        read_back(gpu, &y_buffer)
+    })
+}
+
+#[test]
+fn hidden_sizes_and_reductions() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions::with_reduction(reduction);
+        for n in [1u32, 2, 3, 4, 5, 33, 255, 256, 257, 1000, 1024, 4097, 65536] {
+            let rows = if n > 5000 { 1 } else { 3 };
+            let x = data(rows * n as usize, u64::from(n));
+            let config = LayerNormConfig::new(n);
+            let y = run(gpu, &config, &options, &x);
+            check(&y, &x, &config, None, None, &format!("{reduction:?} n={n}"));
+        }
+    }
+}
+
+#[test]
+fn gain_bias_eps_and_hard_rows() {
+    let Some(gpu) = gpu() else { return };
+    let n = 1000u32;
+    let g = data(n as usize, 1);
+    let b = data(n as usize, 2);
+    // Row 1: a large mean with a small spread, where E[x^2] - E[x]^2 would cancel.
+    // Row 2: constant (zero variance).
+    let mut x = data(3 * n as usize, 3);
+    for v in &mut x[n as usize..2 * n as usize] {
+        *v = 1000.0 + *v * 1e-2;
+    }
+    x[2 * n as usize..].fill(7.5);
+    for eps in [0.0f32, 1e-5] {
+        for gain in [Gain::None, Gain::Scale, Gain::UnitOffset] {
+            for bias in [false, true] {
+                let config = LayerNormConfig::new(n)
+                    .with_eps(eps)
+                    .with_gain(gain)
+                    .with_bias(bias);
+                let weights = Weights {
+                    gain: (gain != Gain::None).then_some(&g[..]),
+                    bias: bias.then_some(&b[..]),
+                };
+                let y = no_gpu_errors(gpu.device(), || {
+                    gpu.layer_norm_blocking(&x, &config, weights)
+                })
+                .unwrap();
+                check(
+                    &y,
+                    &x,
+                    &config,
+                    weights.gain,
+                    weights.bias,
+                    &format!("eps={eps} {gain:?} bias={bias}"),
+                );
+                let constant_row = &y[2 * n as usize..];
+                assert!(
+                    constant_row.iter().all(|v| v.is_finite()),
+                    "constant row, eps={eps}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_like_rmsnorm() {
+    let Some(gpu) = gpu() else { return };
+    let e = gpu
+        .layer_norm_blocking(&[1.0; 7], &LayerNormConfig::new(2), Weights::NONE)
+        .unwrap_err();
+    assert!(
+        matches!(e, wgpu_rmsnorm::Error::InputNotMultipleOfHidden { .. }),
+        "{e}"
+    );
+    let e = gpu
+        .layer_norm_blocking(
+            &[1.0; 8],
+            &LayerNormConfig::new(2).with_eps(-1.0),
+            Weights::NONE,
+        )
+        .unwrap_err();
+    assert!(matches!(e, wgpu_rmsnorm::Error::InvalidEps { .. }), "{e}");
+    let e = LayerNorm::new(
+        gpu.device(),
+        &LayerNormConfig::new(0),
+        &KernelOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, wgpu_rmsnorm::Error::ZeroHiddenSize), "{e}");
+    let e = gpu
+        .layer_norm_blocking(
+            &[1.0; 8],
+            &LayerNormConfig::new(2).with_gain(Gain::Scale),
+            Weights::NONE,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, wgpu_rmsnorm::Error::MissingWeight { .. }),
+        "{e}"
+    );
+}
