@@ -5,6 +5,8 @@
 //!                                  Chromium (SwiftShader WebGPU), the demo page end to end
 //!   cargo xtask demo [args]        setup, the main job (CLI, args go to it), then build and
 //!                                  serve the demo page until Ctrl-C
+//!   cargo xtask bench [--quick] [--json PATH]
+//!                                  setup, then the throughput benchmark (benches/throughput.rs)
 //!   cargo xtask build-web          build the wasm package into www/pkg
 //!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
 
@@ -35,10 +37,11 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "test" => setup().and_then(|()| test()),
         "demo" => setup().and_then(|()| demo(&rest)),
+        "bench" => setup().and_then(|()| bench(&rest)),
         "build-web" => build_web(),
         "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|build-web|serve [--port N]>"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|build-web|serve [--port N]>"
         )),
     };
     match result {
@@ -231,6 +234,23 @@ fn build_web() -> Result<(), String> {
         .unwrap_or(0);
     eprintln!("xtask: www/pkg/wgpu_rmsnorm_bg.wasm is {size} bytes");
     Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    // A relative --json path is taken from where the command was started.
+    let here = std::env::current_dir().map_err(|e| e.to_string())?;
+    let mut forwarded = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        forwarded.push(arg.clone());
+        if arg == "--json" {
+            let path = it.next().ok_or("--json needs a path")?;
+            forwarded.push(here.join(path).display().to_string());
+        }
+    }
+    run(workspace_command(&cargo())
+        .args(["bench", "--bench", "throughput", "--"])
+        .args(forwarded))
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
