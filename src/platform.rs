@@ -118,9 +118,21 @@ pub(crate) fn now_seconds() -> f64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
+/// `performance.now()` (microseconds or better where the browser allows), else `Date.now()`.
 #[cfg(target_arch = "wasm32")]
 pub(crate) fn now_seconds() -> f64 {
-    js_sys::Date::now() * 1e-3
+    use wasm_bindgen::JsCast;
+    let now = js_sys::Reflect::get(&js_sys::global(), &"performance".into())
+        .ok()
+        .and_then(|performance| {
+            let now = js_sys::Reflect::get(&performance, &"now".into()).ok()?;
+            now.dyn_into::<js_sys::Function>()
+                .ok()?
+                .call0(&performance)
+                .ok()
+        })
+        .and_then(|v| v.as_f64());
+    now.unwrap_or_else(js_sys::Date::now) * 1e-3
 }
 
 /// Reports an error that has no caller to return to.

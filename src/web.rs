@@ -9,7 +9,7 @@
 //! console.log(gpu.adapterInfo(), gpu.lastGpuTimeMs());
 //! ```
 
-use crate::config::{EpsMode, Gain, PartialRms, RmsNormConfig};
+use crate::config::{EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig};
 use crate::context::{AdapterChoice, GpuContext, Weights};
 use crate::kernel::{KernelOptions, Reduction};
 use crate::reference;
@@ -45,6 +45,22 @@ export interface NormalizerOptions {
   reduction?: "auto" | "tree" | "subgroups" | "single-subgroup";
   /** Invocations per workgroup, a power of two; default chosen from the device and row. */
   workgroupSize?: number;
+}
+
+/** One kernel on one shape from Normalizer.benchmark(). */
+export interface BenchmarkRecord {
+  rows: number;
+  hidden: number;
+  /** "copy", "RMSNorm", "pRMSNorm" or "LayerNorm". */
+  kernel: string;
+  p: number | null;
+  variant: string;
+  medianMs: number;
+  gbps: number;
+  /** Against copyBufferToBuffer of the same bytes. */
+  solCopy: number;
+  /** Against the fastest vec4 copy compute shader. */
+  solKernel: number;
 }
 
 /** What Normalizer.adapterInfo() returns. */
@@ -160,6 +176,78 @@ impl Normalizer {
         self.run(x, hidden, options, true)
     }
 
+    /// LayerNorm of `x` (the baseline): options gain, gainOffset, bias, eps (default 1e-5).
+    #[wasm_bindgen(js_name = layerNorm, unchecked_return_type = "Promise<Float32Array>")]
+    pub fn layer_norm(
+        &self,
+        x: Vec<f32>,
+        hidden: u32,
+        #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    ) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let parsed = parse_layer_options(hidden, &options).map_err(JsValue::from)?;
+            let weights = Weights {
+                gain: parsed.gain.as_deref(),
+                bias: parsed.bias.as_deref(),
+            };
+            let y = gpu
+                .layer_norm(&x, &parsed.config, weights)
+                .await
+                .map_err(|e| JsValue::from(to_js(e)))?;
+            Ok(Float32Array::from(y.as_slice()).into())
+        })
+    }
+
+    /// Times the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`
+    /// (wall clock over many dispatches per sample: browsers coarsen timestamps), each
+    /// checked against the reference first.
+    #[wasm_bindgen(unchecked_return_type = "Promise<BenchmarkRecord[]>")]
+    pub fn benchmark(&self, rows: u32, hidden: u32) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let options = crate::bench::BenchOptions {
+                samples: 5,
+                min_sample_seconds: 0.05,
+            };
+            let timer = crate::timing::GpuTimer::wall_clock();
+            let measured = crate::bench::bench_shape(&gpu, &timer, rows, hidden, &options)
+                .await
+                .map_err(|e| JsValue::from(to_js(e)))?;
+            let records = Array::new();
+            for m in measured {
+                let object = Object::new();
+                set(&object, "rows", &rows.into());
+                set(&object, "hidden", &hidden.into());
+                set(&object, "kernel", &m.kernel.into());
+                set(&object, "p", &m.p.map_or(JsValue::NULL, JsValue::from));
+                set(&object, "variant", &m.variant.into());
+                set(&object, "medianMs", &(m.seconds * 1e3).into());
+                set(&object, "gbps", &m.gbps.into());
+                set(&object, "solCopy", &m.sol_copy.into());
+                set(&object, "solKernel", &m.sol_kernel.into());
+                records.push(&object);
+            }
+            Ok(records.into())
+        })
+    }
+
+    /// Wall-clock medians (ms) of 20 whole 1 x 4096 rmsNorm calls and of 20 empty
+    /// dispatches with a readback: `{ callMs, emptyMs }`.
+    #[wasm_bindgen(js_name = roundTrips, unchecked_return_type = "Promise<{ callMs: number, emptyMs: number }>")]
+    pub fn round_trips(&self) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (call, empty) = crate::bench::round_trips(&gpu, 20)
+                .await
+                .map_err(|e| JsValue::from(to_js(e)))?;
+            let object = Object::new();
+            set(&object, "callMs", &(call * 1e3).into());
+            set(&object, "emptyMs", &(empty * 1e3).into());
+            Ok(object.into())
+        })
+    }
+
     /// GPU time of the last call's compute pass in milliseconds, from timestamp queries
     /// (undefined where the adapter has none). Browsers coarsen timestamps.
     #[wasm_bindgen(js_name = lastGpuTimeMs)]
@@ -197,6 +285,24 @@ pub fn reference_rms_norm(
         has_key(&options, "p") || has_key(&options, "k"),
     )?;
     let y = reference::rms_norm(
+        x,
+        &parsed.config,
+        parsed.gain.as_deref(),
+        parsed.bias.as_deref(),
+    )
+    .map_err(to_js)?;
+    Ok(Float64Array::from(y.as_slice()))
+}
+
+/// The f64 CPU reference of layerNorm (same options).
+#[wasm_bindgen(js_name = referenceLayerNorm)]
+pub fn reference_layer_norm(
+    x: &[f32],
+    hidden: u32,
+    #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+) -> Result<Float64Array, JsError> {
+    let parsed = parse_layer_options(hidden, &options)?;
+    let y = reference::layer_norm(
         x,
         &parsed.config,
         parsed.gain.as_deref(),
@@ -407,6 +513,39 @@ fn parse_options(hidden: u32, options: &JsValue, partial: bool) -> Result<Parsed
         }
     };
     Ok(ParsedOptions { config, gain, bias })
+}
+
+struct ParsedLayerOptions {
+    config: LayerNormConfig,
+    gain: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+}
+
+/// layerNorm's options: those of rmsNorm without p, k and epsMode (eps is inside the root).
+fn parse_layer_options(hidden: u32, options: &JsValue) -> Result<ParsedLayerOptions, JsError> {
+    for key in ["p", "k", "epsMode"] {
+        if has_key(options, key) {
+            return Err(JsError::new(&format!(
+                "layerNorm takes no {key}: its eps is always inside the root, over the whole row"
+            )));
+        }
+    }
+    let eps_given = has_key(options, "eps");
+    let parsed = parse_options(hidden, options, false)?;
+    let rms = parsed.config;
+    let config = LayerNormConfig::new(hidden)
+        .with_gain(rms.gain)
+        .with_bias(rms.bias)
+        .with_eps(if eps_given {
+            rms.eps
+        } else {
+            crate::config::DEFAULT_LAYER_NORM_EPS
+        });
+    Ok(ParsedLayerOptions {
+        config,
+        gain: parsed.gain,
+        bias: parsed.bias,
+    })
 }
 
 fn has_key(options: &JsValue, key: &str) -> bool {

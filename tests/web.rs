@@ -206,6 +206,26 @@ async fn the_js_api_computes_and_rejects_bad_input() {
         "JS pRmsNorm",
     );
 
+    // LayerNorm through the JS API, against its reference.
+    let y = JsFuture::from(normalizer.layer_norm(x.clone(), 8, JsValue::UNDEFINED))
+        .await
+        .unwrap();
+    let y = y.dyn_into::<Float32Array>().unwrap().to_vec();
+    let expected =
+        reference::layer_norm(&x, &wgpu_rmsnorm::LayerNormConfig::new(8), None, None).unwrap();
+    let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(stats.failures, 0, "JS layerNorm: {stats:?}");
+    for (what, bad) in [
+        ("p", options(&[("p", 0.5.into())])),
+        ("epsMode", options(&[("epsMode", "add".into())])),
+    ] {
+        let message = rejection(normalizer.layer_norm(x.clone(), 8, bad)).await;
+        assert!(
+            message.contains(&format!("layerNorm takes no {what}")),
+            "{message}"
+        );
+    }
+
     let gain = Float32Array::from(&[1.0f32; 8][..]);
     let short = Float32Array::from(&[1.0f32; 7][..]);
     let cases: Vec<(&str, js_sys::Promise, &str)> = vec![

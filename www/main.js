@@ -3,6 +3,7 @@
 import init, {
   Normalizer,
   referenceRmsNorm,
+  referenceLayerNorm,
   compareToReference,
   sampleData,
 } from "./pkg/wgpu_rmsnorm.js";
@@ -11,6 +12,9 @@ const MAX_VALUES = 1 << 24; // 64 MiB of f32 per tensor keeps the tab responsive
 const SWEEP_VALUES = 1 << 20;
 const SWEEP_HIDDEN = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 const CALLS_PER_TIMING = 3;
+// Shapes of the benchmark panel: those of the native benchmark that keep a software
+// adapter's tab responsive (at most 4M values).
+const BENCH_SHAPES = [[1, 4096], [64, 4096], [1024, 4096], [4096, 1024], [16384, 128]];
 
 const $ = (id) => document.getElementById(id);
 const setState = (state) => { document.body.dataset.state = state; };
@@ -90,13 +94,26 @@ async function runKernels(normalizer, form) {
     options.gainOffset = form.gainOffset;
   }
   if (form.bias) options.bias = sampleData(hidden, 3, 1);
+  // LayerNorm keeps eps inside the root whatever the eps mode.
+  const { epsMode, ...layerOptions } = options;
   const kernels = [
-    { name: "RMSNorm", k: hidden, options, call: () => normalizer.rmsNorm(x, hidden, options) },
+    {
+      name: "RMSNorm",
+      k: hidden,
+      call: () => normalizer.rmsNorm(x, hidden, options),
+      reference: () => referenceRmsNorm(x, hidden, options),
+    },
     {
       name: "pRMSNorm",
       k: Math.min(hidden, Math.max(1, Math.ceil(hidden * form.p))),
-      options: { ...options, p: form.p },
       call: () => normalizer.pRmsNorm(x, hidden, { ...options, p: form.p }),
+      reference: () => referenceRmsNorm(x, hidden, { ...options, p: form.p }),
+    },
+    {
+      name: "LayerNorm",
+      k: hidden,
+      call: () => normalizer.layerNorm(x, hidden, layerOptions),
+      reference: () => referenceLayerNorm(x, hidden, layerOptions),
     },
   ];
   const body = $("results").querySelector("tbody");
@@ -104,7 +121,7 @@ async function runKernels(normalizer, form) {
   for (const kernel of kernels) {
     setStatus(`Running ${kernel.name} on ${rows} x ${hidden}…`, "busy");
     const { y, ms } = await timed(kernel.call, normalizer);
-    const expected = referenceRmsNorm(x, hidden, kernel.options);
+    const expected = kernel.reference();
     const error = compareToReference(y, expected);
     body.append(resultRow([
       kernel.name,
@@ -161,19 +178,53 @@ function lineChart(container, series, { xLabel, yLabel, logX = false }) {
 }
 
 async function runSweep(normalizer, form) {
-  const rms = [], prms = [];
+  const rms = [], prms = [], layer = [];
   for (const hidden of SWEEP_HIDDEN) {
     setStatus(`Sweep: hidden ${hidden}…`, "busy");
     const x = sampleData(SWEEP_VALUES, hidden, 4);
     const a = await timed(() => normalizer.rmsNorm(x, hidden), normalizer);
     const b = await timed(() => normalizer.pRmsNorm(x, hidden, { p: form.p }), normalizer);
+    const c = await timed(() => normalizer.layerNorm(x, hidden), normalizer);
     rms.push([hidden, gbps(SWEEP_VALUES, a.ms)]);
     prms.push([hidden, gbps(SWEEP_VALUES, b.ms)]);
+    layer.push([hidden, gbps(SWEEP_VALUES, c.ms)]);
   }
   lineChart($("sweep"), [
     { name: "RMSNorm", color: "var(--rms)", points: rms },
     { name: `pRMSNorm p=${form.p}`, color: "var(--prms)", points: prms },
+    { name: "LayerNorm", color: "var(--layer)", points: layer, dash: "6 3" },
   ], { xLabel: "hidden size", yLabel: "GB/s", logX: true });
+}
+
+async function runBenchmark(normalizer) {
+  const body = $("bench-results").querySelector("tbody");
+  body.replaceChildren();
+  const ratios = [];
+  for (const [rows, hidden] of BENCH_SHAPES) {
+    $("bench-status").textContent = `Measuring ${rows} x ${hidden}…`;
+    $("bench-status").className = "busy";
+    const records = await normalizer.benchmark(rows, hidden);
+    for (const r of records) {
+      const tr = document.createElement("tr");
+      for (const text of [`${rows} x ${hidden}`, r.kernel, r.p ?? "", r.variant, r.medianMs.toFixed(3),
+        r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]) {
+        const td = document.createElement("td");
+        td.textContent = String(text);
+        tr.append(td);
+      }
+      body.append(tr);
+    }
+    const ms = (kernel) => records.find((r) => r.kernel === kernel && r.p === null)?.medianMs;
+    ratios.push(`${rows} x ${hidden}: ${(ms("RMSNorm") / ms("LayerNorm")).toFixed(2)}`);
+  }
+  $("bench-status").textContent = "Measuring round trips…";
+  const trips = await normalizer.roundTrips();
+  $("bench-summary").textContent = `RMSNorm / LayerNorm time: ${ratios.join("; ")}. ` +
+    `Round trip of one 1 x 4096 rmsNorm call: ${trips.callMs.toFixed(2)} ms; of an empty dispatch ` +
+    `with readback: ${trips.emptyMs.toFixed(2)} ms.`;
+  $("bench-status").textContent = "Done.";
+  $("bench-status").className = "";
+  $("bench-panel").dataset.done = "true";
 }
 
 async function runInvariance(normalizer) {
@@ -218,6 +269,19 @@ async function main() {
   $("adapter").dataset.ready = "true";
   setState("ready");
   $("run").disabled = false;
+  $("bench").disabled = false;
+
+  $("bench").addEventListener("click", async () => {
+    $("bench").disabled = true;
+    try {
+      await runBenchmark(normalizer);
+    } catch (error) {
+      $("bench-status").textContent = `Error: ${error.message ?? error}`;
+      $("bench-status").className = "error";
+    } finally {
+      $("bench").disabled = false;
+    }
+  });
 
   $("controls").addEventListener("submit", async (event) => {
     event.preventDefault();

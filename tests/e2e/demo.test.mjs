@@ -30,7 +30,7 @@ async function openPage(args) {
   return { page, problems };
 }
 
-test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 240_000 }, async () => {
+test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 900_000 }, async () => {
   const { page, problems } = await openPage([...quietFlags, ...webgpuFlags]);
   await page.waitForSelector("#adapter[data-ready=true]", { timeout: 60_000 });
   const adapter = await page.textContent("#adapter");
@@ -47,15 +47,26 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   console.log("results (1024 x 4096):");
   console.log("kernel | k | GPU ms | GB/s | max abs err | max rel err | check");
   for (const row of rows) console.log(row.cells.join(" | "));
-  assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm"]);
+  assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm", "LayerNorm"]);
   for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} failed verification`);
 
-  assert.equal(await page.locator("#sweep svg path.series").count(), 2, "sweep chart has both kernels");
+  assert.equal(await page.locator("#sweep svg path.series").count(), 3, "sweep chart has every kernel");
   assert.equal(await page.locator("#invariance svg path.series").count(), 3);
   const scaled = Number(await page.getAttribute("#invariance-summary", "data-scaled"));
   const shifted = Number(await page.getAttribute("#invariance-summary", "data-shifted"));
   assert.ok(scaled < 1e-5, `scaling changed the output by ${scaled}`);
   assert.ok(shifted > 0.1, `shifting changed the output by only ${shifted}`);
+
+  // The benchmark panel: the same measurements as cargo xtask bench.
+  await page.click("#bench");
+  await page.waitForSelector("#bench-panel[data-done=true], #bench-status.error", { timeout: 600_000 });
+  assert.equal(await page.getAttribute("#bench-panel", "data-done"), "true", await page.textContent("#bench-status"));
+  const bench = await page.$$eval("#bench-results tbody tr", (trs) =>
+    trs.map((tr) => [...tr.children].map((td) => td.textContent).join(" | ")));
+  console.log("benchmark panel: shape | kernel | p | variant | ms | GB/s | sol_copy | sol_kernel");
+  for (const line of bench) console.log(line);
+  console.log(await page.textContent("#bench-summary"));
+  assert.equal(bench.length, 5 * 6, "5 shapes x (2 copies, RMSNorm, 2 pRMSNorm, LayerNorm)");
 
   mkdirSync(screenshots, { recursive: true });
   const path = `${screenshots}/demo.png`;

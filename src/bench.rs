@@ -1,0 +1,338 @@
+//! The measurements behind `cargo xtask bench` and the demo page's benchmark panel: one
+//! shape's kernels next to the speed of light on the same adapter, timed the same way in
+//! the same run, each kernel checked against the f64 reference before it is timed.
+//!
+//! - `sol_copy`: effective bandwidth over that of `copy_buffer_to_buffer` of the same bytes;
+//! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`,
+//!   workgroup sizes 8, 64, 256);
+//! - effective bandwidth = (x read + y written) / time.
+
+use crate::config::{LayerNormConfig, PartialRms, RmsNormConfig};
+use crate::context::{GpuContext, Weights};
+use crate::error::{Error, Result};
+use crate::kernel::{BufferRegion, LayerNorm, Reduction, RmsNormBuffers};
+use crate::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use crate::shaders::COPY_VEC4;
+use crate::timing::{GpuTimer, PassTimestamps};
+use wgpu::util::DeviceExt;
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Samples per measurement; the median is reported.
+    pub samples: usize,
+    /// Each sample repeats the work until it lasts about this long.
+    pub min_sample_seconds: f64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            samples: 10,
+            min_sample_seconds: 0.01,
+        }
+    }
+}
+
+/// One kernel on one shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// "copy", "RMSNorm", "pRMSNorm" or "LayerNorm".
+    pub kernel: &'static str,
+    /// pRMSNorm's fraction.
+    pub p: Option<f64>,
+    /// Reduction, workgroup size and loads, or which copy.
+    pub variant: String,
+    /// Median seconds per call.
+    pub seconds: f64,
+    /// Effective bandwidth, GB/s.
+    pub gbps: f64,
+    /// Against `copy_buffer_to_buffer`.
+    pub sol_copy: f64,
+    /// Against the fastest vec4 copy kernel.
+    pub sol_kernel: f64,
+    /// GPU bytes the high-level API held for this call (0 for the copies).
+    pub library_bytes: u64,
+}
+
+/// The timer the benchmarks use: timestamps where they can bracket copies too, else the
+/// wall clock for everything, so that all numbers of a run are measured the same way.
+pub fn timer(gpu: &GpuContext) -> GpuTimer {
+    let timer = GpuTimer::new(gpu.device(), gpu.queue());
+    if timer.times_copies() {
+        timer
+    } else {
+        GpuTimer::wall_clock()
+    }
+}
+
+/// Measures the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`.
+pub async fn bench_shape(
+    gpu: &GpuContext,
+    timer: &GpuTimer,
+    rows: u32,
+    hidden: u32,
+    options: &BenchOptions,
+) -> Result<Vec<Measurement>> {
+    let device = gpu.device();
+    let queue = gpu.queue();
+    let len = rows as usize * hidden as usize;
+    let bytes = len as u64 * 4;
+    let x = reference::sample_data(len, u64::from(hidden), 4.0);
+    let storage = |usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("bench"),
+            contents: bytemuck::cast_slice(&x),
+            usage: wgpu::BufferUsages::STORAGE | usage,
+        })
+    };
+    let x_buffer = storage(wgpu::BufferUsages::COPY_SRC);
+    let y_buffer = storage(wgpu::BufferUsages::COPY_DST);
+    let (samples, min_seconds) = (options.samples, options.min_sample_seconds);
+    let gbps = |seconds: f64| 2.0 * bytes as f64 / seconds / 1e9;
+
+    let copy_engine = timer
+        .median(device, queue, samples, min_seconds, |encoder, _| {
+            encoder.copy_buffer_to_buffer(&x_buffer, 0, &y_buffer, 0, bytes);
+            Ok(())
+        })
+        .await?;
+    let (mut copy_kernel, mut best_wg) = (f64::INFINITY, 0);
+    for wg in [8u32, 64, 256] {
+        let copy = CopyKernel::new(device, wg, &x_buffer, &y_buffer);
+        let groups = (len as u32 / 4).div_ceil(wg).clamp(1, 65535);
+        let seconds = timer
+            .median(device, queue, samples, min_seconds, |encoder, ts| {
+                copy.encode(encoder, groups, ts);
+                Ok(())
+            })
+            .await?;
+        if seconds < copy_kernel {
+            (copy_kernel, best_wg) = (seconds, wg);
+        }
+    }
+    let measurement = |kernel, p, variant, seconds, library_bytes| Measurement {
+        kernel,
+        p,
+        variant,
+        seconds,
+        gbps: gbps(seconds),
+        sol_copy: copy_engine / seconds,
+        sol_kernel: copy_kernel / seconds,
+        library_bytes,
+    };
+    let mut out = vec![
+        measurement("copy", None, "copy_buffer_to_buffer".into(), copy_engine, 0),
+        measurement(
+            "copy",
+            None,
+            format!("vec4 kernel wg={best_wg}"),
+            copy_kernel,
+            0,
+        ),
+    ];
+
+    let buffers = RmsNormBuffers {
+        input: BufferRegion::whole(&x_buffer),
+        output: BufferRegion::whole(&y_buffer),
+        gain: None,
+        bias: None,
+    };
+    let partials = [
+        ("RMSNorm", None, PartialRms::Full),
+        (
+            "pRMSNorm",
+            Some(1.0 / 16.0),
+            PartialRms::Fraction(1.0 / 16.0),
+        ),
+        ("pRMSNorm", Some(0.5), PartialRms::Fraction(0.5)),
+    ];
+    for (name, p, partial) in partials {
+        let config = RmsNormConfig::new(hidden).with_partial(partial);
+        // A fresh context, so that what it allocates is this call's alone.
+        let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
+        let y = fresh.rms_norm(&x, &config, Weights::NONE).await?;
+        verify(
+            &y,
+            &reference::rms_norm(&x, &config, None, None)?,
+            name,
+            rows,
+            hidden,
+        )?;
+        let kernel = gpu.kernel(&config)?;
+        let seconds = timer
+            .median(device, queue, samples, min_seconds, |encoder, ts| {
+                kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
+            })
+            .await?;
+        let variant = variant_name(
+            kernel.reduction(),
+            kernel.workgroup_size(),
+            kernel.uses_vec4(&buffers),
+        );
+        out.push(measurement(
+            name,
+            p,
+            variant,
+            seconds,
+            fresh.scratch_bytes(),
+        ));
+    }
+    let config = LayerNormConfig::new(hidden);
+    let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
+    let y = fresh.layer_norm(&x, &config, Weights::NONE).await?;
+    verify(
+        &y,
+        &reference::layer_norm(&x, &config, None, None)?,
+        "LayerNorm",
+        rows,
+        hidden,
+    )?;
+    let kernel = LayerNorm::new(device, &config, &Default::default())?;
+    let seconds = timer
+        .median(device, queue, samples, min_seconds, |encoder, ts| {
+            kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
+        })
+        .await?;
+    let variant = variant_name(
+        kernel.reduction(),
+        kernel.workgroup_size(),
+        kernel.uses_vec4(&buffers),
+    );
+    out.push(measurement(
+        "LayerNorm",
+        None,
+        variant,
+        seconds,
+        fresh.scratch_bytes(),
+    ));
+    Ok(out)
+}
+
+fn verify(y: &[f32], expected: &[f64], name: &str, rows: u32, hidden: u32) -> Result<()> {
+    let stats = reference::compare(y, expected, F32_ABS_TOL, F32_REL_TOL);
+    if stats.failures == 0 {
+        Ok(())
+    } else {
+        Err(Error::Gpu(format!(
+            "{name} {rows} x {hidden} disagrees with the reference ({stats:?}): not timing it"
+        )))
+    }
+}
+
+fn variant_name(reduction: Reduction, workgroup_size: u32, vec4: bool) -> String {
+    format!(
+        "{reduction:?} wg={workgroup_size}{}",
+        if vec4 { " vec4" } else { "" }
+    )
+}
+
+/// Wall-clock medians of `count` whole 1 x 4096 RMSNorm calls through the high-level API
+/// (upload, dispatch, readback) and of as many empty dispatches with a 16-byte readback.
+pub async fn round_trips(gpu: &GpuContext, count: usize) -> Result<(f64, f64)> {
+    let device = gpu.device();
+    let x = reference::sample_data(4096, 5, 4.0);
+    let config = RmsNormConfig::new(4096);
+    gpu.rms_norm(&x, &config, Weights::NONE).await?;
+    let mut calls = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = crate::platform::now_seconds();
+        gpu.rms_norm(&x, &config, Weights::NONE).await?;
+        calls.push(crate::platform::now_seconds() - start);
+    }
+    let make = |usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("round trip"),
+            size: 16,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let src = make(wgpu::BufferUsages::STORAGE);
+    let dst = make(wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let staging = make(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+    let copy = CopyKernel::new(device, 64, &src, &dst);
+    let mut empties = Vec::with_capacity(count);
+    for i in 0..=count {
+        let start = crate::platform::now_seconds();
+        let mut encoder = device.create_command_encoder(&Default::default());
+        copy.encode(&mut encoder, 1, None);
+        encoder.copy_buffer_to_buffer(&dst, 0, &staging, 0, 16);
+        gpu.queue().submit([encoder.finish()]);
+        crate::platform::map_read(device, staging.slice(..)).await?;
+        staging.unmap();
+        if i > 0 {
+            empties.push(crate::platform::now_seconds() - start);
+        }
+    }
+    Ok((median(calls), median(empties)))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `shaders/copy_vec4.wgsl` bound to a source and a destination.
+struct CopyKernel {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+}
+
+impl CopyKernel {
+    fn new(
+        device: &wgpu::Device,
+        workgroup_size: u32,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+    ) -> Self {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(COPY_VEC4.path),
+            source: wgpu::ShaderSource::Wgsl(COPY_VEC4.text.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("copy"),
+            layout: None,
+            module: &module,
+            entry_point: Some("copy"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("WG", f64::from(workgroup_size))],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("copy"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: src.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: dst.as_entire_binding(),
+                },
+            ],
+        });
+        Self {
+            pipeline,
+            bind_group,
+        }
+    }
+
+    fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        groups: u32,
+        timestamp_writes: PassTimestamps<'_>,
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("copy"),
+            timestamp_writes,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+    }
+}
