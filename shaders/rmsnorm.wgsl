@@ -64,50 +64,37 @@ fn load_first_k(row_start: u32, i: u32) -> Elem {
     return elem_keep_below(x[row_start + i], i * LANES, params.k);
 }
 
-// The rescaled path for rows of extreme magnitude. With m = max |x_i| (i < k) = f 2^e,
-// f in [0.5, 1), the elements are scaled by 2^-e (exact), squared and summed, and the
-// result is returned as y = (x * pre) * scale so that no intermediate overflows:
-// pre = 2^-e and scale = 1 / rms(x 2^-e) folded with eps, or pre = 1 where eps dominates.
-// Invocations agree on the result; every branch below is uniform.
-fn rescaled_factors(row_start: u32, lane: u32) -> vec2<f32> {
-    let k_len = (params.k + LANES - 1u) / LANES;
-    var local_max = 0.0;
-    for (var i = lane; i < k_len; i = i + WG) {
-        local_max = max(local_max, elem_abs_max(load_first_k(row_start, i)));
+// The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
+// phase 0, of x * 2^-e for phase 2 (then y = (x * 2^-e) * scale), or an all-zero first k
+// (phase 1, m = 0): 1 / eps by either convention, and 0 when eps is 0 (the output is then
+// the bias, or zero), never inf or NaN. Where eps dominates a tiny row, the caller must
+// not pre-scale: see `pre_applies`.
+fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
+    let eps = params.eps;
+    if (phase == 0u) {
+        return scale_from_sum(sumsq);
     }
-    let m = reduce_max(local_max);
-    if (m == 0.0) {
-        // The first k elements are all zero: 1 / eps by either convention, and 0 when eps
-        // is 0 (the output is then the bias, or zero), never inf or NaN.
-        if (params.eps == 0.0) {
-            return vec2<f32>(1.0, 0.0);
+    if (phase == 1u) {
+        if (eps == 0.0) {
+            return 0.0;
         }
         if (EPS_INSIDE_ROOT) {
-            return vec2<f32>(1.0, inverseSqrt(params.eps));
+            return inverseSqrt(eps);
         }
-        return vec2<f32>(1.0, 1.0 / params.eps);
+        return 1.0 / eps;
     }
-    // Kept within [-126, 126] so that 2^-e is a normal f32; the scaled values are below 4.
-    let e = clamp(frexp(m).exp, -126, 126);
-    var local_sum = Elem(0.0);
-    for (var i = lane; i < k_len; i = i + WG) {
-        let v = elem_ldexp(load_first_k(row_start, i), -e);
-        local_sum = local_sum + v * v;
-    }
-    let mean = reduce_sum(elem_sum(local_sum)) / params.k_f32;
-    let pre = ldexp(1.0, -e);
-    let eps = params.eps;
+    let mean = sumsq / params.k_f32;
     if (EPS_INSIDE_ROOT) {
         if (e >= 0 || eps == 0.0) {
-            return vec2<f32>(pre, inverseSqrt(mean + ldexp(eps, -2 * e)));
+            return inverseSqrt(mean + ldexp(eps, -2 * e));
         }
         // Tiny rows with eps > 0: mean * 2^(2e) underflows only where eps dominates it.
-        return vec2<f32>(1.0, inverseSqrt(ldexp(mean, 2 * e) + eps));
+        return inverseSqrt(ldexp(mean, 2 * e) + eps) * ldexp(1.0, e);
     }
     if (e >= 0 || eps == 0.0) {
-        return vec2<f32>(pre, 1.0 / (sqrt(mean) + ldexp(eps, -e)));
+        return 1.0 / (sqrt(mean) + ldexp(eps, -e));
     }
-    return vec2<f32>(1.0, 1.0 / (ldexp(sqrt(mean), e) + eps));
+    return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
 }
 
 @compute @workgroup_size(WG)
@@ -123,26 +110,43 @@ fn rms_norm(
     for (var row = group.x; row < params.rows; row = row + groups.x) {
         let row_start = params.x_base + row * params.row_len;
 
-        var acc = Elem(0.0);
-        for (var i = lane; i < k_whole; i = i + WG) {
-            let v = x[row_start + i];
-            acc = acc + v * v;
-        }
-        if (k_straddles && lane == k_whole % WG) {
-            let v = load_first_k(row_start, k_whole);
-            acc = acc + v * v;
-        }
-        let sumsq = reduce_sum(elem_sum(acc));
-
+        // Pass 1 over the first k elements. Rows of extreme magnitude (rare) take it three
+        // times: 0: the sum of squares, found out of range; 1: the max |x|, giving the exact
+        // power of two 2^-e; 2: the sum of squares of x * 2^-e. One loop serves all three,
+        // so the common path carries no extra loop (software adapters pay for each one).
+        var phase = 0u;
         var pre = 1.0;
-        var scale: f32;
-        if (sum_needs_rescaling(sumsq)) {
-            let factors = rescaled_factors(row_start, lane);
-            pre = factors.x;
-            scale = factors.y;
-        } else {
-            scale = scale_from_sum(sumsq);
+        var e = 0;
+        var sumsq = 0.0;
+        loop {
+            let find_max = phase == 1u;
+            var acc = Elem(0.0);
+            for (var i = lane; i < k_whole; i = i + WG) {
+                let v = x[row_start + i] * pre;
+                acc = select(acc + v * v, max(acc, abs(v)), find_max);
+            }
+            if (k_straddles && lane == k_whole % WG) {
+                let v = load_first_k(row_start, k_whole) * pre;
+                acc = select(acc + v * v, max(acc, abs(v)), find_max);
+            }
+            if (find_max) {
+                let m = reduce_max(elem_abs_max(acc));
+                if (m == 0.0) {
+                    break;
+                }
+                // Within [-126, 126] so that 2^-e is a normal f32; scaled values are below 4.
+                e = clamp(frexp(m).exp, -126, 126);
+                pre = ldexp(1.0, -e);
+                phase = 2u;
+                continue;
+            }
+            sumsq = reduce_sum(elem_sum(acc));
+            if (phase == 2u || !sum_needs_rescaling(sumsq)) {
+                break;
+            }
+            phase = 1u;
         }
+        let scale = row_scale(sumsq, phase, e);
 
         let out_start = params.y_base + row * params.row_len;
         for (var i = lane; i < params.row_len; i = i + WG) {
