@@ -2,7 +2,7 @@
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
-use crate::kernel::{BufferRegion, KernelOptions, Norm, RmsNorm, RmsNormBuffers};
+use crate::kernel::{BufferRegion, KernelOptions, Norm, PreparedDispatch, RmsNorm, RmsNormBuffers};
 use crate::platform;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -146,6 +146,9 @@ struct Scratch {
     output: wgpu::Buffer,
     staging: wgpu::Buffer,
     weights: wgpu::Buffer,
+    /// The last call's bind groups on these buffers, by kernel (its address in the cache,
+    /// where kernels stay) and rows: a repeated call creates nothing on the GPU.
+    prepared: Option<(usize, u32, PreparedDispatch)>,
 }
 
 impl GpuContext {
@@ -325,7 +328,7 @@ impl GpuContext {
         }
         let kernel = self.cached_kernel(norm, config)?;
 
-        let scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
+        let mut scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
         let vector_bytes = u64::from(config.hidden) * 4;
         // Gain at 0, bias after it, on a 256-byte boundary.
         let bias_offset = vector_bytes.next_multiple_of(256);
@@ -365,13 +368,13 @@ impl GpuContext {
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
-        kernel.encode_with_timestamps(
-            &self.device,
-            &mut encoder,
-            &buffers,
-            rows,
-            timestamp_writes,
-        )?;
+        let kernel_id = Arc::as_ptr(&kernel) as usize;
+        let prepared = match scratch.prepared.take() {
+            Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
+            _ => kernel.prepare(&self.device, &buffers, rows)?,
+        };
+        kernel.record(&prepared, &mut encoder, timestamp_writes);
+        scratch.prepared = Some((kernel_id, rows, prepared));
         encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
         if let Some(t) = &self.call_timer {
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
@@ -449,6 +452,7 @@ impl GpuContext {
                         U::MAP_READ | U::COPY_DST,
                     ),
                     weights: buffer("rmsnorm weights", weights, U::STORAGE | U::COPY_DST),
+                    prepared: None,
                 }
             }
         }

@@ -304,19 +304,27 @@ impl RmsNorm {
         rows: u32,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
+        let prepared = self.prepare(device, buffers, rows)?;
+        self.record(&prepared, encoder, timestamp_writes);
+        Ok(())
+    }
+
+    /// Checks a call and builds its bind groups and parameters, to be recorded any number
+    /// of times with [`RmsNorm::record`]: a loop that normalizes the same buffers every step
+    /// then creates nothing per step.
+    pub fn prepare(
+        &self,
+        device: &wgpu::Device,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<PreparedDispatch> {
         self.check_buffers(buffers, rows)?;
-        if rows == 0 {
-            return Ok(());
-        }
         let vec4 = self.uses_vec4(buffers);
-        let (pipeline, lanes) = match (&self.vec4, vec4) {
-            (Some(pipeline), true) => (pipeline, 4),
-            _ => (&self.scalar, 1),
-        };
+        let lanes = if vec4 { 4 } else { 1 };
         let row_bytes = u64::from(self.config.hidden) * 4;
         let vector_bytes = row_bytes;
         let rows_per_chunk = (self.limits.max_binding - binding_slack(&self.limits)) / row_bytes;
-        // Bind groups for each chunk of rows that fits in one binding (usually one chunk).
+        // A bind group for each chunk of rows that fits in one binding (usually one chunk).
         let mut chunks = Vec::new();
         let mut first_row = 0u64;
         while first_row < u64::from(rows) {
@@ -366,16 +374,33 @@ impl RmsNorm {
             chunks.push((bind_group, workgroups));
             first_row += chunk_rows;
         }
+        Ok(PreparedDispatch { vec4, chunks })
+    }
+
+    /// Records a prepared call: one compute pass, nothing created, never submitted. A call
+    /// of 0 rows records nothing.
+    pub fn record(
+        &self,
+        prepared: &PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        if prepared.chunks.is_empty() {
+            return;
+        }
+        let pipeline = match (&self.vec4, prepared.vec4) {
+            (Some(pipeline), true) => pipeline,
+            _ => &self.scalar,
+        };
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("rmsnorm"),
             timestamp_writes,
         });
         pass.set_pipeline(pipeline);
-        for (bind_group, workgroups) in &chunks {
+        for (bind_group, workgroups) in &prepared.chunks {
             pass.set_bind_group(0, bind_group, &[]);
             pass.dispatch_workgroups(*workgroups, 1, 1);
         }
-        Ok(())
     }
 
     /// Everything wgpu would refuse, and what the config requires, as typed errors.
@@ -465,6 +490,14 @@ impl Bound<'_> {
     }
 }
 
+/// A checked call with its bind groups and parameters, from [`RmsNorm::prepare`]. It keeps
+/// the buffers alive; record it only with the kernel that prepared it.
+#[derive(Debug)]
+pub struct PreparedDispatch {
+    vec4: bool,
+    chunks: Vec<(wgpu::BindGroup, u32)>,
+}
+
 /// Which normalization a kernel computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Norm {
@@ -523,6 +556,26 @@ impl LayerNorm {
         rows: u32,
     ) -> Result<()> {
         self.kernel.encode(device, encoder, buffers, rows)
+    }
+
+    /// See [`RmsNorm::prepare`].
+    pub fn prepare(
+        &self,
+        device: &wgpu::Device,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<PreparedDispatch> {
+        self.kernel.prepare(device, buffers, rows)
+    }
+
+    /// See [`RmsNorm::record`].
+    pub fn record(
+        &self,
+        prepared: &PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        self.kernel.record(prepared, encoder, timestamp_writes)
     }
 
     /// See [`RmsNorm::encode_with_timestamps`].

@@ -220,3 +220,38 @@ fn devices_without_subgroups_use_the_tree() {
     let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
     assert_matches_reference(&y, &x, &config, None, None, "no subgroups");
 }
+
+/// `prepare` once, `record` every step: the same bind groups serve new data.
+#[test]
+fn a_prepared_dispatch_is_recorded_again_with_new_data() {
+    let Some(gpu) = gpu() else { return };
+    let device = gpu.device();
+    let config = RmsNormConfig::new(1000).with_partial(PartialRms::Count(100));
+    let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
+    let x_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 5 * 1000 * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let y_buffer = storage_buffer(gpu, &[0.0; 5 * 1000]);
+    let buffers = RmsNormBuffers {
+        input: BufferRegion::whole(&x_buffer),
+        output: BufferRegion::whole(&y_buffer),
+        gain: None,
+        bias: None,
+    };
+    let prepared = kernel.prepare(device, &buffers, 5).unwrap();
+    for step in 0..3 {
+        let x = data(5 * 1000, 100 + step);
+        let y = no_gpu_errors(device, || {
+            gpu.queue()
+                .write_buffer(&x_buffer, 0, bytemuck::cast_slice(&x));
+            let mut encoder = device.create_command_encoder(&Default::default());
+            kernel.record(&prepared, &mut encoder, None);
+            gpu.queue().submit([encoder.finish()]);
+            read_back(gpu, &y_buffer)
+        });
+        assert_matches_reference(&y, &x, &config, None, None, &format!("step {step}"));
+    }
+}
