@@ -24,6 +24,10 @@ struct Params {
     y_base: u32,
     gain_base: u32,
     bias_base: u32,
+    // Split rows (RMSNorm only): unused here.
+    chunks: u32,
+    k_chunk_len: u32,
+    chunk_len: u32,
 }
 
 override HAS_GAIN: bool = false;

@@ -1,5 +1,6 @@
-// RMSNorm and pRMSNorm forward, one workgroup per row (a loop over rows when there are more
-// rows than workgroups).
+// RMSNorm and pRMSNorm forward. `rms_norm`: one workgroup per row (a loop over rows when
+// there are more rows than workgroups). `split_partials` then `split_scale`: a few long rows,
+// each split across many workgroups (so that a single decode row does not run on one core).
 //
 //   y = x / rms_k(x) * g + b,   rms_k(x) = sqrt(sum_{i<k} x_i^2 / k)   (k = n: RMSNorm)
 //
@@ -24,6 +25,11 @@ struct Params {
     y_base: u32,
     gain_base: u32,
     bias_base: u32,
+    // Split rows only: workgroups per row, and the Elems each covers of the first k
+    // (k_chunk_len) and of the whole row (chunk_len).
+    chunks: u32,
+    k_chunk_len: u32,
+    chunk_len: u32,
 }
 
 // Fixed per pipeline.
@@ -40,6 +46,8 @@ override EPS_INSIDE_ROOT: bool = true;
 @group(0) @binding(2) var<storage, read> gain: array<Elem>;
 @group(0) @binding(3) var<storage, read> bias: array<Elem>;
 @group(0) @binding(4) var<storage, read_write> y: array<Elem>;
+// Split rows only: per (row, chunk), the sum of squares and the max |x| of its part of k.
+@group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 
 // Sums of squares below 2^-100 (precision lost to f32 underflow) or not finite (f32 x^2
 // overflows above ~1.8e19) take the rescaled path. Tested on the bits: WGSL lets a compiler
@@ -97,6 +105,26 @@ fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
     return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
 }
 
+// y = (x * pre) * scale * g + b for Elems first, first + WG, ... below end of one row.
+fn write_scaled(row: u32, row_start: u32, first: u32, end: u32, pre: f32, scale: f32) {
+    let out_start = params.y_base + row * params.row_len;
+    for (var i = first; i < end; i = i + WG) {
+        var v = (x[row_start + i] * pre) * scale;
+        if (HAS_GAIN) {
+            let g = gain[params.gain_base + i];
+            if (GAIN_PLUS_ONE) {
+                v = v * (g + 1.0);
+            } else {
+                v = v * g;
+            }
+        }
+        if (HAS_BIAS) {
+            v = v + bias[params.bias_base + i];
+        }
+        y[out_start + i] = v;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn rms_norm(
     @builtin(local_invocation_index) lane: u32,
@@ -148,21 +176,83 @@ fn rms_norm(
         }
         let scale = row_scale(sumsq, phase, e);
 
-        let out_start = params.y_base + row * params.row_len;
-        for (var i = lane; i < params.row_len; i = i + WG) {
-            var v = (x[row_start + i] * pre) * scale;
-            if (HAS_GAIN) {
-                let g = gain[params.gain_base + i];
-                if (GAIN_PLUS_ONE) {
-                    v = v * (g + 1.0);
-                } else {
-                    v = v * g;
-                }
-            }
-            if (HAS_BIAS) {
-                v = v + bias[params.bias_base + i];
-            }
-            y[out_start + i] = v;
+        write_scaled(row, row_start, lane, params.row_len, pre, scale);
+    }
+}
+
+// Split rows carry no rescaled path: each piece sums its squares scaled by its own exact
+// power of two 2^-e_p (from its max |x|), and the row combines the pieces at the largest
+// exponent, so no sum overflows or underflows whatever the row's magnitude. Stored per
+// (row, piece): the scaled sum, and e_p + 1000 (0 for an all-zero piece, so that the
+// pieces' max is a max of values >= 0 and ignores them).
+const EXPONENT_BIAS: f32 = 1000.0;
+
+// Dispatch 1 of a split row: workgroup g = row * chunks + c handles piece c of the row's
+// first k elements.
+@compute @workgroup_size(WG)
+fn split_partials(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    let k_len = (params.k + LANES - 1u) / LANES;
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row_start = params.x_base + (g / params.chunks) * params.row_len;
+        let begin = (g % params.chunks) * params.k_chunk_len;
+        let end = min(begin + params.k_chunk_len, k_len);
+        var local_max = 0.0;
+        for (var i = begin + lane; i < end; i = i + WG) {
+            local_max = max(local_max, elem_abs_max(load_first_k(row_start, i)));
         }
+        // The piece is small enough to be in cache for the second look.
+        let e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
+        var acc = Elem(0.0);
+        for (var i = begin + lane; i < end; i = i + WG) {
+            let v = elem_ldexp(load_first_k(row_start, i), -e);
+            acc = acc + v * v;
+        }
+        let sum = reduce_sum(elem_sum(acc));
+        if (lane == 0u) {
+            row_partials[2u * g] = sum;
+            row_partials[2u * g + 1u] = select(f32(e) + EXPONENT_BIAS, 0.0, sum == 0.0);
+        }
+    }
+}
+
+// Dispatch 2 of a split row: workgroup g combines its row's pieces and scales piece c of the
+// whole row.
+@compute @workgroup_size(WG)
+fn split_scale(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row = g / params.chunks;
+        let row_start = params.x_base + row * params.row_len;
+        let first_piece = 2u * row * params.chunks;
+        var local_max = 0.0;
+        for (var j = lane; j < params.chunks; j = j + WG) {
+            local_max = max(local_max, row_partials[first_piece + 2u * j + 1u]);
+        }
+        let biased = reduce_max(local_max);
+        // The row's exponent; its sum of squares is sumsq * 2^(2e).
+        let e = i32(biased - EXPONENT_BIAS);
+        var local_sum = 0.0;
+        for (var j = lane; j < params.chunks; j = j + WG) {
+            let piece_e = i32(row_partials[first_piece + 2u * j + 1u] - EXPONENT_BIAS);
+            let piece_sum = row_partials[first_piece + 2u * j];
+            local_sum = local_sum + ldexp(piece_sum, 2 * (piece_e - e));
+        }
+        let sumsq = reduce_sum(local_sum);
+        // An all-zero first k: phase 1 of row_scale.
+        let phase = select(2u, 1u, biased == 0.0);
+        let scale = row_scale(sumsq, phase, e);
+        let pre = select(ldexp(1.0, -e), 1.0, biased == 0.0);
+        let begin = (g % params.chunks) * params.chunk_len;
+        let end = min(begin + params.chunk_len, params.row_len);
+        write_scaled(row, row_start, begin + lane, end, pre, scale);
     }
 }

@@ -10,7 +10,7 @@
 use crate::config::{LayerNormConfig, PartialRms, RmsNormConfig};
 use crate::context::{GpuContext, Weights};
 use crate::error::{Error, Result};
-use crate::kernel::{BufferRegion, LayerNorm, Reduction, RmsNormBuffers};
+use crate::kernel::{BufferRegion, LayerNorm, RmsNormBuffers};
 use crate::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use crate::shaders::COPY_VEC4;
 use crate::timing::{GpuTimer, PassTimestamps};
@@ -165,11 +165,7 @@ pub async fn bench_shape(
                 kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
             })
             .await?;
-        let variant = variant_name(
-            kernel.reduction(),
-            kernel.workgroup_size(),
-            kernel.uses_vec4(&buffers),
-        );
+        let variant = kernel.variant_name(&buffers, rows);
         out.push(measurement(
             name,
             p,
@@ -194,11 +190,7 @@ pub async fn bench_shape(
             kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
         })
         .await?;
-    let variant = variant_name(
-        kernel.reduction(),
-        kernel.workgroup_size(),
-        kernel.uses_vec4(&buffers),
-    );
+    let variant = kernel.variant_name(&buffers, rows);
     out.push(measurement(
         "LayerNorm",
         None,
@@ -218,13 +210,6 @@ fn verify(y: &[f32], expected: &[f64], name: &str, rows: u32, hidden: u32) -> Re
             "{name} {rows} x {hidden} disagrees with the reference ({stats:?}): not timing it"
         )))
     }
-}
-
-fn variant_name(reduction: Reduction, workgroup_size: u32, vec4: bool) -> String {
-    format!(
-        "{reduction:?} wg={workgroup_size}{}",
-        if vec4 { " vec4" } else { "" }
-    )
 }
 
 /// Wall-clock medians of `count` whole 1 x 4096 RMSNorm calls through the high-level API

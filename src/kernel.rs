@@ -37,6 +37,11 @@ pub struct KernelOptions {
     /// 20x. `None`: from the adapter's device type (browsers report SwiftShader as a GPU,
     /// so the JavaScript API sets this from the adapter's architecture).
     pub cpu_adapter: Option<bool>,
+    /// Whether few long rows are each split across many workgroups (RMSNorm and pRMSNorm;
+    /// LayerNorm never splits). `None`: for calls of at most 32 rows of at least 8192 loads
+    /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
+    /// the row allows; `Some(false)`: never.
+    pub split_rows: Option<bool>,
 }
 
 impl KernelOptions {
@@ -98,7 +103,9 @@ struct Params {
     y_base: u32,
     gain_base: u32,
     bias_base: u32,
-    _pad: [u32; 3],
+    chunks: u32,
+    k_chunk_len: u32,
+    chunk_len: u32,
 }
 
 /// The device limits that encode checks against, read once.
@@ -133,6 +140,17 @@ pub struct RmsNorm {
     layout: wgpu::BindGroupLayout,
     vec4: Option<wgpu::ComputePipeline>,
     scalar: wgpu::ComputePipeline,
+    split: Option<SplitPipelines>,
+    split_rows: Option<bool>,
+}
+
+/// The two dispatches of split rows, for each element layout.
+#[derive(Debug)]
+struct SplitPipelines {
+    layout: wgpu::BindGroupLayout,
+    variant: (ReductionKind, u32),
+    vec4: Option<[wgpu::ComputePipeline; 2]>,
+    scalar: [wgpu::ComputePipeline; 2],
 }
 
 impl RmsNorm {
@@ -184,39 +202,45 @@ impl RmsNorm {
         }
         let (reduction, workgroup_size) = choose_reduction(device, options, config.hidden)?;
 
+        let base_entries = [
+            layout_entry(0, wgpu::BufferBindingType::Uniform),
+            layout_entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
+            layout_entry(2, wgpu::BufferBindingType::Storage { read_only: true }),
+            layout_entry(3, wgpu::BufferBindingType::Storage { read_only: true }),
+            layout_entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
+        ];
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("rmsnorm bind group layout"),
-            entries: &[
-                layout_entry(0, wgpu::BufferBindingType::Uniform),
-                layout_entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
-                layout_entry(2, wgpu::BufferBindingType::Storage { read_only: true }),
-                layout_entry(3, wgpu::BufferBindingType::Storage { read_only: true }),
-                layout_entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
-            ],
+            entries: &base_entries,
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("rmsnorm pipeline layout"),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let constants = [
-            ("WG", f64::from(workgroup_size)),
-            ("HAS_GAIN", bool_constant(config.gain != Gain::None)),
-            (
-                "GAIN_PLUS_ONE",
-                bool_constant(config.gain == Gain::UnitOffset),
-            ),
-            ("HAS_BIAS", bool_constant(config.bias)),
-            (
-                "EPS_INSIDE_ROOT",
-                bool_constant(config.eps_mode == EpsMode::InsideRoot),
-            ),
-        ];
+        let constants = |workgroup_size: u32| {
+            [
+                ("WG", f64::from(workgroup_size)),
+                ("HAS_GAIN", bool_constant(config.gain != Gain::None)),
+                (
+                    "GAIN_PLUS_ONE",
+                    bool_constant(config.gain == Gain::UnitOffset),
+                ),
+                ("HAS_BIAS", bool_constant(config.bias)),
+                (
+                    "EPS_INSIDE_ROOT",
+                    bool_constant(config.eps_mode == EpsMode::InsideRoot),
+                ),
+            ]
+        };
         let (file, entry_point) = match norm {
             Norm::Rms => (shaders::RMSNORM, "rms_norm"),
             Norm::Layer => (shaders::LAYERNORM, "layer_norm"),
         };
-        let build = |elem: ElemLayout| {
+        let build_entry = |elem: ElemLayout,
+                           (reduction, workgroup_size): (ReductionKind, u32),
+                           layout: &wgpu::PipelineLayout,
+                           entry_point: &str| {
             let composed = shaders::compose(file, elem, reduction, ShaderTarget::CURRENT);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(file.path),
@@ -224,22 +248,68 @@ impl RmsNorm {
             });
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry_point),
-                layout: Some(&pipeline_layout),
+                layout: Some(layout),
                 module: &module,
                 entry_point: Some(entry_point),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
+                    constants: &constants(workgroup_size),
                     // Every workgroup variable is written before it is read.
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
             })
         };
+        let build = |elem| {
+            build_entry(
+                elem,
+                (reduction, workgroup_size),
+                &pipeline_layout,
+                entry_point,
+            )
+        };
         let vec4 = config
             .hidden
             .is_multiple_of(4)
             .then(|| build(ElemLayout::Vec4));
         let scalar = build(ElemLayout::Scalar);
+        let wants_split = match options.split_rows {
+            Some(split) => split,
+            None => config.hidden >= SPLIT_MIN_ROW_LOADS * 4,
+        };
+        let split = (norm == Norm::Rms && wants_split).then(|| -> Result<SplitPipelines> {
+            // Sized for one piece of a row, not for the row.
+            let variant = choose_reduction(device, options, SPLIT_PIECE_LOADS * 4)?;
+            let mut entries = base_entries.to_vec();
+            entries.push(layout_entry(
+                5,
+                wgpu::BufferBindingType::Storage { read_only: false },
+            ));
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("rmsnorm split bind group layout"),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("rmsnorm split pipeline layout"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pair = |elem| {
+                [
+                    build_entry(elem, variant, &pipeline_layout, "split_partials"),
+                    build_entry(elem, variant, &pipeline_layout, "split_scale"),
+                ]
+            };
+            Ok(SplitPipelines {
+                vec4: config
+                    .hidden
+                    .is_multiple_of(4)
+                    .then(|| pair(ElemLayout::Vec4)),
+                scalar: pair(ElemLayout::Scalar),
+                layout,
+                variant,
+            })
+        });
+        let split = split.transpose()?;
         Ok(Self {
             config: *config,
             k,
@@ -249,6 +319,8 @@ impl RmsNorm {
             layout,
             vec4,
             scalar,
+            split,
+            split_rows: options.split_rows,
         })
     }
 
@@ -264,11 +336,7 @@ impl RmsNorm {
 
     /// The reduction in use (never [`Reduction::Auto`]).
     pub fn reduction(&self) -> Reduction {
-        match self.reduction {
-            ReductionKind::WorkgroupTree => Reduction::WorkgroupTree,
-            ReductionKind::Subgroups => Reduction::Subgroups,
-            ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
-        }
+        public_reduction(self.reduction)
     }
 
     /// Invocations per workgroup.
@@ -321,6 +389,9 @@ impl RmsNorm {
         self.check_buffers(buffers, rows)?;
         let vec4 = self.uses_vec4(buffers);
         let lanes = if vec4 { 4 } else { 1 };
+        let row_len = self.config.hidden / lanes;
+        let k_len = self.k.div_ceil(lanes);
+        let split_chunks = self.split_chunks(rows, row_len);
         let row_bytes = u64::from(self.config.hidden) * 4;
         let vector_bytes = row_bytes;
         let rows_per_chunk = (self.limits.max_binding - binding_slack(&self.limits)) / row_bytes;
@@ -339,7 +410,7 @@ impl RmsNorm {
             let bias = buffers.bias.map(|b| self.bind_range(b, 0, vector_bytes));
             let params = Params {
                 rows: chunk_rows as u32,
-                row_len: self.config.hidden / lanes,
+                row_len,
                 k: self.k,
                 k_f32: self.k as f32,
                 eps: self.config.eps,
@@ -347,7 +418,9 @@ impl RmsNorm {
                 y_base: y.base_elements / lanes,
                 gain_base: gain.map_or(0, |g| g.base_elements / lanes),
                 bias_base: bias.map_or(0, |b| b.base_elements / lanes),
-                _pad: [0; 3],
+                chunks: split_chunks.unwrap_or(0),
+                k_chunk_len: split_chunks.map_or(0, |c| k_len.div_ceil(c)),
+                chunk_len: split_chunks.map_or(0, |c| row_len.div_ceil(c)),
             };
             let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("rmsnorm params"),
@@ -355,26 +428,93 @@ impl RmsNorm {
                 usage: wgpu::BufferUsages::UNIFORM,
             });
             // Without gain or bias, x is bound in their place: the shader never reads them.
-            let unused = x;
+            let (gain, bias) = (gain.unwrap_or(x), bias.unwrap_or(x));
+            let mut entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params_buffer.as_entire_binding(),
+                },
+                x.entry(1),
+                gain.entry(2),
+                bias.entry(3),
+                y.entry(4),
+            ];
+            // Split rows: two f32 per (row, piece), made for the call.
+            let partials = split_chunks.map(|chunks| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("rmsnorm split partials"),
+                    size: chunk_rows * u64::from(chunks) * 8,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            });
+            let layout = match (&self.split, &partials) {
+                (Some(split), Some(partials)) => {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: partials.as_entire_binding(),
+                    });
+                    &split.layout
+                }
+                _ => &self.layout,
+            };
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("rmsnorm bind group"),
-                layout: &self.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params_buffer.as_entire_binding(),
-                    },
-                    x.entry(1),
-                    gain.unwrap_or(unused).entry(2),
-                    bias.unwrap_or(unused).entry(3),
-                    y.entry(4),
-                ],
+                layout,
+                entries: &entries,
             });
-            let workgroups = (chunk_rows as u32).min(self.limits.max_workgroups);
+            let workgroups =
+                (chunk_rows as u32 * split_chunks.unwrap_or(1)).min(self.limits.max_workgroups);
             chunks.push((bind_group, workgroups));
             first_row += chunk_rows;
         }
-        Ok(PreparedDispatch { vec4, chunks })
+        Ok(PreparedDispatch {
+            vec4,
+            split: split_chunks.is_some(),
+            chunks,
+        })
+    }
+
+    /// Pieces per row when this call splits its rows across workgroups (see
+    /// [`KernelOptions::split_rows`]).
+    fn split_chunks(&self, rows: u32, row_len: u32) -> Option<u32> {
+        self.split.as_ref()?;
+        let pieces = row_len.div_ceil(SPLIT_PIECE_LOADS);
+        let chunks = match self.split_rows {
+            Some(true) => pieces.max(8.min(row_len)),
+            _ if rows <= SPLIT_MAX_ROWS && row_len >= SPLIT_MIN_ROW_LOADS => pieces,
+            _ => return None,
+        };
+        // One workgroup per (row, piece) within a dispatch's limit of workgroups, looping
+        // beyond it: keep rows * chunks in u32.
+        (chunks >= 2 && u64::from(rows) * u64::from(chunks) <= u64::from(u32::MAX))
+            .then_some(chunks)
+    }
+
+    /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4" or
+    /// "split x128 Subgroups wg=256 vec4": for benchmark reports.
+    pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
+        let vec4 = self.uses_vec4(buffers);
+        let lanes = if vec4 { 4 } else { 1 };
+        let loads = if vec4 { " vec4" } else { "" };
+        match (
+            &self.split,
+            self.split_chunks(rows, self.config.hidden / lanes),
+        ) {
+            (Some(split), Some(chunks)) => format!(
+                "split x{chunks} {:?} wg={}{loads}",
+                public_reduction(split.variant.0),
+                split.variant.1
+            ),
+            _ => format!("{:?} wg={}{loads}", self.reduction(), self.workgroup_size),
+        }
+    }
+
+    /// Whether a call of `rows` rows with these buffers splits its rows across workgroups.
+    pub fn splits_rows(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> bool {
+        let lanes = if self.uses_vec4(buffers) { 4 } else { 1 };
+        self.split_chunks(rows, self.config.hidden / lanes)
+            .is_some()
     }
 
     /// Records a prepared call: one compute pass, nothing created, never submitted. A call
@@ -388,18 +528,25 @@ impl RmsNorm {
         if prepared.chunks.is_empty() {
             return;
         }
-        let pipeline = match (&self.vec4, prepared.vec4) {
-            (Some(pipeline), true) => pipeline,
-            _ => &self.scalar,
-        };
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("rmsnorm"),
             timestamp_writes,
         });
-        pass.set_pipeline(pipeline);
+        let split = self.split.as_ref().filter(|_| prepared.split);
+        let stages: &[wgpu::ComputePipeline] = match (split, &self.vec4, prepared.vec4) {
+            (Some(split), _, true) => split.vec4.as_ref().unwrap_or(&split.scalar),
+            (Some(split), _, false) => &split.scalar,
+            (None, Some(pipeline), true) => std::slice::from_ref(pipeline),
+            (None, _, _) => std::slice::from_ref(&self.scalar),
+        };
+        // Split rows: every piece's partial sums, then every piece's scaling; dispatches in
+        // one pass see each other's storage writes.
         for (bind_group, workgroups) in &prepared.chunks {
             pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(*workgroups, 1, 1);
+            for pipeline in stages {
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(*workgroups, 1, 1);
+            }
         }
     }
 
@@ -495,6 +642,7 @@ impl Bound<'_> {
 #[derive(Debug)]
 pub struct PreparedDispatch {
     vec4: bool,
+    split: bool,
     chunks: Vec<(wgpu::BindGroup, u32)>,
 }
 
@@ -540,6 +688,11 @@ impl LayerNorm {
     /// Invocations per workgroup.
     pub fn workgroup_size(&self) -> u32 {
         self.kernel.workgroup_size()
+    }
+
+    /// See [`RmsNorm::variant_name`].
+    pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
+        self.kernel.variant_name(buffers, rows)
     }
 
     /// See [`RmsNorm::uses_vec4`].
@@ -606,6 +759,14 @@ fn regions<'a, 'b>(
     .filter_map(|(which, region)| region.map(|r| (which, r)))
 }
 
+fn public_reduction(kind: ReductionKind) -> Reduction {
+    match kind {
+        ReductionKind::WorkgroupTree => Reduction::WorkgroupTree,
+        ReductionKind::Subgroups => Reduction::Subgroups,
+        ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
+    }
+}
+
 fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -626,6 +787,13 @@ fn bool_constant(value: bool) -> f64 {
         0.0
     }
 }
+
+/// Split rows: loads (Elems) per piece of a row.
+const SPLIT_PIECE_LOADS: u32 = 2048;
+/// Split rows by default: calls of at most this many rows ...
+const SPLIT_MAX_ROWS: u32 = 32;
+/// ... of at least this many loads (Elems) per row.
+const SPLIT_MIN_ROW_LOADS: u32 = 8192;
 
 /// Loop iterations one invocation may spend on a row. llvmpipe (lavapipe) stops every loop
 /// of an invocation after 65535 iterations in all, silently: a row takes up to four passes

@@ -214,16 +214,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             // y written, gain and bias read once per call.
             let weight_bytes = 4 * u64::from(n) * (gain.is_some() as u64 + bias.is_some() as u64);
             let bytes = 2 * len as u64 * 4 + weight_bytes;
-            let variant = format!(
-                "{:?} wg={} {}",
-                kernel.reduction(),
-                kernel.workgroup_size(),
-                if kernel.uses_vec4(&buffers) {
-                    "vec4"
-                } else {
-                    "scalar"
-                }
-            );
+            let variant = kernel.variant_name(&buffers, rows);
             println!(
                 "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
                 name,

@@ -376,9 +376,91 @@ fn variant_rule() {
     assert_eq!(size(tree(true), 4096), subgroup.max(4));
     assert_eq!(size(tree(true), 1 << 20), 512);
     assert_eq!(size(tree(false), 4096), 256);
+    // Few long rows split across workgroups by default; many rows or short ones do not.
+    let buffer = |len: usize| storage_buffer(gpu, &vec![0.0; len]);
+    let (x, y) = (buffer(8 << 20), buffer(8 << 20));
+    let buffers = wgpu_rmsnorm::RmsNormBuffers {
+        input: (&x).into(),
+        output: (&y).into(),
+        gain: None,
+        bias: None,
+    };
+    let splits = |hidden: u32, rows: u32| {
+        wgpu_rmsnorm::RmsNorm::new(
+            device,
+            &RmsNormConfig::new(hidden),
+            &KernelOptions::default(),
+        )
+        .unwrap()
+        .splits_rows(&buffers, rows)
+    };
+    assert!(splits(1 << 20, 1));
+    assert!(splits(262144, 8));
+    assert!(!splits(262144, 33));
+    assert!(!splits(4096, 1));
     // And the small-workgroup tree is correct.
     let x = data(9 * 1000, 77);
     let config = RmsNormConfig::new(1000).with_partial(PartialRms::Fraction(0.2));
     let y = run_kernel(gpu, &config, &tree(true), &x, None, None);
     assert_matches_reference(&y, &x, &config, None, None, "tree on a CPU adapter");
+}
+
+/// Rows split across workgroups (forced on every shape here; by default for few long rows).
+#[test]
+fn split_rows_match_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            split_rows: Some(true),
+            ..KernelOptions::default()
+        };
+        for (rows, n) in [
+            (1usize, 5u32),
+            (3, 33),
+            (2, 1000),
+            (4, 4096),
+            (2, 4097),
+            (1, 65536),
+        ] {
+            let x = data(rows * n as usize, u64::from(n) + 7);
+            for partial in [
+                PartialRms::Full,
+                PartialRms::Fraction(1.0 / 16.0),
+                PartialRms::Count(1),
+            ] {
+                let config = RmsNormConfig::new(n).with_partial(partial);
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                let what = format!("split {reduction:?} {rows} x {n} {partial:?}");
+                assert_matches_reference(&y, &x, &config, None, None, &what);
+            }
+            // Extreme rows take the rescaled path; zero rows stay finite.
+            for scale in [1e25f32, 1e-25, 0.0] {
+                let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
+                for eps in [0.0f32, 1e-6] {
+                    let config = RmsNormConfig::new(n).with_eps(eps);
+                    let y = run_kernel(gpu, &config, &options, &xs, None, None);
+                    let what = format!("split {reduction:?} {rows} x {n} x{scale:e} eps={eps}");
+                    assert_matches_reference(&y, &xs, &config, None, None, &what);
+                }
+            }
+        }
+        // With gain and bias.
+        let n = 3000u32;
+        let x = data(2 * n as usize, 9);
+        let g = data(n as usize, 10);
+        let b = data(n as usize, 11);
+        let config = RmsNormConfig::new(n)
+            .with_gain(Gain::UnitOffset)
+            .with_bias(true);
+        let y = run_kernel(gpu, &config, &options, &x, Some(&g), Some(&b));
+        assert_matches_reference(
+            &y,
+            &x,
+            &config,
+            Some(&g),
+            Some(&b),
+            "split with gain and bias",
+        );
+    }
 }

@@ -55,11 +55,13 @@ async fn the_backend_is_the_browsers_webgpu() {
 #[wasm_bindgen_test]
 async fn core_cases_match_the_reference() {
     for reduction in [Reduction::Auto, Reduction::WorkgroupTree] {
-        for cpu_adapter in [Some(true), Some(false)] {
+        for (cpu_adapter, split_rows) in
+            [(Some(true), None), (Some(false), None), (None, Some(true))]
+        {
             let options = KernelOptions {
                 reduction,
                 cpu_adapter,
-                ..KernelOptions::default()
+                split_rows,
             };
             let Some(gpu) = gpu(options).await else {
                 return;
