@@ -62,6 +62,7 @@ async fn core_cases_match_the_reference() {
                 reduction,
                 cpu_adapter,
                 split_rows,
+                ..KernelOptions::default()
             };
             let Some(gpu) = gpu(options).await else {
                 return;
