@@ -159,9 +159,11 @@ impl RmsNorm {
     /// Unless `options` force them, the reduction and workgroup size follow from the device
     /// and the row length `n`:
     /// - with subgroups, on a CPU adapter: one subgroup per workgroup, no barrier at all;
-    /// - with subgroups, elsewhere: [`Reduction::Subgroups`] with 256 invocations;
+    /// - with subgroups, on a GPU: about n / 16 invocations (a power of two from the smallest
+    ///   subgroup size to 256): one subgroup and no barrier for short rows (n <= 16 x the
+    ///   subgroup size, e.g. 512 on NVIDIA), [`Reduction::Subgroups`] above;
     /// - without subgroups: the tree, with about one SIMD width (the smallest subgroup size,
-    ///   at least 4) per workgroup on CPU adapters and 256 invocations elsewhere;
+    ///   at least 4) per workgroup on CPU adapters and n / 16 (up to 256) on GPUs;
     /// - in every case the workgroup grows with `n` so that no invocation loops more than
     ///   8192 times over a row (llvmpipe stops loops past 65535 iterations).
     ///
@@ -821,9 +823,14 @@ fn choose_reduction(
     let cpu = options
         .cpu_adapter
         .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
+    // GPUs: about 16 elements per invocation (4 vec4 loads) up to 256 invocations, so that
+    // short rows (attention heads) run on one subgroup, or few, and many workgroups share a
+    // compute unit instead of leaving most of a 256-wide workgroup idle.
+    let gpu_size = hidden.div_ceil(16).next_power_of_two().clamp(subgroup, 256);
     let reduction = match options.reduction {
         Reduction::Auto if !has_subgroups => ReductionKind::WorkgroupTree,
         Reduction::Auto if cpu && row_minimum <= subgroup => ReductionKind::SingleSubgroup,
+        Reduction::Auto if !cpu && gpu_size <= subgroup => ReductionKind::SingleSubgroup,
         Reduction::Auto => ReductionKind::Subgroups,
         Reduction::WorkgroupTree => ReductionKind::WorkgroupTree,
         Reduction::Subgroups => ReductionKind::Subgroups,
@@ -846,7 +853,7 @@ fn choose_reduction(
         (_, Some(size)) => size,
         // CPU adapters: a workgroup of about one SIMD width keeps barriers cheap.
         (_, None) if cpu => subgroup.max(4).max(row_minimum).min(max),
-        (_, None) => 256.max(row_minimum).min(max),
+        (_, None) => gpu_size.max(row_minimum).min(max),
     };
     let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });
     if size == 0 || !size.is_power_of_two() {

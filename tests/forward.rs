@@ -353,6 +353,19 @@ fn variant_rule() {
             (Reduction::SingleSubgroup, subgroup)
         );
         assert_eq!(choose(4096, Some(false)), (Reduction::Subgroups, 256));
+        // GPUs: about 16 elements per invocation; one subgroup for short rows.
+        assert_eq!(
+            choose(1024, Some(false)),
+            (Reduction::Subgroups, 64.max(subgroup))
+        );
+        assert_eq!(
+            choose(16 * subgroup, Some(false)),
+            (Reduction::SingleSubgroup, subgroup)
+        );
+        assert_eq!(
+            choose(100, Some(false)),
+            (Reduction::SingleSubgroup, subgroup)
+        );
         // 4 * 1048576 / 8192 = 512 invocations keep every invocation under 8192 iterations.
         assert_eq!(choose(1 << 20, Some(true)), (Reduction::Subgroups, 512));
         assert_eq!(choose(1 << 20, Some(false)), (Reduction::Subgroups, 512));
@@ -362,6 +375,10 @@ fn variant_rule() {
             (Reduction::WorkgroupTree, subgroup.max(4))
         );
         assert_eq!(choose(4096, Some(false)), (Reduction::WorkgroupTree, 256));
+        assert_eq!(
+            choose(128, Some(false)),
+            (Reduction::WorkgroupTree, subgroup.max(8))
+        );
     }
     let tree = |cpu_adapter| KernelOptions {
         reduction: Reduction::WorkgroupTree,
