@@ -57,6 +57,12 @@ fn sum_needs_rescaling(s: f32) -> bool {
     return exponent == 0xffu || exponent < 27u;
 }
 
+// Whether a sum that needs rescaling is too large (inf, or NaN from non-finite input)
+// rather than too small.
+fn sum_overflowed(s: f32) -> bool {
+    return ((bitcast<u32>(s) >> 23u) & 0xffu) == 0xffu;
+}
+
 // The factor applied to every element of a row whose sum of squares over the first k
 // elements is `sumsq` (normal range).
 fn scale_from_sum(sumsq: f32) -> f32 {
@@ -74,9 +80,8 @@ fn load_first_k(row_start: u32, i: u32) -> Elem {
 
 // The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
 // phase 0, of x * 2^-e for phase 2 (then y = (x * 2^-e) * scale), or an all-zero first k
-// (phase 1, m = 0): 1 / eps by either convention, and 0 when eps is 0 (the output is then
-// the bias, or zero), never inf or NaN. Where eps dominates a tiny row, the caller must
-// not pre-scale: see `pre_applies`.
+// (phase 1): 1 / eps by either convention, and 0 when eps is 0 (the output is then the
+// bias, or zero), never inf or NaN.
 fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
     let eps = params.eps;
     if (phase == 0u) {
@@ -138,41 +143,38 @@ fn rms_norm(
     for (var row = group.x; row < params.rows; row = row + groups.x) {
         let row_start = params.x_base + row * params.row_len;
 
-        // Pass 1 over the first k elements. Rows of extreme magnitude (rare) take it three
-        // times: 0: the sum of squares, found out of range; 1: the max |x|, giving the exact
-        // power of two 2^-e; 2: the sum of squares of x * 2^-e. One loop serves all three,
-        // so the common path carries no extra loop (software adapters pay for each one).
-        var phase = 0u;
+        // Pass 1 over the first k elements: the sum of squares. A row whose sum overflows
+        // (|x| beyond ~1e19) or underflows (below 2^-100) takes it once more with its
+        // elements scaled by 2^-80 or 2^80, exactly: every row of normal f32 then sums in
+        // range, and what the scaling flushes is negligible next to what it keeps. One loop
+        // serves both, so the common path carries no extra loop (software adapters pay for
+        // each one).
         var pre = 1.0;
         var e = 0;
+        var phase = 0u;
         var sumsq = 0.0;
         loop {
-            let find_max = phase == 1u;
             var acc = Elem(0.0);
             for (var i = lane; i < k_whole; i = i + WG) {
                 let v = x[row_start + i] * pre;
-                acc = select(acc + v * v, max(acc, abs(v)), find_max);
+                acc = acc + v * v;
             }
             if (k_straddles && lane == k_whole % WG) {
                 let v = load_first_k(row_start, k_whole) * pre;
-                acc = select(acc + v * v, max(acc, abs(v)), find_max);
-            }
-            if (find_max) {
-                let m = reduce_max(elem_abs_max(acc));
-                if (m == 0.0) {
-                    break;
-                }
-                // Within [-126, 126] so that 2^-e is a normal f32; scaled values are below 4.
-                e = clamp(frexp(m).exp, -126, 126);
-                pre = ldexp(1.0, -e);
-                phase = 2u;
-                continue;
+                acc = acc + v * v;
             }
             sumsq = reduce_sum(elem_sum(acc));
             if (phase == 2u || !sum_needs_rescaling(sumsq)) {
                 break;
             }
+            phase = 2u;
+            e = select(-80, 80, sum_overflowed(sumsq));
+            pre = ldexp(1.0, -e);
+        }
+        if (sumsq == 0.0) {
+            // The first k elements are all zero.
             phase = 1u;
+            pre = 1.0;
         }
         let scale = row_scale(sumsq, phase, e);
 
