@@ -22,7 +22,7 @@ fn main() {
         for layout in shaders::ELEM_LAYOUTS {
             for reduction in shaders::REDUCTIONS {
                 let composed =
-                    shaders::compose(kernel, layout, reduction, shaders::ShaderTarget::Native);
+                    shaders::compose(kernel, layout, reduction, shaders::ShaderTarget::Native, 8);
                 if let Err(message) = shader_check::validate(&composed, reduction.uses_subgroups())
                 {
                     eprintln!("invalid WGSL ({layout:?}, {reduction:?}):\n{message}");

@@ -42,6 +42,11 @@ pub struct KernelOptions {
     /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
     /// the row allows; `Some(false)`: never.
     pub split_rows: Option<bool>,
+    /// Whether each invocation keeps its elements of a row between the sum and the scaling,
+    /// reading x once (RMSNorm and pRMSNorm). `None`: on GPUs where that is at most 32 f32
+    /// per invocation (n <= 8192 with 256 invocations); `Some(true)`: wherever it is at most
+    /// 1024 f32 per invocation (for tests on CPU adapters); `Some(false)`: never.
+    pub read_once: Option<bool>,
 }
 
 impl KernelOptions {
@@ -138,8 +143,9 @@ pub struct RmsNorm {
     workgroup_size: u32,
     limits: DeviceLimits,
     layout: wgpu::BindGroupLayout,
-    vec4: Option<wgpu::ComputePipeline>,
-    scalar: wgpu::ComputePipeline,
+    /// Each with whether it reads x once (`rms_norm_cached`).
+    vec4: Option<(wgpu::ComputePipeline, bool)>,
+    scalar: (wgpu::ComputePipeline, bool),
     split: Option<SplitPipelines>,
     split_rows: Option<bool>,
 }
@@ -242,8 +248,10 @@ impl RmsNorm {
         let build_entry = |elem: ElemLayout,
                            (reduction, workgroup_size): (ReductionKind, u32),
                            layout: &wgpu::PipelineLayout,
-                           entry_point: &str| {
-            let composed = shaders::compose(file, elem, reduction, ShaderTarget::CURRENT);
+                           entry_point: &str,
+                           cache_len: u32| {
+            let composed =
+                shaders::compose(file, elem, reduction, ShaderTarget::CURRENT, cache_len);
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(file.path),
                 source: wgpu::ShaderSource::Wgsl(composed.source.into()),
@@ -261,13 +269,39 @@ impl RmsNorm {
                 cache: None,
             })
         };
+        // Read once where each invocation's share of a row fits its cache (RMSNorm only).
+        let cpu = is_cpu_adapter(device, options);
+        let cache_len = |elem: ElemLayout| {
+            let loads = match elem {
+                ElemLayout::Vec4 => config.hidden.div_ceil(4),
+                ElemLayout::Scalar => config.hidden,
+            };
+            let len = loads.div_ceil(workgroup_size);
+            let fits = match (options.read_once, elem) {
+                (Some(false), _) => false,
+                (Some(true), ElemLayout::Vec4) => len <= READ_ONCE_FORCED_MAX_VEC4,
+                (Some(true), ElemLayout::Scalar) => len <= READ_ONCE_FORCED_MAX_VEC4 * 4,
+                // GPUs keep up to 32 f32 per invocation in registers; CPU adapters re-read
+                // from their own cache as fast as they read a private array.
+                (None, ElemLayout::Vec4) => !cpu && len <= 8,
+                (None, ElemLayout::Scalar) => !cpu && len <= 32,
+            };
+            (norm == Norm::Rms && fits).then_some(len)
+        };
         let build = |elem| {
-            build_entry(
+            let cached = cache_len(elem);
+            let pipeline = build_entry(
                 elem,
                 (reduction, workgroup_size),
                 &pipeline_layout,
-                entry_point,
-            )
+                if cached.is_some() {
+                    "rms_norm_cached"
+                } else {
+                    entry_point
+                },
+                cached.unwrap_or(1),
+            );
+            (pipeline, cached.is_some())
         };
         let vec4 = config
             .hidden
@@ -297,8 +331,8 @@ impl RmsNorm {
             });
             let pair = |elem| {
                 [
-                    build_entry(elem, variant, &pipeline_layout, "split_partials"),
-                    build_entry(elem, variant, &pipeline_layout, "split_scale"),
+                    build_entry(elem, variant, &pipeline_layout, "split_partials", 1),
+                    build_entry(elem, variant, &pipeline_layout, "split_scale", 1),
                 ]
             };
             Ok(SplitPipelines {
@@ -508,7 +542,18 @@ impl RmsNorm {
                 public_reduction(split.variant.0),
                 split.variant.1
             ),
-            _ => format!("{:?} wg={}{loads}", self.reduction(), self.workgroup_size),
+            _ => {
+                let reads_once = match (&self.vec4, vec4) {
+                    (Some((_, cached)), true) => *cached,
+                    _ => self.scalar.1,
+                };
+                format!(
+                    "{:?} wg={}{loads}{}",
+                    self.reduction(),
+                    self.workgroup_size,
+                    if reads_once { " read-once" } else { "" }
+                )
+            }
         }
     }
 
@@ -538,8 +583,8 @@ impl RmsNorm {
         let stages: &[wgpu::ComputePipeline] = match (split, &self.vec4, prepared.vec4) {
             (Some(split), _, true) => split.vec4.as_ref().unwrap_or(&split.scalar),
             (Some(split), _, false) => &split.scalar,
-            (None, Some(pipeline), true) => std::slice::from_ref(pipeline),
-            (None, _, _) => std::slice::from_ref(&self.scalar),
+            (None, Some((pipeline, _)), true) => std::slice::from_ref(pipeline),
+            (None, _, _) => std::slice::from_ref(&self.scalar.0),
         };
         // Split rows: every piece's partial sums, then every piece's scaling; dispatches in
         // one pass see each other's storage writes.
@@ -790,6 +835,9 @@ fn bool_constant(value: bool) -> f64 {
     }
 }
 
+/// The most vec4 loads per invocation that `read_once: Some(true)` caches.
+const READ_ONCE_FORCED_MAX_VEC4: u32 = 256;
+
 /// Split rows: loads (Elems) per piece of a row.
 const SPLIT_PIECE_LOADS: u32 = 2048;
 /// Split rows by default: calls of at most this many rows ...
@@ -810,6 +858,14 @@ fn min_workgroup_for_row(hidden: u32) -> u32 {
     needed.next_power_of_two().min(1024) as u32
 }
 
+/// Whether the kernels treat the adapter as a CPU implementation (see
+/// [`KernelOptions::cpu_adapter`]).
+fn is_cpu_adapter(device: &wgpu::Device, options: &KernelOptions) -> bool {
+    options
+        .cpu_adapter
+        .unwrap_or(device.adapter_info().device_type == wgpu::DeviceType::Cpu)
+}
+
 /// Resolves [`Reduction::Auto`] and the workgroup size against the device and row length.
 fn choose_reduction(
     device: &wgpu::Device,
@@ -820,9 +876,7 @@ fn choose_reduction(
     let info = device.adapter_info();
     let subgroup = info.subgroup_min_size.max(1);
     let row_minimum = min_workgroup_for_row(hidden);
-    let cpu = options
-        .cpu_adapter
-        .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
+    let cpu = is_cpu_adapter(device, options);
     // GPUs: about 16 elements per invocation (4 vec4 loads) up to 256 invocations, so that
     // short rows (attention heads) run on one subgroup, or few, and many workgroups share a
     // compute unit instead of leaving most of a 256-wide workgroup idle.

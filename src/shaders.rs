@@ -128,11 +128,16 @@ impl ComposedShader {
 }
 
 /// The module for `kernel` with the given layout and reduction, for `target`.
+///
+/// `cache_len` is the module constant `CACHE_LEN`: the Elems each invocation keeps of a row
+/// in the read-once kernel (`rms_norm_cached`), a private array's size, which WGSL wants as
+/// a constant rather than an override.
 pub fn compose(
     kernel: ShaderFile,
     layout: ElemLayout,
     reduction: ReductionKind,
     target: ShaderTarget,
+    cache_len: u32,
 ) -> ComposedShader {
     let elem = match layout {
         ElemLayout::Vec4 => ELEM_VEC4,
@@ -147,8 +152,9 @@ pub fn compose(
     let mut parts = Vec::new();
     if reduction.uses_subgroups() && target == ShaderTarget::Browser {
         source.push_str("enable subgroups;\n");
-        parts.push((1, "<prelude>"));
     }
+    source.push_str(&format!("const CACHE_LEN: u32 = {}u;\n", cache_len.max(1)));
+    parts.push((1, "<prelude>"));
     for file in [elem, reduce, kernel] {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);

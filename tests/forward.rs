@@ -415,6 +415,21 @@ fn variant_rule() {
     assert!(splits(262144, 8));
     assert!(!splits(262144, 33));
     assert!(!splits(4096, 1));
+    // GPUs read x once where an invocation's share of a row fits 32 f32; CPU adapters never.
+    let reads_once = |hidden: u32, cpu_adapter| {
+        let options = KernelOptions {
+            cpu_adapter: Some(cpu_adapter),
+            ..KernelOptions::default()
+        };
+        wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options)
+            .unwrap()
+            .variant_name(&buffers, 64)
+            .contains("read-once")
+    };
+    assert!(reads_once(4096, false));
+    assert!(reads_once(8192, false));
+    assert!(!reads_once(16384, false));
+    assert!(!reads_once(4096, true));
     // And the small-workgroup tree is correct.
     let x = data(9 * 1000, 77);
     let config = RmsNormConfig::new(1000).with_partial(PartialRms::Fraction(0.2));
@@ -478,6 +493,69 @@ fn split_rows_match_the_reference() {
             Some(&g),
             Some(&b),
             "split with gain and bias",
+        );
+    }
+}
+
+/// Reading x once (forced here; by default on GPUs for rows up to 32 f32 per invocation).
+#[test]
+fn read_once_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            read_once: Some(true),
+            ..KernelOptions::default()
+        };
+        for (rows, n) in [(5usize, 3u32), (3, 1000), (3, 4096), (2, 4097)] {
+            let x = data(rows * n as usize, u64::from(n) + 70);
+            for partial in [
+                PartialRms::Full,
+                PartialRms::Fraction(1.0 / 16.0),
+                PartialRms::Count(1),
+            ] {
+                let config = RmsNormConfig::new(n).with_partial(partial);
+                let kernel = wgpu_rmsnorm::RmsNorm::new(gpu.device(), &config, &options).unwrap();
+                let x_buffer = storage_buffer(gpu, &x);
+                let buffers = wgpu_rmsnorm::RmsNormBuffers {
+                    input: (&x_buffer).into(),
+                    output: (&x_buffer).into(),
+                    gain: None,
+                    bias: None,
+                };
+                assert!(kernel
+                    .variant_name(&buffers, rows as u32)
+                    .contains("read-once"));
+                let y = run_kernel(gpu, &config, &options, &x, None, None);
+                let what = format!("read once {reduction:?} {rows} x {n} {partial:?}");
+                assert_matches_reference(&y, &x, &config, None, None, &what);
+            }
+            if n != 1000 {
+                continue;
+            }
+            for scale in [1e25f32, 1e-25, 0.0] {
+                let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
+                for eps in [0.0f32, 1e-6] {
+                    let config = RmsNormConfig::new(n).with_eps(eps);
+                    let y = run_kernel(gpu, &config, &options, &xs, None, None);
+                    let what = format!("read once {reduction:?} {rows} x {n} x{scale:e} eps={eps}");
+                    assert_matches_reference(&y, &xs, &config, None, None, &what);
+                }
+            }
+        }
+        let n = 3000u32;
+        let x = data(2 * n as usize, 19);
+        let g = data(n as usize, 20);
+        let b = data(n as usize, 21);
+        let config = RmsNormConfig::new(n).with_gain(Gain::Scale).with_bias(true);
+        let y = run_kernel(gpu, &config, &options, &x, Some(&g), Some(&b));
+        assert_matches_reference(
+            &y,
+            &x,
+            &config,
+            Some(&g),
+            Some(&b),
+            "read once with gain and bias",
         );
     }
 }

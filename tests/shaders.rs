@@ -15,7 +15,7 @@ fn every_module_validates() {
     for kernel in KERNELS {
         for layout in ELEM_LAYOUTS {
             for reduction in REDUCTIONS {
-                let native = compose(kernel, layout, reduction, ShaderTarget::Native);
+                let native = compose(kernel, layout, reduction, ShaderTarget::Native, 8);
                 let module = shader_check::validate(&native, reduction.uses_subgroups())
                     .unwrap_or_else(|e| panic!("{layout:?} {reduction:?}: {e}"));
                 let mut entries: Vec<&str> = module
@@ -34,7 +34,7 @@ fn every_module_validates() {
                     let err = shader_check::validate(&native, false).unwrap_err();
                     assert!(err.contains("ubgroup"), "{err}");
                 }
-                let browser = compose(kernel, layout, reduction, ShaderTarget::Browser);
+                let browser = compose(kernel, layout, reduction, ShaderTarget::Browser, 8);
                 let expected = if reduction.uses_subgroups() {
                     format!("enable subgroups;\n{}", native.source)
                 } else {
@@ -62,9 +62,11 @@ fn errors_point_at_the_shader_file_and_line() {
         ElemLayout::Scalar,
         ReductionKind::WorkgroupTree,
         ShaderTarget::Native,
+        8,
     );
     let kernel_start = composed.source.find("struct Params").unwrap();
     let line = composed.source[..kernel_start].lines().count() + 1;
     assert_eq!(composed.locate(line).0, "shaders/rmsnorm.wgsl");
-    assert_eq!(composed.locate(1), ("shaders/elem_scalar.wgsl", 1));
+    assert_eq!(composed.locate(1), ("<prelude>", 1));
+    assert_eq!(composed.locate(2), ("shaders/elem_scalar.wgsl", 1));
 }

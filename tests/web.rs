@@ -55,13 +55,18 @@ async fn the_backend_is_the_browsers_webgpu() {
 #[wasm_bindgen_test]
 async fn core_cases_match_the_reference() {
     for reduction in [Reduction::Auto, Reduction::WorkgroupTree] {
-        for (cpu_adapter, split_rows) in
-            [(Some(true), None), (Some(false), None), (None, Some(true))]
-        {
+        // CPU-sized and GPU-sized workgroups (GPU-sized reads x once), split rows.
+        for (cpu_adapter, split_rows, read_once) in [
+            (Some(true), None, None),
+            (Some(false), None, None),
+            (None, Some(true), None),
+            (Some(true), None, Some(true)),
+        ] {
             let options = KernelOptions {
                 reduction,
                 cpu_adapter,
                 split_rows,
+                read_once,
                 ..KernelOptions::default()
             };
             let Some(gpu) = gpu(options).await else {
