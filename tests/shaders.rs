@@ -25,7 +25,12 @@ fn every_module_validates() {
                     .collect();
                 entries.sort_unstable();
                 let expected: &[&str] = if kernel.path == RMSNORM.path {
-                    &["rms_norm", "split_partials", "split_scale"]
+                    &[
+                        "rms_norm",
+                        "rms_norm_cached",
+                        "split_partials",
+                        "split_scale",
+                    ]
                 } else {
                     &["layer_norm"]
                 };
