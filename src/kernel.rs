@@ -9,9 +9,7 @@ use wgpu::util::DeviceExt;
 /// Which workgroup reduction the kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Reduction {
-    /// Chosen from the device: [`Reduction::SingleSubgroup`] on CPU adapters with subgroups
-    /// (lavapipe, SwiftShader: barriers are costly there), [`Reduction::Subgroups`] on other
-    /// adapters with subgroups, else [`Reduction::WorkgroupTree`].
+    /// Chosen from the device and the row length by the rule of [`RmsNorm::new`].
     #[default]
     Auto,
     /// A tree in workgroup memory; works everywhere.
@@ -50,7 +48,7 @@ pub struct KernelOptions {
 }
 
 impl KernelOptions {
-    /// The given reduction with the default workgroup size.
+    /// The given reduction, everything else by default.
     pub fn with_reduction(reduction: Reduction) -> Self {
         Self {
             reduction,

@@ -133,7 +133,9 @@ pub fn sample_data(len: usize, seed: u64, amplitude: f32) -> Vec<f32> {
 pub struct ErrorStats {
     /// max |actual - expected|.
     pub max_abs: f64,
-    /// max |actual - expected| / |expected| over elements with expected != 0.
+    /// max |actual - expected| / |expected| over the elements where the relative tolerance
+    /// is the larger term (|expected| >= abs_tol / rel_tol): near zero a relative error says
+    /// nothing, and the absolute tolerance applies.
     pub max_rel: f64,
     /// Elements outside `abs_tol + rel_tol * |expected|` (NaN counts as outside).
     pub failures: usize,
@@ -157,7 +159,7 @@ pub fn compare(actual: &[f32], expected: &[f64], abs_tol: f64, rel_tol: f64) -> 
             continue;
         }
         stats.max_abs = stats.max_abs.max(err);
-        if e != 0.0 {
+        if e != 0.0 && e.abs() * rel_tol >= abs_tol {
             stats.max_rel = stats.max_rel.max(err / e.abs());
         }
     }
