@@ -45,6 +45,8 @@ export interface NormalizerOptions {
   reduction?: "auto" | "tree" | "subgroups" | "single-subgroup";
   /** Invocations per workgroup, a power of two; default chosen from the device and row. */
   workgroupSize?: number;
+  /** At most this many workgroups per dispatch, each looping over several rows. */
+  maxWorkgroups?: number;
 }
 
 /** One kernel on one shape from Normalizer.benchmark(). */
@@ -363,7 +365,15 @@ fn parse_create_options(options: &JsValue) -> Result<(AdapterChoice, KernelOptio
     if options.is_undefined() || options.is_null() {
         return Ok((choice, kernel));
     }
-    check_keys(options, &["powerPreference", "reduction", "workgroupSize"])?;
+    check_keys(
+        options,
+        &[
+            "powerPreference",
+            "reduction",
+            "workgroupSize",
+            "maxWorkgroups",
+        ],
+    )?;
     let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
     choice.power_preference = match get("powerPreference").as_string().as_deref() {
         _ if get("powerPreference").is_undefined() => choice.power_preference,
@@ -399,6 +409,17 @@ fn parse_create_options(options: &JsValue) -> Result<(AdapterChoice, KernelOptio
             _ => {
                 return Err(JsError::new(
                     "option workgroupSize must be a power of two from 1 to 1024",
+                ))
+            }
+        };
+    }
+    let cap = get("maxWorkgroups");
+    if !cap.is_undefined() {
+        kernel.max_workgroups = match cap.as_f64() {
+            Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) => Some(v as u32),
+            _ => {
+                return Err(JsError::new(
+                    "option maxWorkgroups must be a whole number >= 1",
                 ))
             }
         };

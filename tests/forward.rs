@@ -559,3 +559,22 @@ fn read_once_matches_the_reference() {
         );
     }
 }
+
+/// Fewer workgroups than rows, each looping over several rows (the default on CPU adapters).
+#[test]
+fn capped_dispatches_loop_over_rows() {
+    let Some(gpu) = gpu() else { return };
+    for max_workgroups in [1u32, 7, 1024] {
+        let options = KernelOptions {
+            max_workgroups: Some(max_workgroups),
+            ..KernelOptions::default()
+        };
+        for (rows, n) in [(3000usize, 5u32), (1000, 128), (300, 4096)] {
+            let x = data(rows * n as usize, u64::from(n) + u64::from(max_workgroups));
+            let config = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(0.5));
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            let what = format!("max_workgroups {max_workgroups}: {rows} x {n}");
+            assert_matches_reference(&y, &x, &config, None, None, &what);
+        }
+    }
+}

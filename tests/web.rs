@@ -367,6 +367,11 @@ async fn the_js_api_computes_and_rejects_bad_input() {
             "unknown option",
         ),
         (
+            "maxWorkgroups 0",
+            options(&[("maxWorkgroups", 0.into())]),
+            "maxWorkgroups must be a whole number",
+        ),
+        (
             "workgroup 2048",
             options(&[("workgroupSize", 2048.into())]),
             "power of two from 1 to 1024",
