@@ -46,9 +46,10 @@ pub struct KernelOptions {
     /// 1024 f32 per invocation (for tests on CPU adapters); `Some(false)`: never.
     pub read_once: Option<bool>,
     /// At most this many workgroups per dispatch, each looping over several rows (not for
-    /// split rows). `None`: 1024 on CPU adapters, whose cost per workgroup is high (3.5x
-    /// faster on 16384 x 128 on SwiftShader), else one workgroup per row up to the device's
-    /// limit.
+    /// split rows). `None`: 1024 on CPU adapters that use the workgroup tree (SwiftShader in
+    /// browsers, where each workgroup costs much: 3.5x faster on 16384 x 128), else one
+    /// workgroup per row up to the device's limit (lavapipe's subgroup path measured slower
+    /// with the cap).
     pub max_workgroups: Option<u32>,
 }
 
@@ -850,7 +851,7 @@ fn bool_constant(value: bool) -> f64 {
     }
 }
 
-/// CPU adapters: workgroups per dispatch by default.
+/// CPU adapters with the workgroup tree: workgroups per dispatch by default.
 const CPU_MAX_WORKGROUPS: u32 = 1024;
 
 /// Loop iterations one invocation may spend on all of its rows of a dispatch.
