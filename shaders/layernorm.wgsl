@@ -9,38 +9,8 @@
 // from zero (the plain sum-of-squares formula cancels catastrophically there). So LayerNorm
 // reads x twice like RMSNorm, and pays a second reduction and the subtraction.
 //
-// The host prepends an element layout (Elem, LANES) and a reduction (WG, reduce_*).
-
-struct Params {
-    rows: u32,
-    row_len: u32,
-    // Unused by LayerNorm (the statistics cover the whole row); kept so that both kernels
-    // share one parameter block and one host path.
-    k: u32,
-    // n as f32.
-    k_f32: f32,
-    eps: f32,
-    x_base: u32,
-    y_base: u32,
-    gain_base: u32,
-    bias_base: u32,
-    // Split rows (RMSNorm only): unused here.
-    chunks: u32,
-    k_chunk_len: u32,
-    chunk_len: u32,
-}
-
-override HAS_GAIN: bool = false;
-override GAIN_PLUS_ONE: bool = false;
-override HAS_BIAS: bool = false;
-// Part of the shared interface; LayerNorm always has eps inside the root.
-override EPS_INSIDE_ROOT: bool = true;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<Elem>;
-@group(0) @binding(2) var<storage, read> gain: array<Elem>;
-@group(0) @binding(3) var<storage, read> bias: array<Elem>;
-@group(0) @binding(4) var<storage, read_write> y: array<Elem>;
+// The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*) and
+// norm_common.wgsl (Params, the options, bindings, store).
 
 @compute @workgroup_size(WG)
 fn layer_norm(
@@ -70,19 +40,7 @@ fn layer_norm(
         for (var i = lane; i < params.row_len; i = i + WG) {
             // (x - K) - mean(x - K) rather than x - mean: x - K is exact for x near K, and
             // the mean rounded back to x's magnitude would lose the digits that matter.
-            var v = ((x[row_start + i] - shift) - mean_shifted) * scale;
-            if (HAS_GAIN) {
-                let g = gain[params.gain_base + i];
-                if (GAIN_PLUS_ONE) {
-                    v = v * (g + 1.0);
-                } else {
-                    v = v * g;
-                }
-            }
-            if (HAS_BIAS) {
-                v = v + bias[params.bias_base + i];
-            }
-            y[out_start + i] = v;
+            store(out_start, i, ((x[row_start + i] - shift) - mean_shifted) * scale);
         }
     }
 }

@@ -4,48 +4,12 @@
 //
 //   y = x / rms_k(x) * g + b,   rms_k(x) = sqrt(sum_{i<k} x_i^2 / k)   (k = n: RMSNorm)
 //
-// The host prepends an element layout (elem_vec4.wgsl or elem_scalar.wgsl: Elem, LANES) and a
-// reduction (reduce_*.wgsl: WG, reduce_setup, reduce_sum, reduce_max). Invocation t handles
+// The host prepends an element layout (elem_vec4.wgsl or elem_scalar.wgsl: Elem, LANES), a
+// reduction (reduce_*.wgsl: WG, reduce_setup, reduce_sum, reduce_max) and norm_common.wgsl
+// (Params, the options, bindings 0-4, store). Invocation t handles
 // elements t, t + WG, t + 2 WG, ... of a row, so neighbouring invocations touch neighbouring
 // memory. Sums are f32; the scale is applied in f32 and rounded once per multiply.
 
-struct Params {
-    // Rows in this dispatch.
-    rows: u32,
-    // Row length in Elems (n / LANES).
-    row_len: u32,
-    // Elements (scalars, not Elems) in the RMS: k of pRMSNorm, n for RMSNorm.
-    k: u32,
-    // k as f32, rounded on the host.
-    k_f32: f32,
-    eps: f32,
-    // Offsets, in Elems, of row 0 inside each bound range (the binding starts at an offset
-    // aligned down to minStorageBufferOffsetAlignment).
-    x_base: u32,
-    y_base: u32,
-    gain_base: u32,
-    bias_base: u32,
-    // Split rows only: workgroups per row, and the Elems each covers of the first k
-    // (k_chunk_len) and of the whole row (chunk_len).
-    chunks: u32,
-    k_chunk_len: u32,
-    chunk_len: u32,
-}
-
-// Fixed per pipeline.
-override HAS_GAIN: bool = false;
-// y = x / rms * (1 + g) instead of x / rms * g.
-override GAIN_PLUS_ONE: bool = false;
-override HAS_BIAS: bool = false;
-// true: y = x / sqrt(mean + eps). false: y = x / (sqrt(mean) + eps).
-override EPS_INSIDE_ROOT: bool = true;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<Elem>;
-// Without gain or bias the host binds x here again: the bindings are never read then.
-@group(0) @binding(2) var<storage, read> gain: array<Elem>;
-@group(0) @binding(3) var<storage, read> bias: array<Elem>;
-@group(0) @binding(4) var<storage, read_write> y: array<Elem>;
 // Split rows only: per (row, chunk), the sum of squares and the max |x| of its part of k.
 @group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 
@@ -108,23 +72,6 @@ fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
         return 1.0 / (sqrt(mean) + ldexp(eps, -e));
     }
     return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
-}
-
-// Element i of a row's output from its normalized value: gain, bias, store.
-fn store(out_start: u32, i: u32, normalized: Elem) {
-    var v = normalized;
-    if (HAS_GAIN) {
-        let g = gain[params.gain_base + i];
-        if (GAIN_PLUS_ONE) {
-            v = v * (g + 1.0);
-        } else {
-            v = v * g;
-        }
-    }
-    if (HAS_BIAS) {
-        v = v + bias[params.bias_base + i];
-    }
-    y[out_start + i] = v;
 }
 
 // y = (x * pre) * scale * g + b for Elems first, first + WG, ... below end of one row.

@@ -99,7 +99,7 @@ pub struct RmsNormBuffers<'a> {
     pub bias: Option<BufferRegion<'a>>,
 }
 
-/// The uniform block of `shaders/rmsnorm.wgsl` (`struct Params`).
+/// The uniform block of `shaders/norm_common.wgsl` (`struct Params`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {

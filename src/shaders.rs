@@ -1,8 +1,9 @@
 //! The WGSL sources in `shaders/` and how they are put together into modules.
 //!
-//! A kernel file (`rmsnorm.wgsl`) is written against a small interface: an element layout
-//! (`Elem`, `LANES`, `elem_*`) and a workgroup reduction (`WG`, `reduce_setup`, `reduce_sum`,
-//! `reduce_max`). A module is the concatenation of one layout, one reduction and the kernel.
+//! A kernel file (`rmsnorm.wgsl`, `layernorm.wgsl`) is written against a small interface: an
+//! element layout (`Elem`, `LANES`, `elem_*`), a workgroup reduction (`WG`, `reduce_setup`,
+//! `reduce_sum`, `reduce_max`) and what both kernels share (`norm_common.wgsl`: parameters,
+//! options, bindings, `store`). A module is their concatenation.
 //! This file uses `std` alone: `build.rs` includes it to validate every module with naga.
 
 /// The element layout: how many f32 one load moves.
@@ -75,6 +76,7 @@ pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl");
 pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
 pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
+const NORM_COMMON: ShaderFile = shader_file!("norm_common.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
 const ELEM_SCALAR: ShaderFile = shader_file!("elem_scalar.wgsl");
 const REDUCE_TREE: ShaderFile = shader_file!("reduce_workgroup_tree.wgsl");
@@ -155,7 +157,7 @@ pub fn compose(
     }
     source.push_str(&format!("const CACHE_LEN: u32 = {}u;\n", cache_len.max(1)));
     parts.push((1, "<prelude>"));
-    for file in [elem, reduce, kernel] {
+    for file in [elem, reduce, NORM_COMMON, kernel] {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);
         if !source.ends_with('\n') {

@@ -69,7 +69,7 @@ fn errors_point_at_the_shader_file_and_line() {
         ShaderTarget::Native,
         8,
     );
-    let kernel_start = composed.source.find("struct Params").unwrap();
+    let kernel_start = composed.source.find("fn rms_norm(").unwrap();
     let line = composed.source[..kernel_start].lines().count() + 1;
     assert_eq!(composed.locate(line).0, "shaders/rmsnorm.wgsl");
     assert_eq!(composed.locate(1), ("<prelude>", 1));
