@@ -222,15 +222,7 @@ impl RmsNorm {
             layout_entry(3, wgpu::BufferBindingType::Storage { read_only: true }),
             layout_entry(4, wgpu::BufferBindingType::Storage { read_only: false }),
         ];
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("rmsnorm bind group layout"),
-            entries: &base_entries,
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("rmsnorm pipeline layout"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+        let (layout, pipeline_layout) = layouts(device, "rmsnorm", &base_entries);
         let constants = |workgroup_size: u32| {
             [
                 ("WG", f64::from(workgroup_size)),
@@ -325,15 +317,7 @@ impl RmsNorm {
                 5,
                 wgpu::BufferBindingType::Storage { read_only: false },
             ));
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("rmsnorm split bind group layout"),
-                entries: &entries,
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("rmsnorm split pipeline layout"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
+            let (layout, pipeline_layout) = layouts(device, "rmsnorm split", &entries);
             let pair = |elem| {
                 [
                     build_entry(elem, variant, &pipeline_layout, "split_partials", 1),
@@ -828,6 +812,24 @@ fn public_reduction(kind: ReductionKind) -> Reduction {
         ReductionKind::Subgroups => Reduction::Subgroups,
         ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
     }
+}
+
+/// A bind group layout of `entries` and the pipeline layout of that one group.
+fn layouts(
+    device: &wgpu::Device,
+    label: &str,
+    entries: &[wgpu::BindGroupLayoutEntry],
+) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    (layout, pipeline_layout)
 }
 
 fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
