@@ -527,12 +527,12 @@ impl RmsNorm {
             .then_some(chunks)
     }
 
-    /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4" or
-    /// "split x128 Subgroups wg=256 vec4": for benchmark reports.
+    /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4",
+    /// "Subgroups wg=256 vec4 read-once" or "split x128 Subgroups wg=256 scalar": for reports.
     pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
         let vec4 = self.uses_vec4(buffers);
         let lanes = if vec4 { 4 } else { 1 };
-        let loads = if vec4 { " vec4" } else { "" };
+        let loads = if vec4 { " vec4" } else { " scalar" };
         match (
             &self.split,
             self.split_chunks(rows, self.config.hidden / lanes),
