@@ -437,127 +437,92 @@ fn variant_rule() {
     assert_matches_reference(&y, &x, &config, None, None, "tree on a CPU adapter");
 }
 
-/// Rows split across workgroups (forced on every shape here; by default for few long rows).
-#[test]
-fn split_rows_match_the_reference() {
+/// A forced variant against the reference: every reduction, the given shapes, RMSNorm and
+/// pRMSNorm, extreme and zero rows on `extremes` (rows, n), and gain with bias. `label`
+/// checks that the variant really ran (`RmsNorm::variant_name`).
+fn check_variant(
+    options: impl Fn(Reduction) -> KernelOptions,
+    shapes: &[(usize, u32)],
+    extremes: (usize, u32),
+    label: &str,
+) {
     let Some(gpu) = gpu() else { return };
     for reduction in reductions(gpu) {
-        let options = KernelOptions {
-            reduction,
-            split_rows: Some(true),
-            ..KernelOptions::default()
+        let options = options(reduction);
+        let run = |config: &RmsNormConfig, x: &[f32], g: Option<&[f32]>, b: Option<&[f32]>| {
+            let kernel = wgpu_rmsnorm::RmsNorm::new(gpu.device(), config, &options).unwrap();
+            let probe = storage_buffer(gpu, x);
+            let buffers = wgpu_rmsnorm::RmsNormBuffers {
+                input: (&probe).into(),
+                output: (&probe).into(),
+                gain: None,
+                bias: None,
+            };
+            let rows = (x.len() / config.hidden as usize) as u32;
+            let variant = kernel.variant_name(&buffers, rows);
+            assert!(variant.contains(label), "{variant} is not {label}");
+            let y = run_kernel(gpu, config, &options, x, g, b);
+            let what = format!("{variant} {rows} x {} {config:?}", config.hidden);
+            assert_matches_reference(&y, x, config, g, b, &what);
         };
-        for (rows, n) in [
-            (1usize, 5u32),
-            (3, 33),
-            (2, 1000),
-            (4, 4096),
-            (2, 4097),
-            (1, 65536),
-        ] {
+        for &(rows, n) in shapes {
             let x = data(rows * n as usize, u64::from(n) + 7);
-            for partial in [
+            let partials = [
                 PartialRms::Full,
                 PartialRms::Fraction(1.0 / 16.0),
                 PartialRms::Count(1),
-            ] {
-                let config = RmsNormConfig::new(n).with_partial(partial);
-                let y = run_kernel(gpu, &config, &options, &x, None, None);
-                let what = format!("split {reduction:?} {rows} x {n} {partial:?}");
-                assert_matches_reference(&y, &x, &config, None, None, &what);
-            }
-            // Extreme rows take the rescaled path; zero rows stay finite.
-            for scale in [1e25f32, 1e-25, 0.0] {
-                let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
-                for eps in [0.0f32, 1e-6] {
-                    let config = RmsNormConfig::new(n).with_eps(eps);
-                    let y = run_kernel(gpu, &config, &options, &xs, None, None);
-                    let what = format!("split {reduction:?} {rows} x {n} x{scale:e} eps={eps}");
-                    assert_matches_reference(&y, &xs, &config, None, None, &what);
-                }
+            ];
+            for partial in partials {
+                run(&RmsNormConfig::new(n).with_partial(partial), &x, None, None);
             }
         }
-        // With gain and bias.
-        let n = 3000u32;
-        let x = data(2 * n as usize, 9);
+        // Extreme rows take the rescaled path; zero rows stay finite.
+        let (rows, n) = extremes;
+        let x = data(rows * n as usize, 8);
+        for scale in [1e25f32, 1e-25, 0.0] {
+            let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
+            for eps in [0.0f32, 1e-6] {
+                run(&RmsNormConfig::new(n).with_eps(eps), &xs, None, None);
+            }
+        }
+        let x = data(rows * n as usize, 9);
         let g = data(n as usize, 10);
         let b = data(n as usize, 11);
         let config = RmsNormConfig::new(n)
             .with_gain(Gain::UnitOffset)
             .with_bias(true);
-        let y = run_kernel(gpu, &config, &options, &x, Some(&g), Some(&b));
-        assert_matches_reference(
-            &y,
-            &x,
-            &config,
-            Some(&g),
-            Some(&b),
-            "split with gain and bias",
-        );
+        run(&config, &x, Some(&g), Some(&b));
     }
+}
+
+/// Rows split across workgroups (forced on every shape here; by default for few long rows).
+#[test]
+fn split_rows_match_the_reference() {
+    check_variant(
+        |reduction| KernelOptions {
+            reduction,
+            split_rows: Some(true),
+            ..KernelOptions::default()
+        },
+        &[(1, 5), (3, 33), (2, 1000), (4, 4096), (2, 4097), (1, 65536)],
+        (2, 3000),
+        "split",
+    );
 }
 
 /// Reading x once (forced here; by default on GPUs for rows up to 32 f32 per invocation).
 #[test]
 fn read_once_matches_the_reference() {
-    let Some(gpu) = gpu() else { return };
-    for reduction in reductions(gpu) {
-        let options = KernelOptions {
+    check_variant(
+        |reduction| KernelOptions {
             reduction,
             read_once: Some(true),
             ..KernelOptions::default()
-        };
-        for (rows, n) in [(5usize, 3u32), (3, 1000), (3, 4096), (2, 4097)] {
-            let x = data(rows * n as usize, u64::from(n) + 70);
-            for partial in [
-                PartialRms::Full,
-                PartialRms::Fraction(1.0 / 16.0),
-                PartialRms::Count(1),
-            ] {
-                let config = RmsNormConfig::new(n).with_partial(partial);
-                let kernel = wgpu_rmsnorm::RmsNorm::new(gpu.device(), &config, &options).unwrap();
-                let x_buffer = storage_buffer(gpu, &x);
-                let buffers = wgpu_rmsnorm::RmsNormBuffers {
-                    input: (&x_buffer).into(),
-                    output: (&x_buffer).into(),
-                    gain: None,
-                    bias: None,
-                };
-                assert!(kernel
-                    .variant_name(&buffers, rows as u32)
-                    .contains("read-once"));
-                let y = run_kernel(gpu, &config, &options, &x, None, None);
-                let what = format!("read once {reduction:?} {rows} x {n} {partial:?}");
-                assert_matches_reference(&y, &x, &config, None, None, &what);
-            }
-            if n != 1000 {
-                continue;
-            }
-            for scale in [1e25f32, 1e-25, 0.0] {
-                let xs: Vec<f32> = x.iter().map(|v| v * scale).collect();
-                for eps in [0.0f32, 1e-6] {
-                    let config = RmsNormConfig::new(n).with_eps(eps);
-                    let y = run_kernel(gpu, &config, &options, &xs, None, None);
-                    let what = format!("read once {reduction:?} {rows} x {n} x{scale:e} eps={eps}");
-                    assert_matches_reference(&y, &xs, &config, None, None, &what);
-                }
-            }
-        }
-        let n = 3000u32;
-        let x = data(2 * n as usize, 19);
-        let g = data(n as usize, 20);
-        let b = data(n as usize, 21);
-        let config = RmsNormConfig::new(n).with_gain(Gain::Scale).with_bias(true);
-        let y = run_kernel(gpu, &config, &options, &x, Some(&g), Some(&b));
-        assert_matches_reference(
-            &y,
-            &x,
-            &config,
-            Some(&g),
-            Some(&b),
-            "read once with gain and bias",
-        );
-    }
+        },
+        &[(5, 3), (3, 1000), (3, 4096), (2, 4097)],
+        (3, 1000),
+        "read-once",
+    );
 }
 
 /// Fewer workgroups than rows, each looping over several rows (the default on CPU adapters).
