@@ -163,7 +163,7 @@ impl Normalizer {
         hidden: u32,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        self.run(x, hidden, options, false)
+        self.run(x, hidden, options, Kind::Rms { partial: false })
     }
 
     /// pRMSNorm of `x`: the RMS from the first k elements of each row (`options.p` or
@@ -175,7 +175,7 @@ impl Normalizer {
         hidden: u32,
         #[wasm_bindgen(unchecked_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        self.run(x, hidden, options, true)
+        self.run(x, hidden, options, Kind::Rms { partial: true })
     }
 
     /// LayerNorm of `x` (the baseline): options gain, gainOffset, bias, eps (default 1e-5).
@@ -186,19 +186,7 @@ impl Normalizer {
         hidden: u32,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let parsed = parse_layer_options(hidden, &options).map_err(JsValue::from)?;
-            let weights = Weights {
-                gain: parsed.gain.as_deref(),
-                bias: parsed.bias.as_deref(),
-            };
-            let y = gpu
-                .layer_norm(&x, &parsed.config, weights)
-                .await
-                .map_err(|e| JsValue::from(to_js(e)))?;
-            Ok(Float32Array::from(y.as_slice()).into())
-        })
+        self.run(x, hidden, options, Kind::Layer)
     }
 
     /// Times the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`
@@ -257,18 +245,21 @@ impl Normalizer {
         self.gpu.last_gpu_seconds().map(|s| s * 1e3)
     }
 
-    fn run(&self, x: Vec<f32>, hidden: u32, options: JsValue, partial: bool) -> js_sys::Promise {
+    /// The promise of one call: options parsed, the kernel run, the result as a Float32Array.
+    fn run(&self, x: Vec<f32>, hidden: u32, options: JsValue, kind: Kind) -> js_sys::Promise {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let parsed = parse_options(hidden, &options, partial).map_err(JsValue::from)?;
-            let weights = Weights {
-                gain: parsed.gain.as_deref(),
-                bias: parsed.bias.as_deref(),
-            };
-            let y = gpu
-                .rms_norm(&x, &parsed.config, weights)
-                .await
-                .map_err(|e| JsValue::from(to_js(e)))?;
+            let y = match kind {
+                Kind::Rms { partial } => {
+                    let parsed = parse_options(hidden, &options, partial)?;
+                    gpu.rms_norm(&x, &parsed.config, parsed.weights()).await
+                }
+                Kind::Layer => {
+                    let parsed = parse_layer_options(hidden, &options)?;
+                    gpu.layer_norm(&x, &parsed.config, parsed.weights()).await
+                }
+            }
+            .map_err(to_js)?;
             Ok(Float32Array::from(y.as_slice()).into())
         })
     }
@@ -444,11 +435,29 @@ fn check_keys(options: &JsValue, known: &[&str]) -> Result<(), JsError> {
     Ok(())
 }
 
-struct ParsedOptions {
-    config: RmsNormConfig,
+/// Which JS call a promise serves.
+#[derive(Clone, Copy)]
+enum Kind {
+    Rms { partial: bool },
+    Layer,
+}
+
+struct Parsed<C> {
+    config: C,
     gain: Option<Vec<f32>>,
     bias: Option<Vec<f32>>,
 }
+
+impl<C> Parsed<C> {
+    fn weights(&self) -> Weights<'_> {
+        Weights {
+            gain: self.gain.as_deref(),
+            bias: self.bias.as_deref(),
+        }
+    }
+}
+
+type ParsedOptions = Parsed<RmsNormConfig>;
 
 const KNOWN_OPTIONS: [&str; 7] = ["gain", "gainOffset", "bias", "eps", "epsMode", "p", "k"];
 
@@ -536,11 +545,7 @@ fn parse_options(hidden: u32, options: &JsValue, partial: bool) -> Result<Parsed
     Ok(ParsedOptions { config, gain, bias })
 }
 
-struct ParsedLayerOptions {
-    config: LayerNormConfig,
-    gain: Option<Vec<f32>>,
-    bias: Option<Vec<f32>>,
-}
+type ParsedLayerOptions = Parsed<LayerNormConfig>;
 
 /// layerNorm's options: those of rmsNorm without p, k and epsMode (eps is inside the root).
 fn parse_layer_options(hidden: u32, options: &JsValue) -> Result<ParsedLayerOptions, JsError> {

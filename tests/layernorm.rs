@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use wgpu_rmsnorm::reference;
 use wgpu_rmsnorm::{
     BufferRegion, Gain, KernelOptions, LayerNorm, LayerNormConfig, RmsNormBuffers, Weights,
 };
@@ -17,9 +17,7 @@ fn check(
     b: Option<&[f32]>,
     what: &str,
 ) {
-    let expected = reference::layer_norm(x, config, g, b).unwrap();
-    let stats = reference::compare(y, &expected, F32_ABS_TOL, F32_REL_TOL);
-    assert_eq!(stats.failures, 0, "{what}: {stats:?}");
+    assert_close(y, &reference::layer_norm(x, config, g, b).unwrap(), what);
 }
 
 /// Through the low-level API, with a given reduction.
