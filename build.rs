@@ -18,15 +18,24 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // Every kernel, layout and reduction, at the smallest and a typical workgroup and cache.
     for kernel in shaders::KERNELS {
-        for layout in shaders::ELEM_LAYOUTS {
+        for elem in shaders::ELEM_LAYOUTS {
             for reduction in shaders::REDUCTIONS {
-                let composed =
-                    shaders::compose(kernel, layout, reduction, shaders::ShaderTarget::Native, 8);
-                if let Err(message) = shader_check::validate(&composed, reduction.uses_subgroups())
-                {
-                    eprintln!("invalid WGSL ({layout:?}, {reduction:?}):\n{message}");
-                    std::process::exit(1);
+                for (workgroup_size, cache_len) in [(1, 1), (256, 8)] {
+                    let shape = shaders::ModuleShape {
+                        elem,
+                        reduction,
+                        workgroup_size,
+                        cache_len,
+                    };
+                    let composed = shaders::compose(kernel, &shape, shaders::ShaderTarget::Native);
+                    if let Err(message) =
+                        shader_check::validate(&composed, reduction.uses_subgroups())
+                    {
+                        eprintln!("invalid WGSL ({shape:?}):\n{message}");
+                        std::process::exit(1);
+                    }
                 }
             }
         }

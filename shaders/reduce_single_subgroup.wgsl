@@ -1,8 +1,7 @@
-// Workgroup reduction when the whole workgroup is one subgroup (the host sets WG to the
-// adapter's smallest subgroup size): subgroupAdd alone, no workgroup memory, no barrier.
-// Software adapters (lavapipe, SwiftShader) pay dearly for barriers; this is their fast path.
-
-override WG: u32 = 8u;
+// Workgroup reduction when the whole workgroup is one subgroup: subgroupAdd alone, no
+// workgroup memory, no barrier. Only planned where that is provable: an adapter whose
+// subgroups have one fixed width (min = max, a CPU adapter's SIMD width) and WG at most that.
+// Software adapters (lavapipe) pay dearly for barriers; this is their fast path.
 
 fn reduce_setup(local_index: u32) {}
 

@@ -2,9 +2,8 @@
 // subgroup in workgroup memory, then every subgroup combines the partials. It assumes nothing
 // about the subgroup size or how invocations are laid out in subgroups.
 
-override WG: u32 = 256u;
-
-var<workgroup> partials: array<f32, 1024>;
+// One slot per invocation (the host sets the constant WG): 4 WG bytes of workgroup memory.
+var<workgroup> partials: array<f32, WG>;
 var<workgroup> partials_total: f32;
 var<private> local_lane: u32;
 var<private> subgroup_lane: u32;

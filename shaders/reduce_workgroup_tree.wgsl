@@ -1,9 +1,8 @@
 // Workgroup reduction through workgroup memory: a binary tree, one barrier per level. The
 // fallback for adapters without subgroups. WG (the workgroup size) must be a power of two.
 
-override WG: u32 = 256u;
-
-var<workgroup> tree: array<f32, 1024>;
+// One slot per invocation (the host sets the constant WG): 4 WG bytes of workgroup memory.
+var<workgroup> tree: array<f32, WG>;
 var<workgroup> tree_total: f32;
 var<private> tree_lane: u32;
 

@@ -21,6 +21,16 @@ fn sum_needs_rescaling(s: f32) -> bool {
     return exponent == 0xffu || exponent < 27u;
 }
 
+// Rows out of range are summed again with their elements scaled by 2^-e, e = +-80: the
+// squares of |x| <= f32::MAX then stay below 2^96, and those of tiny rows above 2^-100.
+const RESCALE_EXPONENT: i32 = 80;
+
+// v * 2^e for |e| <= 252. WGSL leaves ldexp undefined for exponents outside [-126, 127]
+// (HLSL lowers it to v * exp2(e), so 0 * inf = NaN on DX12), so it takes two steps.
+fn ldexp_wide(v: f32, e: i32) -> f32 {
+    return ldexp(ldexp(v, e / 2), e - e / 2);
+}
+
 // Whether a sum that needs rescaling is too large (inf, or NaN from non-finite input)
 // rather than too small.
 fn sum_overflowed(s: f32) -> bool {
@@ -63,10 +73,10 @@ fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
     let mean = sumsq / params.k_f32;
     if (EPS_INSIDE_ROOT) {
         if (e >= 0 || eps == 0.0) {
-            return inverseSqrt(mean + ldexp(eps, -2 * e));
+            return inverseSqrt(mean + ldexp_wide(eps, -2 * e));
         }
         // Tiny rows with eps > 0: mean * 2^(2e) underflows only where eps dominates it.
-        return inverseSqrt(ldexp(mean, 2 * e) + eps) * ldexp(1.0, e);
+        return inverseSqrt(ldexp_wide(mean, 2 * e) + eps) * ldexp(1.0, e);
     }
     if (e >= 0 || eps == 0.0) {
         return 1.0 / (sqrt(mean) + ldexp(eps, -e));
@@ -105,7 +115,11 @@ fn rms_norm(
         var e = 0;
         var phase = 0u;
         var sumsq = 0.0;
-        loop {
+        // The exit test stands at the top of the loop: Mesa's llvmpipe (GL backend, Mesa
+        // 22.3) loses what a loop iteration that ends in `break` wrote when the workgroup is
+        // narrower than its 8-lane SIMD (tests/driver_workarounds.rs has the reduction).
+        var summing = true;
+        while (summing) {
             var acc = Elem(0.0);
             for (var i = lane; i < k_whole; i = i + WG) {
                 let v = x[row_start + i] * pre;
@@ -116,12 +130,12 @@ fn rms_norm(
                 acc = acc + v * v;
             }
             sumsq = reduce_sum(elem_sum(acc));
-            if (phase == 2u || !sum_needs_rescaling(sumsq)) {
-                break;
+            summing = phase == 0u && sum_needs_rescaling(sumsq);
+            if (summing) {
+                phase = 2u;
+                e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
+                pre = ldexp(1.0, -e);
             }
-            phase = 2u;
-            e = select(-80, 80, sum_overflowed(sumsq));
-            pre = ldexp(1.0, -e);
         }
         if (sumsq == 0.0) {
             // The first k elements are all zero.
@@ -136,10 +150,32 @@ fn rms_norm(
 
 // Read once: each invocation keeps its CACHE_LEN Elems of the row (elements lane,
 // lane + WG, ...) between the sum and the scaling, so x crosses the memory bus once: 2n
-// bytes per row instead of 3n. CACHE_LEN (a constant of the composed module) covers the row;
-// loops over it have a constant trip count, so a GPU compiler unrolls them and keeps the
-// cache in registers.
-var<private> cache: array<Elem, CACHE_LEN>;
+// bytes per row instead of 3n. The host writes `RowCache` (one field per Elem, which every
+// compiler keeps in registers) and the unrolled `cache_load`, `cache_sum_squares` and
+// `cache_store` from the helpers below, so no compiler has to unroll a loop over a private
+// array for the cache to stay out of memory.
+
+// Elem i of the row at `row_start`, or zero past the row's end.
+fn load_in_row(row_start: u32, i: u32) -> Elem {
+    var v = Elem(0.0);
+    if (i < params.row_len) {
+        v = x[row_start + i];
+    }
+    return v;
+}
+
+// The squares of the lanes of `v` (Elem i of a row) that lie in the first k elements.
+fn square_first_k(v: Elem, i: u32) -> Elem {
+    let first_k = elem_keep_below(v, i * LANES, params.k);
+    return first_k * first_k;
+}
+
+// Stores Elem i of a row, if the row has it.
+fn store_in_row(out_start: u32, i: u32, normalized: Elem) {
+    if (i < params.row_len) {
+        store(out_start, i, normalized);
+    }
+}
 
 @compute @workgroup_size(WG)
 fn rms_norm_cached(
@@ -150,45 +186,24 @@ fn rms_norm_cached(
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
         let row_start = params.x_base + row * params.row_len;
-        var acc = Elem(0.0);
-        for (var j = 0u; j < CACHE_LEN; j = j + 1u) {
-            let i = lane + j * WG;
-            var v = Elem(0.0);
-            if (i < params.row_len) {
-                v = x[row_start + i];
-            }
-            cache[j] = v;
-            let first_k = elem_keep_below(v, i * LANES, params.k);
-            acc = acc + first_k * first_k;
-        }
-        var sumsq = reduce_sum(elem_sum(acc));
+        let cache = cache_load(row_start, lane);
+        var sumsq = reduce_sum(elem_sum(cache_sum_squares(cache, lane, 1.0)));
         // Out-of-range sums are redone from the cache, scaled as in rms_norm.
         var pre = 1.0;
         var e = 0;
         var phase = 0u;
         if (sum_needs_rescaling(sumsq)) {
             phase = 2u;
-            e = select(-80, 80, sum_overflowed(sumsq));
+            e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
             pre = ldexp(1.0, -e);
-            var scaled = Elem(0.0);
-            for (var j = 0u; j < CACHE_LEN; j = j + 1u) {
-                let first_k = elem_keep_below(cache[j] * pre, (lane + j * WG) * LANES, params.k);
-                scaled = scaled + first_k * first_k;
-            }
-            sumsq = reduce_sum(elem_sum(scaled));
+            sumsq = reduce_sum(elem_sum(cache_sum_squares(cache, lane, pre)));
             if (sumsq == 0.0) {
                 phase = 1u;
                 pre = 1.0;
             }
         }
         let scale = row_scale(sumsq, phase, e);
-        let out_start = params.y_base + row * params.row_len;
-        for (var j = 0u; j < CACHE_LEN; j = j + 1u) {
-            let i = lane + j * WG;
-            if (i < params.row_len) {
-                store(out_start, i, (cache[j] * pre) * scale);
-            }
-        }
+        cache_store(cache, params.y_base + row * params.row_len, lane, pre, scale);
     }
 }
 
@@ -256,7 +271,9 @@ fn split_scale(
         for (var j = lane; j < params.chunks; j = j + WG) {
             let piece_e = i32(row_partials[first_piece + 2u * j + 1u] - EXPONENT_BIAS);
             let piece_sum = row_partials[first_piece + 2u * j];
-            local_sum = local_sum + ldexp(piece_sum, 2 * (piece_e - e));
+            // Pieces 2^-252 or more below the largest add nothing an f32 keeps.
+            let shift = 2 * (piece_e - e);
+            local_sum = local_sum + select(0.0, ldexp_wide(piece_sum, shift), shift >= -252);
         }
         let sumsq = reduce_sum(local_sum);
         // An all-zero first k: phase 1 of row_scale.

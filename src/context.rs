@@ -2,9 +2,11 @@
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
-use crate::kernel::{BufferRegion, KernelOptions, Norm, PreparedDispatch, RmsNorm, RmsNormBuffers};
+use crate::kernel::pipelines::PipelineCache;
+use crate::kernel::{
+    BufferRegion, KernelCore, KernelOptions, Norm, PreparedDispatch, RmsNorm, RmsNormBuffers,
+};
 use crate::platform;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Which adapter [`GpuContext::new`] takes.
@@ -106,7 +108,10 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     adapter_info: wgpu::AdapterInfo,
     kernel_options: KernelOptions,
-    kernels: Mutex<HashMap<KernelKey, Arc<RmsNorm>>>,
+    /// Pipelines by what is compiled into them, shared by every kernel below.
+    pipelines: PipelineCache,
+    /// Kernels by config, at most [`KERNEL_CACHE_CAPACITY`] (the oldest go first).
+    kernels: Mutex<Vec<(KernelKey, Arc<KernelCore>)>>,
     scratch: Mutex<Option<Scratch>>,
     /// Timestamp queries for every call, where the device has them.
     call_timer: Option<CallTimer>,
@@ -127,7 +132,11 @@ struct CallTimer {
 /// Bytes reserved behind the output in the staging buffer for the two timestamps.
 const TIMESTAMP_BYTES: u64 = 16;
 
-/// Everything that makes two configs need different pipelines or parameters.
+/// Kernels a context keeps: a loop over many configs (eps values, hidden sizes) keeps at most
+/// this many plans; their pipelines are shared through the pipeline cache.
+const KERNEL_CACHE_CAPACITY: usize = 16;
+
+/// Everything that makes two configs need different plans or parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct KernelKey {
     norm: Norm,
@@ -216,10 +225,11 @@ impl GpuContext {
             });
         Self {
             adapter_info: device.adapter_info(),
+            pipelines: PipelineCache::new(&device),
             device,
             queue,
             kernel_options,
-            kernels: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(Vec::new()),
             scratch: Mutex::new(None),
             call_timer,
             last_gpu_seconds: Mutex::new(None),
@@ -242,12 +252,18 @@ impl GpuContext {
         &self.adapter_info
     }
 
-    /// The kernel for `config`, built on first use and cached.
-    pub fn kernel(&self, config: &RmsNormConfig) -> Result<Arc<RmsNorm>> {
-        self.cached_kernel(Norm::Rms, config)
+    /// The kernel for `config`, planned on first use; its pipelines come from the
+    /// context's cache, so kernels that differ only in eps or k share them.
+    pub fn kernel(&self, config: &RmsNormConfig) -> Result<RmsNorm> {
+        RmsNorm::with_cache(&self.pipelines, config, &self.kernel_options)
     }
 
-    fn cached_kernel(&self, norm: Norm, config: &RmsNormConfig) -> Result<Arc<RmsNorm>> {
+    /// Compiled pipelines held by this context (bounded; eps and k compile none).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    fn cached_kernel(&self, norm: Norm, config: &RmsNormConfig) -> Result<Arc<KernelCore>> {
         config.validate()?;
         let key = KernelKey {
             norm,
@@ -259,16 +275,19 @@ impl GpuContext {
             bias: config.bias,
         };
         let mut kernels = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(kernel) = kernels.get(&key) {
+        if let Some((_, kernel)) = kernels.iter().find(|(k, _)| *k == key) {
             return Ok(kernel.clone());
         }
-        let kernel = Arc::new(RmsNorm::build(
-            &self.device,
+        let kernel = Arc::new(KernelCore::new(
+            &self.pipelines,
             norm,
             config,
             &self.kernel_options,
         )?);
-        kernels.insert(key, kernel.clone());
+        if kernels.len() == KERNEL_CACHE_CAPACITY {
+            kernels.remove(0);
+        }
+        kernels.push((key, kernel.clone()));
         Ok(kernel)
     }
 

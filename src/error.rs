@@ -163,6 +163,15 @@ pub enum Error {
         reduction: &'static str,
     },
 
+    /// A forced option (or the kernel itself) that this device cannot run correctly.
+    #[error("{option} cannot be honoured on this device: {reason}")]
+    UnsupportedOption {
+        /// The option, e.g. `"split_rows"` or `"Reduction::SingleSubgroup"`.
+        option: &'static str,
+        /// Why, and what to pass instead.
+        reason: String,
+    },
+
     /// No adapter matched, or none exists.
     #[error("no GPU adapter found: {0}")]
     NoAdapter(String),

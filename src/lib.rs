@@ -16,7 +16,10 @@ pub use config::{
 };
 pub use context::{AdapterChoice, GpuContext, Weights};
 pub use error::{Error, Result};
-pub use kernel::{BufferRegion, KernelOptions, LayerNorm, Reduction, RmsNorm, RmsNormBuffers};
+pub use kernel::plan::{DeviceCaps, Plan};
+pub use kernel::{
+    BufferRegion, KernelOptions, LayerNorm, NormKernel, Reduction, RmsNorm, RmsNormBuffers,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use platform::block_on;
 #[cfg(target_arch = "wasm32")]

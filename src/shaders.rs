@@ -59,19 +59,25 @@ pub struct ShaderFile {
     pub path: &'static str,
     /// Its text.
     pub text: &'static str,
+    /// Whether the file's read-once entry point needs the generated `RowCache` code.
+    pub row_cache: bool,
 }
 
 macro_rules! shader_file {
-    ($name:literal) => {
+    ($name:literal, $row_cache:literal) => {
         ShaderFile {
             path: concat!("shaders/", $name),
             text: include_str!(concat!("../shaders/", $name)),
+            row_cache: $row_cache,
         }
+    };
+    ($name:literal) => {
+        shader_file!($name, false)
     };
 }
 
 /// `shaders/rmsnorm.wgsl`: RMSNorm and pRMSNorm forward.
-pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl");
+pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl", true);
 /// `shaders/layernorm.wgsl`: the LayerNorm baseline, in the same style.
 pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
@@ -95,6 +101,22 @@ pub const REDUCTIONS: [ReductionKind; 3] = [
     ReductionKind::Subgroups,
     ReductionKind::SingleSubgroup,
 ];
+
+/// What is compiled into one module besides its kernel file: the element layout, the
+/// reduction, and two constants the host writes into the module's prelude.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleShape {
+    /// The element layout.
+    pub elem: ElemLayout,
+    /// The workgroup reduction.
+    pub reduction: ReductionKind,
+    /// `WG`: invocations per workgroup. A constant rather than an override, so that
+    /// workgroup arrays are sized by it (4 WG bytes) on every compiler.
+    pub workgroup_size: u32,
+    /// `CACHE_LEN`: the Elems each invocation keeps of a row in the read-once kernel
+    /// (`rms_norm_cached`), at least 1.
+    pub cache_len: u32,
+}
 
 /// A composed module: its text, and which lines came from which file.
 #[derive(Debug, Clone)]
@@ -129,34 +151,26 @@ impl ComposedShader {
     }
 }
 
-/// The module for `kernel` with the given layout and reduction, for `target`.
-///
-/// `cache_len` is the module constant `CACHE_LEN`: the Elems each invocation keeps of a row
-/// in the read-once kernel (`rms_norm_cached`), a private array's size, which WGSL wants as
-/// a constant rather than an override.
-pub fn compose(
-    kernel: ShaderFile,
-    layout: ElemLayout,
-    reduction: ReductionKind,
-    target: ShaderTarget,
-    cache_len: u32,
-) -> ComposedShader {
-    let elem = match layout {
+/// The module for `kernel` with the given shape, for `target`.
+pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) -> ComposedShader {
+    let elem = match shape.elem {
         ElemLayout::Vec4 => ELEM_VEC4,
         ElemLayout::Scalar => ELEM_SCALAR,
     };
-    let reduce = match reduction {
+    let reduce = match shape.reduction {
         ReductionKind::WorkgroupTree => REDUCE_TREE,
         ReductionKind::Subgroups => REDUCE_SUBGROUP,
         ReductionKind::SingleSubgroup => REDUCE_SINGLE,
     };
     let mut source = String::new();
-    let mut parts = Vec::new();
-    if reduction.uses_subgroups() && target == ShaderTarget::Browser {
+    if shape.reduction.uses_subgroups() && target == ShaderTarget::Browser {
         source.push_str("enable subgroups;\n");
     }
-    source.push_str(&format!("const CACHE_LEN: u32 = {}u;\n", cache_len.max(1)));
-    parts.push((1, "<prelude>"));
+    source.push_str(&format!("const WG: u32 = {}u;\n", shape.workgroup_size));
+    if kernel.row_cache {
+        source.push_str(&row_cache_code(shape.cache_len.max(1)));
+    }
+    let mut parts = vec![(1, "<prelude>")];
     for file in [elem, reduce, NORM_COMMON, kernel] {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);
@@ -165,4 +179,39 @@ pub fn compose(
         }
     }
     ComposedShader { source, parts }
+}
+
+/// The read-once kernel's cache of `len` Elems, unrolled: a struct with one field per Elem
+/// and the three functions over it that `rms_norm_cached` calls (see `shaders/rmsnorm.wgsl`).
+fn row_cache_code(len: u32) -> String {
+    let fields: Vec<String> = (0..len).map(|j| format!("c{j}: Elem")).collect();
+    let index = |j: u32| format!("lane + {j}u * WG");
+    let loads: Vec<String> = (0..len)
+        .map(|j| format!("load_in_row(row_start, {})", index(j)))
+        .collect();
+    let mut code = format!(
+        "struct RowCache {{ {} }}\n\
+         fn cache_load(row_start: u32, lane: u32) -> RowCache {{\n    return RowCache({});\n}}\n\
+         fn cache_sum_squares(c: RowCache, lane: u32, pre: f32) -> Elem {{\n    var s = Elem(0.0);\n",
+        fields.join(", "),
+        loads.join(", ")
+    );
+    for j in 0..len {
+        code.push_str(&format!(
+            "    s = s + square_first_k(c.c{j} * pre, {});\n",
+            index(j)
+        ));
+    }
+    code.push_str(
+        "    return s;\n}\n\
+         fn cache_store(c: RowCache, out_start: u32, lane: u32, pre: f32, scale: f32) {\n",
+    );
+    for j in 0..len {
+        code.push_str(&format!(
+            "    store_in_row(out_start, {}, (c.c{j} * pre) * scale);\n",
+            index(j)
+        ));
+    }
+    code.push_str("}\n");
+    code
 }

@@ -74,7 +74,8 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
 
 #[test]
 fn offsets_scalar_and_vec4_with_guard_words() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     check_offsets(gpu, 1024, 5, [0, 0, 0, 0], true);
     check_offsets(gpu, 1024, 5, [16, 272, 48, 512], true);
     check_offsets(gpu, 1024, 5, [20, 0, 0, 0], false);
@@ -87,7 +88,8 @@ fn offsets_scalar_and_vec4_with_guard_words() {
 
 #[test]
 fn buffers_are_reused_between_calls() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let gpu = GpuContext::from_device(
         gpu.device().clone(),
         gpu.queue().clone(),
@@ -116,9 +118,12 @@ fn buffers_are_reused_between_calls() {
 }
 
 /// A second device on the same adapter with lower limits and no optional features.
-fn limited_device(limits: impl FnOnce(&mut wgpu::Limits)) -> Option<(wgpu::Device, wgpu::Queue)> {
-    let gpu = gpu()?;
-    let info = gpu.adapter_info();
+/// The caller holds the GPU turn while it uses the device.
+fn limited_device(
+    limits: impl FnOnce(&mut wgpu::Limits),
+) -> Option<(wgpu::Device, wgpu::Queue, GpuTurn)> {
+    let turn = gpu()?;
+    let info = turn.adapter_info();
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     descriptor.backends = info.backend.into();
     let instance = wgpu::Instance::new(descriptor);
@@ -131,18 +136,17 @@ fn limited_device(limits: impl FnOnce(&mut wgpu::Limits)) -> Option<(wgpu::Devic
     required_limits.max_compute_invocations_per_workgroup = 256;
     required_limits.max_compute_workgroup_size_x = 256;
     limits(&mut required_limits);
-    Some(
-        block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            required_limits,
-            ..Default::default()
-        }))
-        .expect("limited device"),
-    )
+    let (device, queue) = block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits,
+        ..Default::default()
+    }))
+    .expect("limited device");
+    Some((device, queue, turn))
 }
 
 #[test]
 fn rows_beyond_the_binding_limit_are_split_into_chunks() {
-    let Some((device, queue)) = limited_device(|l| {
+    let Some((device, queue, _turn)) = limited_device(|l| {
         l.max_storage_buffer_binding_size = 64 * 1024;
     }) else {
         return;
@@ -174,7 +178,7 @@ fn rows_beyond_the_binding_limit_are_split_into_chunks() {
 
 #[test]
 fn tensors_beyond_the_buffer_limit_are_refused() {
-    let Some((device, queue)) = limited_device(|l| {
+    let Some((device, queue, _turn)) = limited_device(|l| {
         l.max_buffer_size = 1 << 20;
     }) else {
         return;
@@ -200,7 +204,7 @@ fn tensors_beyond_the_buffer_limit_are_refused() {
 
 #[test]
 fn devices_without_subgroups_use_the_tree() {
-    let Some((device, queue)) = limited_device(|_| {}) else {
+    let Some((device, queue, _turn)) = limited_device(|_| {}) else {
         return;
     };
     assert!(!device.features().contains(wgpu::Features::SUBGROUP));
@@ -224,7 +228,8 @@ fn devices_without_subgroups_use_the_tree() {
 /// `prepare` once, `record` every step: the same bind groups serve new data.
 #[test]
 fn a_prepared_dispatch_is_recorded_again_with_new_data() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let device = gpu.device();
     let config = RmsNormConfig::new(1000).with_partial(PartialRms::Count(100));
     let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();

@@ -15,7 +15,8 @@ fn high_level(gpu: &GpuContext, x: &[f32], config: &RmsNormConfig, w: Weights<'_
 
 #[test]
 fn bad_configs_and_slices() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let x = data(64, 1);
     let c = RmsNormConfig::new(8);
     let v8 = data(8, 2);
@@ -185,7 +186,8 @@ fn bad_configs_and_slices() {
 
 #[test]
 fn bad_workgroup_sizes() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let config = RmsNormConfig::new(64);
     let mut sizes = vec![
         (Reduction::WorkgroupTree, 0),
@@ -217,7 +219,8 @@ fn bad_workgroup_sizes() {
 
 #[test]
 fn hidden_size_beyond_the_binding_limit() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let config = RmsNormConfig::new(u32::MAX);
     let e = RmsNorm::new(gpu.device(), &config, &KernelOptions::default()).unwrap_err();
     assert!(matches!(e, Error::RowExceedsBindingLimit { .. }), "{e:?}");
@@ -227,7 +230,8 @@ fn hidden_size_beyond_the_binding_limit() {
 /// The low-level API's buffer checks.
 #[test]
 fn bad_buffers() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let device = gpu.device();
     let n = 16u32;
     let rows = 4u32;

@@ -13,7 +13,8 @@ const HIDDEN_SIZES: [u32; 22] = [
 
 #[test]
 fn every_hidden_size_and_reduction_matches_the_reference() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for reduction in reductions(gpu) {
         let options = KernelOptions::with_reduction(reduction);
         for (i, n) in HIDDEN_SIZES.into_iter().enumerate() {
@@ -30,7 +31,8 @@ fn every_hidden_size_and_reduction_matches_the_reference() {
 /// 65535 iterations (it then stops the loops silently): the default variant must not.
 #[test]
 fn very_long_rows_with_the_default_variant() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for (rows, n) in [(1usize, 1_048_576u32), (2, 262_147), (1, 1_048_572)] {
         let x = data(rows * n as usize, u64::from(n));
         for partial in [PartialRms::Full, PartialRms::Fraction(0.75)] {
@@ -49,7 +51,8 @@ fn very_long_rows_with_the_default_variant() {
 
 #[test]
 fn row_counts_through_the_high_level_api() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for rows in [1usize, 3, 64, 1000] {
         for n in [5u32, 257, 1024] {
             let x = data(rows * n as usize, rows as u64 + u64::from(n));
@@ -70,7 +73,8 @@ fn row_counts_through_the_high_level_api() {
 
 #[test]
 fn more_rows_than_workgroups_in_one_dispatch() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let max = gpu.device().limits().max_compute_workgroups_per_dimension as usize;
     let rows = max + 4465;
     for n in [3u32, 4] {
@@ -83,7 +87,8 @@ fn more_rows_than_workgroups_in_one_dispatch() {
 
 #[test]
 fn partial_rms_fractions_and_counts() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for reduction in reductions(gpu) {
         let options = KernelOptions::with_reduction(reduction);
         for n in [5u32, 1000, 4096, 4097] {
@@ -117,7 +122,8 @@ fn partial_rms_fractions_and_counts() {
 
 #[test]
 fn eps_modes_gain_and_bias() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for n in [257u32, 1024] {
         let x = data(5 * n as usize, 11);
         let g = data(n as usize, 12);
@@ -154,7 +160,8 @@ fn eps_modes_gain_and_bias() {
 
 #[test]
 fn rescaling_invariance_and_no_shift_invariance() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for reduction in reductions(gpu) {
         let options = KernelOptions::with_reduction(reduction);
         for n in [33u32, 4096] {
@@ -198,7 +205,8 @@ fn rescaling_invariance_and_no_shift_invariance() {
 
 #[test]
 fn zero_rows_give_zero_or_bias_never_nan() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let n = 1000u32;
     let b = data(n as usize, 31);
     let g = data(n as usize, 32);
@@ -239,7 +247,8 @@ fn zero_rows_give_zero_or_bias_never_nan() {
 
 #[test]
 fn extreme_magnitudes_stay_finite_and_correct() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let n = 1027u32;
     let base = data(n as usize, 41);
     for reduction in reductions(gpu) {
@@ -272,7 +281,8 @@ fn extreme_magnitudes_stay_finite_and_correct() {
 
 #[test]
 fn explicit_workgroup_sizes() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let n = 1000u32;
     let x = data(7 * n as usize, 51);
     let config = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(0.3));
@@ -301,7 +311,8 @@ fn explicit_workgroup_sizes() {
 
 #[test]
 fn empty_batch_is_a_no_op() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let y = gpu
         .rms_norm_blocking(&[], &RmsNormConfig::new(64), Weights::NONE)
         .unwrap();
@@ -330,70 +341,38 @@ fn ulp_distance(a: &[f32], b: &[f32]) -> u32 {
         .unwrap_or(0)
 }
 
-/// The documented rule of `RmsNorm::new` for choosing the variant.
+/// The plan's rule (README, "Launch plan") on this device: the kernels run what
+/// `Plan::new` decides for its capabilities, and the rule's main cases hold.
 #[test]
 fn variant_rule() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let device = gpu.device();
-    let info = gpu.adapter_info();
-    let subgroup = info.subgroup_min_size;
-    let has_subgroups = device.features().contains(wgpu::Features::SUBGROUP);
-    let choose = |hidden: u32, cpu_adapter: Option<bool>| {
+    let caps = wgpu_rmsnorm::DeviceCaps::from_device(device);
+    let kernel = |hidden: u32, cpu_adapter: Option<bool>| {
         let options = KernelOptions {
             cpu_adapter,
             ..KernelOptions::default()
         };
-        let kernel =
-            wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options).unwrap();
-        (kernel.reduction(), kernel.workgroup_size())
+        wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options).unwrap()
     };
-    if has_subgroups {
-        assert_eq!(
-            choose(4096, Some(true)),
-            (Reduction::SingleSubgroup, subgroup)
-        );
-        assert_eq!(choose(4096, Some(false)), (Reduction::Subgroups, 256));
-        // GPUs: about 16 elements per invocation; one subgroup for short rows.
-        assert_eq!(
-            choose(1024, Some(false)),
-            (Reduction::Subgroups, 64.max(subgroup))
-        );
-        assert_eq!(
-            choose(16 * subgroup, Some(false)),
-            (Reduction::SingleSubgroup, subgroup)
-        );
-        assert_eq!(
-            choose(100, Some(false)),
-            (Reduction::SingleSubgroup, subgroup)
-        );
-        // 4 * 1048576 / 8192 = 512 invocations keep every invocation under 8192 iterations.
-        assert_eq!(choose(1 << 20, Some(true)), (Reduction::Subgroups, 512));
-        assert_eq!(choose(1 << 20, Some(false)), (Reduction::Subgroups, 512));
-    } else {
-        assert_eq!(
-            choose(4096, Some(true)),
-            (Reduction::WorkgroupTree, subgroup.max(4))
-        );
-        assert_eq!(choose(4096, Some(false)), (Reduction::WorkgroupTree, 256));
-        assert_eq!(
-            choose(128, Some(false)),
-            (Reduction::WorkgroupTree, subgroup.max(8))
-        );
+    let choose = |hidden, cpu| {
+        let k = kernel(hidden, cpu);
+        (k.reduction(), k.workgroup_size())
+    };
+    match caps.fixed_subgroup_width() {
+        // lavapipe: one subgroup and no barrier on the CPU adapter rule.
+        Some(width) => assert_eq!(choose(4096, Some(true)), (Reduction::SingleSubgroup, width)),
+        None if caps.subgroups => assert_eq!(choose(4096, Some(true)).0, Reduction::Subgroups),
+        None => assert_eq!(choose(4096, Some(true)).0, Reduction::WorkgroupTree),
     }
-    let tree = |cpu_adapter| KernelOptions {
-        reduction: Reduction::WorkgroupTree,
-        cpu_adapter: Some(cpu_adapter),
-        ..KernelOptions::default()
+    // Treated as a GPU: never a single subgroup, about 16 elements per invocation from 64
+    // to 256 invocations, and rows of up to 32 f32 per invocation read once.
+    let gpu_reduction = if caps.subgroups {
+        Reduction::Subgroups
+    } else {
+        Reduction::WorkgroupTree
     };
-    let size = |options: KernelOptions, hidden| {
-        wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options)
-            .unwrap()
-            .workgroup_size()
-    };
-    assert_eq!(size(tree(true), 4096), subgroup.max(4));
-    assert_eq!(size(tree(true), 1 << 20), 512);
-    assert_eq!(size(tree(false), 4096), 256);
-    // Few long rows split across workgroups by default; many rows or short ones do not.
     let buffer = |len: usize| storage_buffer(gpu, &vec![0.0; len]);
     let (x, y) = (buffer(8 << 20), buffer(8 << 20));
     let buffers = wgpu_rmsnorm::RmsNormBuffers {
@@ -402,38 +381,33 @@ fn variant_rule() {
         gain: None,
         bias: None,
     };
-    let splits = |hidden: u32, rows: u32| {
-        wgpu_rmsnorm::RmsNorm::new(
-            device,
-            &RmsNormConfig::new(hidden),
-            &KernelOptions::default(),
-        )
-        .unwrap()
-        .splits_rows(&buffers, rows)
-    };
+    assert_eq!(choose(100, Some(false)), (gpu_reduction, 64));
+    assert_eq!(
+        kernel(2048, Some(false)).variant_name(&buffers, 64),
+        format!("{gpu_reduction:?} wg=128 vec4 read-once")
+    );
+    assert_eq!(
+        kernel(16384, Some(false)).variant_name(&buffers, 64),
+        format!("{gpu_reduction:?} wg=512 vec4 read-once")
+    );
+    assert!(!kernel(4096, Some(true))
+        .variant_name(&buffers, 64)
+        .contains("read-once"));
+    // Few long rows split across workgroups by default; many rows or short ones do not.
+    let splits = |hidden: u32, rows: u32| kernel(hidden, None).splits_rows(&buffers, rows);
     assert!(splits(1 << 20, 1));
     assert!(splits(262144, 8));
     assert!(!splits(262144, 33));
     assert!(!splits(4096, 1));
-    // GPUs read x once where an invocation's share of a row fits 32 f32; CPU adapters never.
-    let reads_once = |hidden: u32, cpu_adapter| {
-        let options = KernelOptions {
-            cpu_adapter: Some(cpu_adapter),
-            ..KernelOptions::default()
-        };
-        wgpu_rmsnorm::RmsNorm::new(device, &RmsNormConfig::new(hidden), &options)
-            .unwrap()
-            .variant_name(&buffers, 64)
-            .contains("read-once")
-    };
-    assert!(reads_once(4096, false));
-    assert!(reads_once(8192, false));
-    assert!(!reads_once(16384, false));
-    assert!(!reads_once(4096, true));
     // And the small-workgroup tree is correct.
+    let tree = KernelOptions {
+        reduction: Reduction::WorkgroupTree,
+        cpu_adapter: Some(true),
+        ..KernelOptions::default()
+    };
     let x = data(9 * 1000, 77);
     let config = RmsNormConfig::new(1000).with_partial(PartialRms::Fraction(0.2));
-    let y = run_kernel(gpu, &config, &tree(true), &x, None, None);
+    let y = run_kernel(gpu, &config, &tree, &x, None, None);
     assert_matches_reference(&y, &x, &config, None, None, "tree on a CPU adapter");
 }
 
@@ -446,7 +420,8 @@ fn check_variant(
     extremes: (usize, u32),
     label: &str,
 ) {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for reduction in reductions(gpu) {
         let options = options(reduction);
         let run = |config: &RmsNormConfig, x: &[f32], g: Option<&[f32]>, b: Option<&[f32]>| {
@@ -519,7 +494,8 @@ fn read_once_matches_the_reference() {
             read_once: Some(true),
             ..KernelOptions::default()
         },
-        &[(5, 3), (3, 1000), (3, 4096), (2, 4097)],
+        // At most 128 loads per invocation even with a single subgroup of 8.
+        &[(5, 3), (3, 1000), (3, 4096), (2, 1023)],
         (3, 1000),
         "read-once",
     );
@@ -528,7 +504,8 @@ fn read_once_matches_the_reference() {
 /// Fewer workgroups than rows, each looping over several rows (the default on CPU adapters).
 #[test]
 fn capped_dispatches_loop_over_rows() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for max_workgroups in [1u32, 7, 1024] {
         let options = KernelOptions {
             max_workgroups: Some(max_workgroups),

@@ -48,7 +48,8 @@ fn run(
 
 #[test]
 fn hidden_sizes_and_reductions() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     for reduction in reductions(gpu) {
         let options = KernelOptions::with_reduction(reduction);
         for n in [1u32, 2, 3, 4, 5, 33, 255, 256, 257, 1000, 1024, 4097, 65536] {
@@ -63,7 +64,8 @@ fn hidden_sizes_and_reductions() {
 
 #[test]
 fn gain_bias_eps_and_hard_rows() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let n = 1000u32;
     let g = data(n as usize, 1);
     let b = data(n as usize, 2);
@@ -109,7 +111,8 @@ fn gain_bias_eps_and_hard_rows() {
 
 #[test]
 fn bad_input_is_refused_like_rmsnorm() {
-    let Some(gpu) = gpu() else { return };
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let e = gpu
         .layer_norm_blocking(&[1.0; 7], &LayerNormConfig::new(2), Weights::NONE)
         .unwrap_err();

@@ -15,7 +15,13 @@ fn every_module_validates() {
     for kernel in KERNELS {
         for layout in ELEM_LAYOUTS {
             for reduction in REDUCTIONS {
-                let native = compose(kernel, layout, reduction, ShaderTarget::Native, 8);
+                let shape = ModuleShape {
+                    elem: layout,
+                    reduction,
+                    workgroup_size: 64,
+                    cache_len: 8,
+                };
+                let native = compose(kernel, &shape, ShaderTarget::Native);
                 let module = shader_check::validate(&native, reduction.uses_subgroups())
                     .unwrap_or_else(|e| panic!("{layout:?} {reduction:?}: {e}"));
                 let mut entries: Vec<&str> = module
@@ -39,7 +45,7 @@ fn every_module_validates() {
                     let err = shader_check::validate(&native, false).unwrap_err();
                     assert!(err.contains("ubgroup"), "{err}");
                 }
-                let browser = compose(kernel, layout, reduction, ShaderTarget::Browser, 8);
+                let browser = compose(kernel, &shape, ShaderTarget::Browser);
                 let expected = if reduction.uses_subgroups() {
                     format!("enable subgroups;\n{}", native.source)
                 } else {
@@ -62,16 +68,18 @@ fn standalone_modules_validate() {
 
 #[test]
 fn errors_point_at_the_shader_file_and_line() {
-    let composed = compose(
-        RMSNORM,
-        ElemLayout::Scalar,
-        ReductionKind::WorkgroupTree,
-        ShaderTarget::Native,
-        8,
-    );
+    let shape = ModuleShape {
+        elem: ElemLayout::Scalar,
+        reduction: ReductionKind::WorkgroupTree,
+        workgroup_size: 8,
+        cache_len: 1,
+    };
+    let composed = compose(RMSNORM, &shape, ShaderTarget::Native);
     let kernel_start = composed.source.find("fn rms_norm(").unwrap();
     let line = composed.source[..kernel_start].lines().count() + 1;
     assert_eq!(composed.locate(line).0, "shaders/rmsnorm.wgsl");
     assert_eq!(composed.locate(1), ("<prelude>", 1));
-    assert_eq!(composed.locate(2), ("shaders/elem_scalar.wgsl", 1));
+    let elem_start = composed.source.find("// Element layout").unwrap();
+    let line = composed.source[..elem_start].lines().count() + 1;
+    assert_eq!(composed.locate(line), ("shaders/elem_scalar.wgsl", 1));
 }

@@ -1,7 +1,7 @@
 //! Shared by the GPU test files: the device, test data, running a kernel, comparing.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use wgpu::util::DeviceExt;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use wgpu_rmsnorm::{
@@ -9,11 +9,16 @@ use wgpu_rmsnorm::{
     RmsNormConfig,
 };
 
-/// The shared context, or `None` (announced loudly) when there is no adapter and
-/// REQUIRE_GPU is not set. With REQUIRE_GPU=1 a missing adapter fails the test.
-pub fn gpu() -> Option<&'static GpuContext> {
+/// The shared context, held by one test at a time, or `None` (announced loudly) when there is
+/// no adapter and REQUIRE_GPU is not set. With REQUIRE_GPU=1 a missing adapter fails the test.
+///
+/// Tests take turns: wgpu's GL backend holds one EGL context lock per device and panics
+/// ("Could not lock adapter context") after waiting 6 s behind another thread's long submit.
+pub fn gpu() -> Option<GpuTurn> {
     static GPU: OnceLock<Option<GpuContext>> = OnceLock::new();
-    GPU.get_or_init(|| {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let context = GPU.get_or_init(|| {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
         match GpuContext::new_blocking() {
             Ok(gpu) => {
@@ -29,8 +34,24 @@ pub fn gpu() -> Option<&'static GpuContext> {
                 None
             }
         }
+    });
+    context.as_ref().map(|context| GpuTurn {
+        context,
+        _turn: turn,
     })
-    .as_ref()
+}
+
+/// The shared context for as long as a test holds it.
+pub struct GpuTurn {
+    context: &'static GpuContext,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for GpuTurn {
+    type Target = GpuContext;
+    fn deref(&self) -> &GpuContext {
+        self.context
+    }
 }
 
 /// Deterministic data of varied sign and magnitude.

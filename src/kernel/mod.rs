@@ -1,0 +1,409 @@
+//! The low-level API: pipelines built once, work recorded into the caller's encoder with the
+//! caller's buffers. One core ([`NormKernel`]) serves RMSNorm, pRMSNorm and LayerNorm; the
+//! launch is decided by [`plan`], pipelines come from [`pipelines`], bind groups and
+//! dispatches from [`dispatch`].
+
+mod dispatch;
+pub(crate) mod pipelines;
+pub mod plan;
+
+pub use dispatch::PreparedDispatch;
+#[doc(hidden)]
+pub use dispatch::{PARAMS_FIELDS, PARAMS_SIZE};
+#[doc(hidden)]
+pub use pipelines::{
+    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_X, BINDING_Y,
+};
+
+use crate::config::{LayerNormConfig, RmsNormConfig};
+use crate::error::Result;
+use pipelines::{Layouts, PipelineCache, PipelineKey};
+use plan::{DeviceCaps, Plan, StagePlan};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Which workgroup reduction the kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reduction {
+    /// Chosen by the launch plan from the device and the row length (see [`plan`]).
+    #[default]
+    Auto,
+    /// A tree in workgroup memory; works everywhere.
+    WorkgroupTree,
+    /// subgroupAdd, then one partial per subgroup through workgroup memory. Needs
+    /// `Features::SUBGROUP`.
+    Subgroups,
+    /// One subgroup per workgroup, no barriers. Only where the plan can prove every
+    /// subgroup holds the whole workgroup: a CPU adapter with one fixed subgroup width
+    /// (lavapipe). Elsewhere a typed error.
+    SingleSubgroup,
+}
+
+/// How the kernel is built; the defaults suit every device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KernelOptions {
+    /// The workgroup reduction.
+    pub reduction: Reduction,
+    /// Invocations per workgroup, a power of two. `None`: chosen by the plan.
+    pub workgroup_size: Option<u32>,
+    /// Whether the adapter runs compute shaders on the CPU (lavapipe, SwiftShader, WARP),
+    /// where every barrier costs a switch between invocations: small workgroups then win by
+    /// 20x. `None`: from the adapter's device type (browsers report SwiftShader as a GPU,
+    /// so the JavaScript API sets this from the adapter's architecture).
+    pub cpu_adapter: Option<bool>,
+    /// Whether few long rows are each split across many workgroups (RMSNorm and pRMSNorm;
+    /// LayerNorm never splits). `None`: for calls of at most 32 rows of at least 8192 loads
+    /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
+    /// the row allows; `Some(false)`: never.
+    pub split_rows: Option<bool>,
+    /// Whether each invocation keeps its elements of a row between the sum and the scaling,
+    /// reading x once (RMSNorm and pRMSNorm). `None`: on GPUs where that is at most 32 f32
+    /// per invocation, growing the workgroup up to the device's limit (n <= 32768 with 1024
+    /// invocations); `Some(true)`: wherever it is at most 128 loads per invocation, else a
+    /// typed error; `Some(false)`: never.
+    pub read_once: Option<bool>,
+    /// At most this many workgroups per dispatch, each looping over several rows (not for
+    /// split rows). `None`: 1024 on CPU adapters that use the workgroup tree (SwiftShader in
+    /// browsers, where each workgroup costs much: 3.5x faster on 16384 x 128), else one
+    /// workgroup per row up to the device's limit (lavapipe's subgroup path measured slower
+    /// with the cap).
+    pub max_workgroups: Option<u32>,
+}
+
+impl KernelOptions {
+    /// The given reduction, everything else by default.
+    pub fn with_reduction(reduction: Reduction) -> Self {
+        Self {
+            reduction,
+            ..Self::default()
+        }
+    }
+}
+
+/// A region of a buffer: the buffer and a byte offset (a multiple of 4) where the data starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferRegion<'a> {
+    /// The buffer; it needs `BufferUsages::STORAGE`.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first element.
+    pub offset: u64,
+}
+
+impl<'a> BufferRegion<'a> {
+    /// The region that starts at the beginning of `buffer`.
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Self { buffer, offset: 0 }
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufferRegion<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Self::whole(buffer)
+    }
+}
+
+/// The buffers of one [`RmsNorm::encode`] call. `output` must be a different buffer from the
+/// others (WebGPU forbids a dispatch writing a buffer it also reads).
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNormBuffers<'a> {
+    /// `rows * hidden` f32, read.
+    pub input: BufferRegion<'a>,
+    /// `rows * hidden` f32, written; nothing outside the region is touched.
+    pub output: BufferRegion<'a>,
+    /// `hidden` f32, exactly when the config has a gain.
+    pub gain: Option<BufferRegion<'a>>,
+    /// `hidden` f32, exactly when the config has a bias.
+    pub bias: Option<BufferRegion<'a>>,
+}
+
+/// Which normalization a kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Norm {
+    /// RMSNorm and pRMSNorm (`shaders/rmsnorm.wgsl`).
+    Rms,
+    /// LayerNorm (`shaders/layernorm.wgsl`).
+    Layer,
+}
+
+/// What distinguishes the faces of [`NormKernel`]: the config type and the kernel file.
+pub trait NormKind: std::fmt::Debug + Send + Sync + 'static {
+    /// The config the face takes.
+    type Config: std::fmt::Debug + Clone + Copy + Send + Sync;
+    /// The kernel file.
+    const NORM: Norm;
+    /// The config in the core's terms.
+    fn core_config(config: &Self::Config) -> RmsNormConfig;
+}
+
+/// RMSNorm and pRMSNorm: see [`RmsNorm`].
+#[derive(Debug)]
+pub enum Rms {}
+/// LayerNorm: see [`LayerNorm`].
+#[derive(Debug)]
+pub enum Layer {}
+
+impl NormKind for Rms {
+    type Config = RmsNormConfig;
+    const NORM: Norm = Norm::Rms;
+    fn core_config(config: &RmsNormConfig) -> RmsNormConfig {
+        *config
+    }
+}
+
+impl NormKind for Layer {
+    type Config = LayerNormConfig;
+    const NORM: Norm = Norm::Layer;
+    fn core_config(config: &LayerNormConfig) -> RmsNormConfig {
+        config.as_rms_config()
+    }
+}
+
+/// RMSNorm or pRMSNorm for one [`RmsNormConfig`] on one device: the plan and pipelines are
+/// made once by [`RmsNorm::new`]; [`NormKernel::encode`] only records work.
+///
+/// ```no_run
+/// # async fn demo(device: &wgpu::Device, queue: &wgpu::Queue, x: &wgpu::Buffer, y: &wgpu::Buffer)
+/// # -> wgpu_rmsnorm::Result<()> {
+/// use wgpu_rmsnorm::{KernelOptions, RmsNorm, RmsNormBuffers, RmsNormConfig};
+/// let kernel = RmsNorm::new(device, &RmsNormConfig::new(4096), &KernelOptions::default())?;
+/// let mut encoder = device.create_command_encoder(&Default::default());
+/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None };
+/// kernel.encode(device, &mut encoder, &buffers, 64)?;
+/// queue.submit([encoder.finish()]);
+/// # Ok(()) }
+/// ```
+pub type RmsNorm = NormKernel<Rms>;
+
+/// LayerNorm for one [`LayerNormConfig`] on one device, built and recorded exactly like
+/// [`RmsNorm`] (same buffers, offsets, checks, plan): the baseline of the paper's claim.
+pub type LayerNorm = NormKernel<Layer>;
+
+/// A normalization kernel: its plan, its pipelines, and the calls recorded with them.
+#[derive(Debug)]
+pub struct NormKernel<N: NormKind> {
+    config: N::Config,
+    core: Arc<KernelCore>,
+    kind: PhantomData<N>,
+}
+
+/// What every face shares: the core config, the plan and its pipelines.
+#[derive(Debug)]
+pub(crate) struct KernelCore {
+    config: RmsNormConfig,
+    plan: Plan,
+    layouts: Arc<Layouts>,
+    pipelines: HashMap<StagePlan, Arc<wgpu::ComputePipeline>>,
+}
+
+impl KernelCore {
+    /// Plans `config` for the cache's device and takes the plan's pipelines from the cache.
+    pub(crate) fn new(
+        cache: &PipelineCache,
+        norm: Norm,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        let plan = Plan::new(
+            &DeviceCaps::from_device(cache.device()),
+            norm,
+            config,
+            options,
+        )?;
+        let pipelines = plan
+            .stages()
+            .into_iter()
+            .map(|stage| (stage, cache.get(PipelineKey::new(norm, stage, config))))
+            .collect();
+        Ok(Self {
+            config: *config,
+            plan,
+            layouts: cache.layouts().clone(),
+            pipelines,
+        })
+    }
+
+    pub(crate) fn prepare(
+        &self,
+        device: &wgpu::Device,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<PreparedDispatch> {
+        dispatch::check_buffers(&self.config, buffers, rows)?;
+        let launch = self.plan.launch(rows, dispatch::vec4_offsets(buffers))?;
+        let bind_groups = dispatch::bind_groups(
+            device,
+            &self.layouts,
+            &self.plan,
+            &self.config,
+            &launch,
+            buffers,
+        );
+        Ok(PreparedDispatch {
+            launch,
+            bind_groups,
+        })
+    }
+
+    pub(crate) fn record(
+        &self,
+        prepared: &PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        let launch = &prepared.launch;
+        if launch.chunks.is_empty() {
+            return;
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("rmsnorm"),
+            timestamp_writes,
+        });
+        // Split rows: every piece's partial sums, then every piece's scaling; dispatches in
+        // one pass see each other's storage writes.
+        for (chunk, bind_group) in launch.chunks.iter().zip(&prepared.bind_groups) {
+            pass.set_bind_group(0, bind_group, &[]);
+            for stage in &launch.stages {
+                pass.set_pipeline(&self.pipelines[stage]);
+                pass.dispatch_workgroups(chunk.workgroups, 1, 1);
+            }
+        }
+    }
+}
+
+impl NormKernel<Rms> {
+    /// Validates `config`, plans it for the device ([`plan::Plan::new`]: the reduction,
+    /// workgroup size, element layouts, read-once and split rows) and builds the pipelines.
+    pub fn new(
+        device: &wgpu::Device,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        Self::with_cache(&PipelineCache::new(device), config, options)
+    }
+
+    /// The number of leading elements the RMS is taken over.
+    pub fn rms_count(&self) -> u32 {
+        self.core.plan.k
+    }
+}
+
+impl NormKernel<Layer> {
+    /// Validates `config`, plans it for the device and builds the pipelines (the same plan
+    /// rules as [`RmsNorm::new`]).
+    pub fn new(
+        device: &wgpu::Device,
+        config: &LayerNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        Self::with_cache(&PipelineCache::new(device), config, options)
+    }
+}
+
+impl<N: NormKind> NormKernel<N> {
+    pub(crate) fn with_cache(
+        cache: &PipelineCache,
+        config: &N::Config,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        let core = KernelCore::new(cache, N::NORM, &N::core_config(config), options)?;
+        Ok(Self {
+            config: *config,
+            core: Arc::new(core),
+            kind: PhantomData,
+        })
+    }
+
+    /// The config this kernel computes.
+    pub fn config(&self) -> &N::Config {
+        &self.config
+    }
+
+    /// The launch plan: what runs for each element layout and how calls are dispatched.
+    pub fn plan(&self) -> &Plan {
+        &self.core.plan
+    }
+
+    /// The reduction of whole rows with scalar loads (never [`Reduction::Auto`]).
+    pub fn reduction(&self) -> Reduction {
+        plan::public_reduction(self.core.plan.scalar.rows.shape.reduction)
+    }
+
+    /// Invocations per workgroup of whole rows with scalar loads.
+    pub fn workgroup_size(&self) -> u32 {
+        self.core.plan.scalar.rows.shape.workgroup_size
+    }
+
+    /// Whether a call with these buffers would use vec4 loads and stores (hidden size and
+    /// every offset a multiple of 4 elements) rather than scalar ones.
+    pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
+        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(buffers)
+    }
+
+    /// Whether a call of `rows` rows with these buffers splits its rows across workgroups.
+    pub fn splits_rows(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> bool {
+        self.core
+            .plan
+            .launch(rows, dispatch::vec4_offsets(buffers))
+            .is_ok_and(|launch| launch.split_pieces.is_some())
+    }
+
+    /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4",
+    /// "Subgroups wg=256 vec4 read-once" or "split x128 Subgroups wg=256 scalar": for reports.
+    pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
+        match self.core.plan.launch(rows, dispatch::vec4_offsets(buffers)) {
+            Ok(launch) => self.core.plan.variant_name(&launch),
+            Err(e) => format!("not launchable: {e}"),
+        }
+    }
+
+    /// Records `rows` rows of normalization into `encoder`: one compute pass, never submitted.
+    /// `rows = 0` records nothing.
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<()> {
+        self.encode_with_timestamps(device, encoder, buffers, rows, None)
+    }
+
+    /// [`NormKernel::encode`], with the compute pass writing the given timestamps (needs
+    /// `Features::TIMESTAMP_QUERY`).
+    pub fn encode_with_timestamps(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let prepared = self.prepare(device, buffers, rows)?;
+        self.record(&prepared, encoder, timestamp_writes);
+        Ok(())
+    }
+
+    /// Checks a call and builds its bind groups and parameters, to be recorded any number
+    /// of times with [`NormKernel::record`]: a loop that normalizes the same buffers every
+    /// step then creates nothing per step.
+    pub fn prepare(
+        &self,
+        device: &wgpu::Device,
+        buffers: &RmsNormBuffers<'_>,
+        rows: u32,
+    ) -> Result<PreparedDispatch> {
+        self.core.prepare(device, buffers, rows)
+    }
+
+    /// Records a prepared call: one compute pass, nothing created, never submitted. A call
+    /// of 0 rows records nothing.
+    pub fn record(
+        &self,
+        prepared: &PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        self.core.record(prepared, encoder, timestamp_writes)
+    }
+}

@@ -1,0 +1,709 @@
+//! The launch plan: everything about how a normalization runs, decided in one place from the
+//! device's capabilities and the call. Pure functions of [`DeviceCaps`], so that tests can
+//! plan for devices they do not have (`tests/plan.rs`); pipelines, bind groups, dispatches
+//! and `variant_name` read the plan and derive nothing themselves.
+
+use super::{KernelOptions, Norm, Reduction};
+use crate::config::RmsNormConfig;
+use crate::error::{Error, Result};
+use crate::shaders::{ElemLayout, ModuleShape, ReductionKind, ShaderTarget};
+
+/// What the plan needs to know of a device. Built from a real device with
+/// [`DeviceCaps::from_device`], or written by hand for a device that is not here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceCaps {
+    /// The adapter's type: `Cpu` marks software adapters (lavapipe, llvmpipe, WARP).
+    pub device_type: wgpu::DeviceType,
+    /// The backend.
+    pub backend: wgpu::Backend,
+    /// Whether the device has `Features::SUBGROUP`.
+    pub subgroups: bool,
+    /// The smallest subgroup size the adapter reports. Used for speed only, never for
+    /// correctness: adapters have run below it.
+    pub subgroup_min_size: u32,
+    /// The largest subgroup size the adapter reports.
+    pub subgroup_max_size: u32,
+    /// `min(max_compute_invocations_per_workgroup, max_compute_workgroup_size_x)`.
+    pub max_invocations: u32,
+    /// `max_compute_workgroup_storage_size`, bytes.
+    pub max_workgroup_storage: u32,
+    /// `max_storage_buffers_per_shader_stage`.
+    pub max_storage_buffers_per_stage: u32,
+    /// `max_storage_buffer_binding_size`, bytes.
+    pub max_storage_binding: u64,
+    /// `max_buffer_size`, bytes.
+    pub max_buffer_size: u64,
+    /// `min_storage_buffer_offset_alignment`, bytes.
+    pub storage_offset_alignment: u64,
+    /// `max_compute_workgroups_per_dimension`.
+    pub max_workgroups_per_dimension: u32,
+    /// Where the WGSL is compiled.
+    pub target: ShaderTarget,
+}
+
+impl DeviceCaps {
+    /// The capabilities of `device`.
+    pub fn from_device(device: &wgpu::Device) -> Self {
+        Self::new(&device.adapter_info(), device.features(), &device.limits())
+    }
+
+    /// The capabilities of a device with this adapter info, these enabled features and limits.
+    pub fn new(info: &wgpu::AdapterInfo, features: wgpu::Features, limits: &wgpu::Limits) -> Self {
+        Self {
+            device_type: info.device_type,
+            backend: info.backend,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            max_invocations: limits
+                .max_compute_invocations_per_workgroup
+                .min(limits.max_compute_workgroup_size_x),
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            storage_offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            target: ShaderTarget::CURRENT,
+        }
+    }
+
+    /// The one subgroup width the adapter can run, where that is provable: a CPU adapter
+    /// whose reported minimum and maximum agree (its SIMD width). GPUs are never trusted
+    /// with this: drivers have run subgroups below their reported minimum.
+    pub fn fixed_subgroup_width(&self) -> Option<u32> {
+        let fixed = self.subgroups
+            && self.device_type == wgpu::DeviceType::Cpu
+            && self.subgroup_min_size == self.subgroup_max_size
+            && self.subgroup_min_size.is_power_of_two();
+        fixed.then_some(self.subgroup_min_size)
+    }
+
+    /// Invocations per workgroup the kernels may use: the device's limit, at most 1024, and
+    /// what the workgroup memory of a reduction (4 bytes an invocation, plus 16) allows.
+    fn workgroup_limit(&self) -> u32 {
+        let by_memory = (self.max_workgroup_storage.saturating_sub(16) / 4).max(1);
+        let limit = self.max_invocations.min(1024).min(by_memory).max(1);
+        1 << (31 - limit.leading_zeros())
+    }
+
+    /// Bytes a storage binding may hold for the kernels: element indices are u32.
+    fn binding_limit(&self) -> u64 {
+        self.max_storage_binding
+            .min(self.max_buffer_size)
+            .min(u64::from(u32::MAX) & !15)
+    }
+
+    /// Bytes a binding may need beyond its data: the offset aligned down, the end rounded
+    /// up to 16.
+    pub(crate) fn binding_slack(&self) -> u64 {
+        self.storage_offset_alignment + 16
+    }
+}
+
+/// Which entry point of a kernel file a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// `rms_norm`: one workgroup per row, x read twice.
+    RmsNorm,
+    /// `rms_norm_cached`: one workgroup per row, x read once.
+    RmsNormCached,
+    /// `split_partials`: dispatch 1 of split rows.
+    SplitPartials,
+    /// `split_scale`: dispatch 2 of split rows.
+    SplitScale,
+    /// `layer_norm`.
+    LayerNorm,
+}
+
+impl Entry {
+    /// The WGSL function name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entry::RmsNorm => "rms_norm",
+            Entry::RmsNormCached => "rms_norm_cached",
+            Entry::SplitPartials => "split_partials",
+            Entry::SplitScale => "split_scale",
+            Entry::LayerNorm => "layer_norm",
+        }
+    }
+}
+
+/// One compute pipeline of a plan: the entry point and the module's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StagePlan {
+    /// The entry point.
+    pub entry: Entry,
+    /// The module: element layout, reduction, workgroup size, cache length.
+    pub shape: ModuleShape,
+}
+
+/// The pipelines of one element layout: one stage, or two for split rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayoutPlan {
+    /// The kernel for whole rows.
+    pub rows: StagePlan,
+    /// Split rows' two stages, where this kernel splits rows.
+    pub split: Option<[StagePlan; 2]>,
+}
+
+/// Whether calls split few long rows across workgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPolicy {
+    /// Never.
+    Never,
+    /// Calls of at most [`SPLIT_MAX_ROWS`] rows of at least [`SPLIT_MIN_ROW_LOADS`] Elems.
+    FewLongRows,
+    /// Every call, in at least 8 pieces where the row allows.
+    Always,
+}
+
+/// Everything decided once per kernel: what runs for each element layout, and the rules a
+/// call's launch follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Which normalization.
+    pub norm: Norm,
+    /// Elements per row.
+    pub hidden: u32,
+    /// Leading elements in the RMS (`hidden` for RMSNorm and LayerNorm).
+    pub k: u32,
+    /// Whether the device was treated as a CPU adapter.
+    pub cpu: bool,
+    /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
+    pub vec4: Option<LayoutPlan>,
+    /// Scalar loads, for every call.
+    pub scalar: LayoutPlan,
+    /// When calls split rows (only where `split` stages exist).
+    pub split_policy: SplitPolicy,
+    /// At most this many workgroups per dispatch, each looping over rows (not split rows).
+    pub max_workgroups: Option<u32>,
+    /// The device's capabilities, for launches.
+    pub caps: DeviceCaps,
+}
+
+/// One dispatch range of a call: rows that fit one binding and the iteration budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchChunk {
+    /// The chunk's first row in the call.
+    pub first_row: u64,
+    /// Rows in the chunk.
+    pub rows: u32,
+    /// Workgroups dispatched (each stage).
+    pub workgroups: u32,
+    /// Bytes of split rows' partial sums (two f32 per row piece), 0 when not split.
+    pub scratch_bytes: u64,
+}
+
+/// Everything decided for one call: element layout, split, dispatches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// The element layout.
+    pub elem: ElemLayout,
+    /// The stages, in order: one, or split rows' two.
+    pub stages: Vec<StagePlan>,
+    /// Pieces per row when rows are split.
+    pub split_pieces: Option<u32>,
+    /// The dispatch ranges, in order; empty for a call of no rows.
+    pub chunks: Vec<LaunchChunk>,
+}
+
+/// Loop iterations one invocation may run in one dispatch, all loops together. llvmpipe
+/// (lavapipe, and the GL backend on it) silently stops loops past 65535 iterations.
+pub const LOOP_ITERATION_BUDGET: u64 = 32768;
+/// Iterations per row the default workgroup size aims for, leaving room for many rows per
+/// workgroup.
+const ROW_ITERATION_TARGET: u64 = 8192;
+/// Read once by default where each invocation keeps at most this many vec4 (32 f32).
+const READ_ONCE_DEFAULT_MAX_VEC4: u32 = 8;
+/// `read_once: Some(true)` keeps at most this many Elems per invocation.
+pub const READ_ONCE_FORCED_MAX: u32 = 128;
+/// Split rows: Elems per piece of a row.
+pub const SPLIT_PIECE_LOADS: u32 = 2048;
+/// Split rows by default: calls of at most this many rows ...
+pub const SPLIT_MAX_ROWS: u32 = 32;
+/// ... of at least this many Elems per row.
+pub const SPLIT_MIN_ROW_LOADS: u32 = 8192;
+/// CPU adapters with the workgroup tree: workgroups per dispatch by default.
+const CPU_MAX_WORKGROUPS: u32 = 1024;
+/// GPUs: the fewest invocations per workgroup (two 32-wide SIMDs, one 64-wide), so that no
+/// short row leaves most of a SIMD idle.
+const GPU_MIN_WORKGROUP: u32 = 64;
+/// GPUs: the most invocations per workgroup by default (about 16 elements each).
+const GPU_MAX_WORKGROUP: u32 = 256;
+/// Storage buffers a kernel binds: x, gain, bias, y; split rows add their partial sums.
+const STORAGE_BUFFERS: u32 = 4;
+const SPLIT_STORAGE_BUFFERS: u32 = 5;
+
+/// Loop iterations of one invocation for one row of `loads` Elems (or one piece) with `wg`
+/// invocations: the passes over the row, plus the row's own loop overhead.
+pub fn row_iterations(entry: Entry, loads: u32, wg: u32) -> u64 {
+    let per_pass = u64::from(loads.div_ceil(wg));
+    match entry {
+        // The sum, the rescaled sum, the scaling.
+        Entry::RmsNorm => 3 * per_pass + 3,
+        Entry::RmsNormCached => 1,
+        // The sum over the piece and its max.
+        Entry::SplitPartials => 2 * per_pass + 1,
+        // The scaling of a piece (the loops over the pieces are counted by the caller).
+        Entry::SplitScale => per_pass + 1,
+        Entry::LayerNorm => 2 * per_pass + 1,
+    }
+}
+
+impl Plan {
+    /// Plans `norm` for `config` on a device with `caps`, honouring `options` or refusing
+    /// them with a typed error.
+    pub fn new(
+        caps: &DeviceCaps,
+        norm: Norm,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        let k = config.rms_count()?;
+        if caps.max_storage_buffers_per_stage < STORAGE_BUFFERS {
+            return Err(Error::UnsupportedOption {
+                option: "device",
+                reason: format!(
+                    "the kernels bind {STORAGE_BUFFERS} storage buffers and this device allows \
+                     {} per shader stage",
+                    caps.max_storage_buffers_per_stage
+                ),
+            });
+        }
+        let row_bytes = u64::from(config.hidden) * 4 + caps.binding_slack();
+        if row_bytes > caps.binding_limit() {
+            return Err(Error::RowExceedsBindingLimit {
+                hidden: config.hidden,
+                row_bytes,
+                limit: caps.binding_limit(),
+            });
+        }
+        let cpu = options
+            .cpu_adapter
+            .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
+        let split_policy = split_policy(caps, norm, config.hidden, options)?;
+        let planner = LayoutPlanner {
+            caps,
+            norm,
+            options,
+            cpu,
+            split: split_policy != SplitPolicy::Never,
+        };
+        let vec4 = config
+            .hidden
+            .is_multiple_of(4)
+            .then(|| planner.plan(ElemLayout::Vec4, config.hidden / 4))
+            .transpose()?;
+        let scalar = planner.plan(ElemLayout::Scalar, config.hidden)?;
+        let tree = scalar.rows.shape.reduction == ReductionKind::WorkgroupTree;
+        Ok(Self {
+            norm,
+            hidden: config.hidden,
+            k,
+            cpu,
+            vec4,
+            scalar,
+            split_policy,
+            max_workgroups: options
+                .max_workgroups
+                .map(|cap| cap.max(1))
+                .or((cpu && tree).then_some(CPU_MAX_WORKGROUPS)),
+            caps: caps.clone(),
+        })
+    }
+
+    /// Every pipeline this plan can run.
+    pub fn stages(&self) -> Vec<StagePlan> {
+        let mut stages = Vec::new();
+        for layout in self.vec4.iter().chain([&self.scalar]) {
+            stages.push(layout.rows);
+            stages.extend(layout.split.iter().flatten());
+        }
+        stages
+    }
+
+    /// Plans a call of `rows` rows. `vec4_offsets`: whether every buffer offset of the call
+    /// is a multiple of 16 bytes (vec4 loads need that as well as `hidden % 4 == 0`).
+    pub fn launch(&self, rows: u32, vec4_offsets: bool) -> Result<Launch> {
+        let (elem, layout) = match (&self.vec4, vec4_offsets) {
+            (Some(layout), true) => (ElemLayout::Vec4, layout),
+            _ => (ElemLayout::Scalar, &self.scalar),
+        };
+        let row_len = self.hidden / lanes(elem);
+        let pieces = layout.split.and_then(|_| self.split_pieces(rows, row_len));
+        let stages: Vec<StagePlan> = match (pieces, layout.split) {
+            (Some(_), Some(split)) => split.to_vec(),
+            _ => vec![layout.rows],
+        };
+        let per_item = self.item_iterations(&stages, row_len, pieces);
+        let rows_per_chunk = self.rows_per_chunk(per_item, pieces)?;
+        let mut chunks = Vec::new();
+        let mut first_row = 0u64;
+        while first_row < u64::from(rows) {
+            let chunk_rows = rows_per_chunk.min(u64::from(rows) - first_row) as u32;
+            let items = u64::from(chunk_rows) * u64::from(pieces.unwrap_or(1));
+            let workgroups = self.workgroups(items, per_item, pieces.is_some());
+            chunks.push(LaunchChunk {
+                first_row,
+                rows: chunk_rows,
+                workgroups,
+                scratch_bytes: pieces.map_or(0, |_| items * 8),
+            });
+            first_row += u64::from(chunk_rows);
+        }
+        Ok(Launch {
+            elem,
+            stages,
+            split_pieces: pieces,
+            chunks,
+        })
+    }
+
+    /// Pieces per row when a call of `rows` rows of `row_len` Elems splits them.
+    fn split_pieces(&self, rows: u32, row_len: u32) -> Option<u32> {
+        let pieces = row_len.div_ceil(SPLIT_PIECE_LOADS);
+        let pieces = match self.split_policy {
+            SplitPolicy::Never => return None,
+            SplitPolicy::Always => pieces.max(8.min(row_len)),
+            SplitPolicy::FewLongRows
+                if rows <= SPLIT_MAX_ROWS && row_len >= SPLIT_MIN_ROW_LOADS =>
+            {
+                pieces
+            }
+            SplitPolicy::FewLongRows => return None,
+        };
+        (pieces >= 2).then_some(pieces)
+    }
+
+    /// Loop iterations of one invocation per work item (a row, or a piece of one).
+    fn item_iterations(&self, stages: &[StagePlan], row_len: u32, pieces: Option<u32>) -> u64 {
+        stages
+            .iter()
+            .map(|stage| {
+                let wg = stage.shape.workgroup_size;
+                match (stage.entry, pieces) {
+                    (Entry::SplitPartials, Some(p)) => {
+                        row_iterations(stage.entry, row_len.div_ceil(p), wg)
+                    }
+                    (Entry::SplitScale, Some(p)) => {
+                        row_iterations(stage.entry, row_len.div_ceil(p), wg)
+                            + 2 * u64::from(p.div_ceil(wg))
+                    }
+                    (entry, _) => row_iterations(entry, row_len, wg),
+                }
+            })
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Rows per dispatch: within one binding (x, y, and split rows' partial sums) and within
+    /// the iteration budget at the device's most workgroups per dispatch.
+    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> Result<u64> {
+        let caps = &self.caps;
+        let row_bytes = u64::from(self.hidden) * 4;
+        let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
+        let pieces = u64::from(pieces.unwrap_or(1));
+        if pieces > 1 {
+            rows = rows.min(caps.binding_limit() / (pieces * 8));
+        }
+        let items_per_workgroup = (LOOP_ITERATION_BUDGET / per_item).max(1);
+        let items = u64::from(caps.max_workgroups_per_dimension) * items_per_workgroup;
+        // Each chunk's item count stays a u32 for the shader.
+        let items = items.min(u64::from(u32::MAX));
+        Ok(rows.min(items / pieces).max(1))
+    }
+
+    /// Workgroups for `items` rows (or pieces): one each up to the device's limit, fewer
+    /// where a cap asks, never so few that an invocation loops past the budget.
+    fn workgroups(&self, items: u64, per_item: u64, split: bool) -> u32 {
+        let limit = u64::from(self.caps.max_workgroups_per_dimension);
+        let needed = items.div_ceil((LOOP_ITERATION_BUDGET / per_item).max(1));
+        let wanted = match (self.max_workgroups, split) {
+            (Some(cap), false) => u64::from(cap).max(needed),
+            _ => items,
+        };
+        wanted.min(items).min(limit).max(1) as u32
+    }
+
+    /// What a launch runs, e.g. "Subgroups wg=256 vec4 read-once" or
+    /// "split x128 Subgroups wg=256 scalar": for reports.
+    pub fn variant_name(&self, launch: &Launch) -> String {
+        let stage = launch.stages[0];
+        let reduction = public_reduction(stage.shape.reduction);
+        let loads = match launch.elem {
+            ElemLayout::Vec4 => "vec4",
+            ElemLayout::Scalar => "scalar",
+        };
+        let wg = stage.shape.workgroup_size;
+        match launch.split_pieces {
+            Some(pieces) => format!("split x{pieces} {reduction:?} wg={wg} {loads}"),
+            None if stage.entry == Entry::RmsNormCached => {
+                format!("{reduction:?} wg={wg} {loads} read-once")
+            }
+            None => format!("{reduction:?} wg={wg} {loads}"),
+        }
+    }
+}
+
+/// The public name of a reduction.
+pub(crate) fn public_reduction(kind: ReductionKind) -> Reduction {
+    match kind {
+        ReductionKind::WorkgroupTree => Reduction::WorkgroupTree,
+        ReductionKind::Subgroups => Reduction::Subgroups,
+        ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
+    }
+}
+
+/// Whether (and when) this kernel splits rows.
+fn split_policy(
+    caps: &DeviceCaps,
+    norm: Norm,
+    hidden: u32,
+    options: &KernelOptions,
+) -> Result<SplitPolicy> {
+    let fits = caps.max_storage_buffers_per_stage >= SPLIT_STORAGE_BUFFERS;
+    match (norm, options.split_rows) {
+        (Norm::Layer, _) | (_, Some(false)) => Ok(SplitPolicy::Never),
+        (Norm::Rms, Some(true)) if fits => Ok(SplitPolicy::Always),
+        (Norm::Rms, Some(true)) => Err(Error::UnsupportedOption {
+            option: "split_rows",
+            reason: format!(
+                "split rows bind {SPLIT_STORAGE_BUFFERS} storage buffers and this device allows \
+                 {} per shader stage: pass None or Some(false)",
+                caps.max_storage_buffers_per_stage
+            ),
+        }),
+        (Norm::Rms, None) if fits && hidden >= SPLIT_MIN_ROW_LOADS * 4 => {
+            Ok(SplitPolicy::FewLongRows)
+        }
+        (Norm::Rms, None) => Ok(SplitPolicy::Never),
+    }
+}
+
+/// Plans the pipelines of one element layout.
+struct LayoutPlanner<'a> {
+    caps: &'a DeviceCaps,
+    norm: Norm,
+    options: &'a KernelOptions,
+    cpu: bool,
+    split: bool,
+}
+
+impl LayoutPlanner<'_> {
+    fn plan(&self, elem: ElemLayout, loads: u32) -> Result<LayoutPlan> {
+        let entry = match self.norm {
+            Norm::Rms => Entry::RmsNorm,
+            Norm::Layer => Entry::LayerNorm,
+        };
+        let (reduction, workgroup_size) = self.reduction(entry, elem, loads)?;
+        let shape = ModuleShape {
+            elem,
+            reduction,
+            workgroup_size,
+            cache_len: 1,
+        };
+        let rows = match self.read_once(elem, loads, reduction, workgroup_size)? {
+            Some((workgroup_size, cache_len)) => StagePlan {
+                entry: Entry::RmsNormCached,
+                shape: ModuleShape {
+                    workgroup_size,
+                    cache_len,
+                    ..shape
+                },
+            },
+            None => StagePlan { entry, shape },
+        };
+        let split = if self.split {
+            // Sized for one piece of a row, not for the row.
+            let piece = SPLIT_PIECE_LOADS.min(loads);
+            let (reduction, workgroup_size) = self.reduction(Entry::SplitPartials, elem, piece)?;
+            let shape = ModuleShape {
+                elem,
+                reduction,
+                workgroup_size,
+                cache_len: 1,
+            };
+            Some([Entry::SplitPartials, Entry::SplitScale].map(|entry| StagePlan { entry, shape }))
+        } else {
+            None
+        };
+        Ok(LayoutPlan { rows, split })
+    }
+
+    /// The reduction and workgroup size for rows (or pieces) of `loads` Elems.
+    fn reduction(
+        &self,
+        entry: Entry,
+        elem: ElemLayout,
+        loads: u32,
+    ) -> Result<(ReductionKind, u32)> {
+        let caps = self.caps;
+        let limit = caps.workgroup_limit();
+        // The fewest invocations that keep a row near the iteration target.
+        let row_minimum = min_power_of_two(
+            |wg| row_iterations(entry, loads, wg) <= ROW_ITERATION_TARGET,
+            limit,
+        )
+        .unwrap_or(limit);
+        let fixed = caps.fixed_subgroup_width();
+        let reduction = match self.options.reduction {
+            Reduction::Auto => match fixed {
+                Some(width) if self.cpu && row_minimum <= width => ReductionKind::SingleSubgroup,
+                _ if caps.subgroups => ReductionKind::Subgroups,
+                _ => ReductionKind::WorkgroupTree,
+            },
+            Reduction::WorkgroupTree => ReductionKind::WorkgroupTree,
+            Reduction::Subgroups => ReductionKind::Subgroups,
+            Reduction::SingleSubgroup => ReductionKind::SingleSubgroup,
+        };
+        if reduction.uses_subgroups() && !caps.subgroups {
+            let name = match reduction {
+                ReductionKind::SingleSubgroup => "SingleSubgroup",
+                _ => "Subgroups",
+            };
+            return Err(Error::SubgroupsUnsupported { reduction: name });
+        }
+        let size = match (reduction, self.options.workgroup_size, fixed) {
+            (_, Some(size), _) => size,
+            (ReductionKind::SingleSubgroup, None, Some(width)) => width,
+            (ReductionKind::SingleSubgroup, None, None) => 0,
+            (_, None, _) if self.cpu => cpu_floor(caps).max(row_minimum).min(limit),
+            // GPUs: about 16 elements per invocation.
+            (_, None, _) => (loads * lanes(elem))
+                .div_ceil(16)
+                .next_power_of_two()
+                .clamp(GPU_MIN_WORKGROUP, GPU_MAX_WORKGROUP)
+                .max(row_minimum)
+                .min(limit),
+        };
+        self.check_workgroup(entry, loads, reduction, size)?;
+        Ok((reduction, size))
+    }
+
+    /// Refuses a workgroup size the device or the kernel cannot run correctly.
+    fn check_workgroup(
+        &self,
+        entry: Entry,
+        loads: u32,
+        reduction: ReductionKind,
+        size: u32,
+    ) -> Result<()> {
+        let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });
+        let limit = self.caps.workgroup_limit();
+        if reduction == ReductionKind::SingleSubgroup {
+            match self.caps.fixed_subgroup_width() {
+                None => {
+                    return Err(Error::UnsupportedOption {
+                        option: "Reduction::SingleSubgroup",
+                        reason: "it is correct only where every subgroup is known to hold the \
+                                 whole workgroup, and this adapter's subgroup width is not \
+                                 fixed (or it is a GPU, whose reported minimum has been \
+                                 wrong): use Reduction::Subgroups or Auto"
+                            .into(),
+                    })
+                }
+                Some(width) if size > width => {
+                    return invalid(format!(
+                        "Reduction::SingleSubgroup needs the workgroup to fit in one subgroup \
+                         of {width}: pass at most {width} or None"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if size == 0 || !size.is_power_of_two() {
+            return invalid("it must be a power of two, e.g. 64 or 256".into());
+        }
+        if size > limit {
+            return invalid(format!(
+                "this device allows at most {limit} invocations per workgroup \
+                 (max_compute_invocations_per_workgroup, max_compute_workgroup_size_x, \
+                 4 bytes of workgroup memory each)"
+            ));
+        }
+        if row_iterations(entry, loads, size) > LOOP_ITERATION_BUDGET {
+            let needed = min_power_of_two(
+                |wg| row_iterations(entry, loads, wg) <= LOOP_ITERATION_BUDGET,
+                1 << 31,
+            )
+            .unwrap_or(u32::MAX);
+            return invalid(format!(
+                "rows of {loads} loads would loop {} times per invocation, past the \
+                 {LOOP_ITERATION_BUDGET} that every adapter runs correctly: use at least \
+                 {needed} invocations, or split rows",
+                row_iterations(entry, loads, size)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read once (RMSNorm): the workgroup size and cache length, where each invocation's
+    /// share of a row fits. On GPUs by default, growing the workgroup up to the device's
+    /// limit so that rows up to 32 f32 per invocation fit; forced, up to
+    /// [`READ_ONCE_FORCED_MAX`] Elems per invocation or a typed error.
+    fn read_once(
+        &self,
+        elem: ElemLayout,
+        loads: u32,
+        reduction: ReductionKind,
+        workgroup_size: u32,
+    ) -> Result<Option<(u32, u32)>> {
+        let max_len = match (self.norm, self.options.read_once) {
+            (Norm::Layer, _) | (_, Some(false)) => return Ok(None),
+            (Norm::Rms, Some(true)) => READ_ONCE_FORCED_MAX,
+            (Norm::Rms, None) if self.cpu => return Ok(None),
+            (Norm::Rms, None) => READ_ONCE_DEFAULT_MAX_VEC4 * 4 / lanes(elem),
+        };
+        let fits = |wg: u32| loads.div_ceil(wg) <= max_len;
+        // A forced size or a single subgroup keeps its workgroup; the others may grow.
+        let fixed =
+            self.options.workgroup_size.is_some() || reduction == ReductionKind::SingleSubgroup;
+        let wg = if fixed || fits(workgroup_size) {
+            Some(workgroup_size).filter(|&wg| fits(wg))
+        } else {
+            min_power_of_two(fits, self.caps.workgroup_limit()).map(|wg| wg.max(workgroup_size))
+        };
+        match (wg, self.options.read_once) {
+            (Some(wg), _) => Ok(Some((wg, loads.div_ceil(wg)))),
+            (None, Some(true)) => Err(Error::UnsupportedOption {
+                option: "read_once",
+                reason: format!(
+                    "rows of {loads} loads need more than {READ_ONCE_FORCED_MAX} per invocation \
+                     at workgroup size {workgroup_size} (this device allows up to {}): pass \
+                     None, or a larger workgroup_size",
+                    self.caps.workgroup_limit()
+                ),
+            }),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+/// Elements per load.
+pub(crate) fn lanes(elem: ElemLayout) -> u32 {
+    match elem {
+        ElemLayout::Vec4 => 4,
+        ElemLayout::Scalar => 1,
+    }
+}
+
+/// CPU adapters: a workgroup of about one SIMD width keeps barriers cheap. The GL backend
+/// reports no subgroups (and a minimum of 4 that means nothing); its CPU implementation,
+/// llvmpipe, runs 8 lanes.
+fn cpu_floor(caps: &DeviceCaps) -> u32 {
+    match caps.backend {
+        wgpu::Backend::Gl => 8,
+        _ if caps.subgroups => caps.subgroup_min_size.clamp(4, 64),
+        _ => 4,
+    }
+}
+
+/// The smallest power of two up to `limit` for which `ok` holds.
+fn min_power_of_two(ok: impl Fn(u32) -> bool, limit: u32) -> Option<u32> {
+    (0..32)
+        .map(|p| 1u32 << p)
+        .take_while(|&wg| wg <= limit)
+        .find(|&wg| ok(wg))
+}

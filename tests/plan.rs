@@ -1,0 +1,502 @@
+//! The launch plan for devices we do not have: capability sets written by hand, a sweep of
+//! shapes and options, and the invariants every plan must keep. Then every planned pipeline
+//! is built on wgpu's noop backend with each device's limits and features, so that wgpu
+//! itself validates what the plan produces. No GPU needed.
+
+use wgpu_rmsnorm::kernel::plan::{
+    row_iterations, DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET,
+};
+use wgpu_rmsnorm::kernel::Norm;
+use wgpu_rmsnorm::shaders::{ReductionKind, ShaderTarget};
+use wgpu_rmsnorm::{
+    BufferRegion, Error, GpuContext, KernelOptions, LayerNorm, PartialRms, Reduction, RmsNorm,
+    RmsNormBuffers, RmsNormConfig,
+};
+
+/// A simulated device: a name, its capabilities, and the subgroup sizes it may really run.
+struct Simulated {
+    name: &'static str,
+    caps: DeviceCaps,
+    runs_subgroups: &'static [u32],
+}
+
+fn gpu(subgroup_min: u32, subgroup_max: u32) -> DeviceCaps {
+    DeviceCaps {
+        device_type: wgpu::DeviceType::DiscreteGpu,
+        backend: wgpu::Backend::Vulkan,
+        subgroups: true,
+        subgroup_min_size: subgroup_min,
+        subgroup_max_size: subgroup_max,
+        max_invocations: 1024,
+        max_workgroup_storage: 32768,
+        max_storage_buffers_per_stage: 16,
+        max_storage_binding: 2 << 30,
+        max_buffer_size: (4 << 30) - 4,
+        storage_offset_alignment: 256,
+        max_workgroups_per_dimension: 65535,
+        target: ShaderTarget::Native,
+    }
+}
+
+fn devices() -> Vec<Simulated> {
+    let webgpu_default = wgpu::Limits::defaults();
+    let downlevel = wgpu::Limits::downlevel_defaults();
+    let from_limits = |limits: &wgpu::Limits, backend, subgroups| DeviceCaps {
+        backend,
+        subgroups,
+        target: ShaderTarget::Browser,
+        ..DeviceCaps::new(
+            &wgpu::AdapterInfo::new(wgpu::DeviceType::IntegratedGpu, backend),
+            wgpu::Features::empty(),
+            limits,
+        )
+    };
+    vec![
+        Simulated {
+            name: "NVIDIA (Vulkan, subgroup 32)",
+            caps: gpu(32, 32),
+            runs_subgroups: &[32],
+        },
+        Simulated {
+            name: "AMD RDNA (wave32 and wave64)",
+            caps: gpu(32, 64),
+            runs_subgroups: &[32, 64],
+        },
+        Simulated {
+            name: "AMD GCN (wave64)",
+            caps: gpu(64, 64),
+            runs_subgroups: &[64],
+        },
+        Simulated {
+            name: "Intel (D3D12, reports 16, runs 8 to 32)",
+            caps: DeviceCaps {
+                backend: wgpu::Backend::Dx12,
+                device_type: wgpu::DeviceType::IntegratedGpu,
+                ..gpu(16, 16)
+            },
+            runs_subgroups: &[8, 16, 32],
+        },
+        Simulated {
+            name: "Apple (Metal, reports 4, runs 32)",
+            caps: DeviceCaps {
+                backend: wgpu::Backend::Metal,
+                max_workgroup_storage: 32768,
+                ..gpu(4, 64)
+            },
+            runs_subgroups: &[32],
+        },
+        Simulated {
+            name: "Qualcomm / Mali (64 and 128, 16 KiB workgroup memory)",
+            caps: DeviceCaps {
+                max_workgroup_storage: 16384,
+                max_invocations: 512,
+                ..gpu(64, 128)
+            },
+            runs_subgroups: &[64, 128],
+        },
+        Simulated {
+            name: "GL backend (llvmpipe, no subgroups)",
+            caps: DeviceCaps {
+                device_type: wgpu::DeviceType::Cpu,
+                backend: wgpu::Backend::Gl,
+                subgroups: false,
+                ..gpu(4, 128)
+            },
+            runs_subgroups: &[],
+        },
+        Simulated {
+            name: "WebGPU defaults (256 invocations, 16 KiB, 8 storage buffers)",
+            caps: from_limits(&webgpu_default, wgpu::Backend::BrowserWebGpu, false),
+            runs_subgroups: &[],
+        },
+        Simulated {
+            name: "WebGPU compatibility / downlevel (4 storage buffers)",
+            caps: from_limits(&downlevel, wgpu::Backend::Gl, false),
+            runs_subgroups: &[],
+        },
+        Simulated {
+            name: "lavapipe (Vulkan, CPU, subgroup 8)",
+            caps: DeviceCaps {
+                device_type: wgpu::DeviceType::Cpu,
+                ..gpu(8, 8)
+            },
+            runs_subgroups: &[8],
+        },
+        Simulated {
+            name: "SwiftShader (browser, CPU, no subgroups through wgpu)",
+            caps: DeviceCaps {
+                device_type: wgpu::DeviceType::Cpu,
+                ..from_limits(&webgpu_default, wgpu::Backend::BrowserWebGpu, false)
+            },
+            runs_subgroups: &[],
+        },
+    ]
+}
+
+const HIDDEN: [u32; 14] = [
+    1,
+    3,
+    4,
+    64,
+    100,
+    1000,
+    2048,
+    4096,
+    4097,
+    8192,
+    16384,
+    65536,
+    262147,
+    1 << 20,
+];
+const ROWS: [u32; 6] = [1, 7, 32, 33, 65536, 1_000_000];
+
+fn option_sets() -> Vec<KernelOptions> {
+    let mut sets = vec![KernelOptions::default()];
+    for reduction in [
+        Reduction::WorkgroupTree,
+        Reduction::Subgroups,
+        Reduction::SingleSubgroup,
+    ] {
+        sets.push(KernelOptions::with_reduction(reduction));
+    }
+    for workgroup_size in [1, 4, 64, 1024] {
+        sets.push(KernelOptions {
+            workgroup_size: Some(workgroup_size),
+            ..KernelOptions::default()
+        });
+    }
+    for split_rows in [Some(true), Some(false)] {
+        sets.push(KernelOptions {
+            split_rows,
+            ..KernelOptions::default()
+        });
+    }
+    sets.push(KernelOptions {
+        read_once: Some(true),
+        ..KernelOptions::default()
+    });
+    sets.push(KernelOptions {
+        max_workgroups: Some(4),
+        ..KernelOptions::default()
+    });
+    sets.push(KernelOptions {
+        cpu_adapter: Some(true),
+        ..KernelOptions::default()
+    });
+    sets
+}
+
+/// Whether a subgroup reduction is correct when the device runs subgroups of `width`:
+/// the general one counts active lanes, so it is; a single subgroup only if the workgroup
+/// fits one subgroup.
+fn reduction_correct(reduction: ReductionKind, workgroup_size: u32, width: u32) -> bool {
+    match reduction {
+        ReductionKind::WorkgroupTree | ReductionKind::Subgroups => true,
+        ReductionKind::SingleSubgroup => workgroup_size <= width,
+    }
+}
+
+fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, what: &str) {
+    let caps = &device.caps;
+    let mut covered = 0u64;
+    let lanes = if launch.elem == wgpu_rmsnorm::shaders::ElemLayout::Vec4 {
+        4
+    } else {
+        1
+    };
+    let row_len = plan.hidden / lanes;
+    for chunk in &launch.chunks {
+        assert_eq!(chunk.first_row, covered, "{what}: chunks in order");
+        covered += u64::from(chunk.rows);
+        assert!(
+            chunk.workgroups >= 1 && chunk.workgroups <= caps.max_workgroups_per_dimension,
+            "{what}: {} workgroups",
+            chunk.workgroups
+        );
+        let bytes = u64::from(chunk.rows) * u64::from(plan.hidden) * 4;
+        assert!(
+            bytes + caps.storage_offset_alignment + 16 <= caps.max_storage_binding.max(16),
+            "{what}: binding of {bytes} bytes"
+        );
+        assert!(
+            chunk.scratch_bytes <= caps.max_storage_binding,
+            "{what}: scratch"
+        );
+        let items = u64::from(chunk.rows) * u64::from(launch.split_pieces.unwrap_or(1));
+        for stage in &launch.stages {
+            let wg = stage.shape.workgroup_size;
+            let per_item = match (stage.entry, launch.split_pieces) {
+                (Entry::SplitPartials | Entry::SplitScale, Some(p)) => {
+                    row_iterations(stage.entry, row_len.div_ceil(p), wg)
+                        + 2 * u64::from(p.div_ceil(wg))
+                }
+                (entry, _) => row_iterations(entry, row_len, wg),
+            };
+            let per_invocation = items.div_ceil(u64::from(chunk.workgroups)) * per_item;
+            assert!(
+                per_invocation <= LOOP_ITERATION_BUDGET,
+                "{what}: {per_invocation} iterations per invocation"
+            );
+        }
+    }
+    assert_eq!(covered, u64::from(rows), "{what}: every row once");
+}
+
+fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
+    let caps = &device.caps;
+    for stage in plan.stages() {
+        let shape = stage.shape;
+        let wg = shape.workgroup_size;
+        assert!(
+            wg.is_power_of_two() && wg <= caps.max_invocations,
+            "{what}: wg {wg}"
+        );
+        assert!(
+            4 * wg + 16 <= caps.max_workgroup_storage,
+            "{what}: workgroup memory"
+        );
+        if shape.reduction.uses_subgroups() {
+            assert!(caps.subgroups, "{what}: subgroups without the feature");
+        }
+        for &width in device.runs_subgroups {
+            assert!(
+                reduction_correct(shape.reduction, wg, width),
+                "{what}: {:?} wg={wg} is wrong at subgroup width {width}",
+                shape.reduction
+            );
+        }
+        if matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale) {
+            assert!(caps.max_storage_buffers_per_stage >= 5, "{what}: split");
+        }
+    }
+}
+
+#[test]
+fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
+    let mut planned = 0;
+    let mut refused = 0;
+    for device in devices() {
+        for options in option_sets() {
+            for hidden in HIDDEN {
+                for norm in [Norm::Rms, Norm::Layer] {
+                    let config =
+                        RmsNormConfig::new(hidden).with_partial(PartialRms::Fraction(0.0625));
+                    let what = format!("{} {norm:?} n={hidden} {options:?}", device.name);
+                    let plan = match Plan::new(&device.caps, norm, &config, &options) {
+                        Ok(plan) => plan,
+                        Err(e) => {
+                            // Refusals are typed and say what to change; defaults never refuse.
+                            assert_ne!(options, KernelOptions::default(), "{what}: {e}");
+                            assert!(
+                                matches!(
+                                    e,
+                                    Error::UnsupportedOption { .. }
+                                        | Error::InvalidWorkgroupSize { .. }
+                                        | Error::SubgroupsUnsupported { .. }
+                                ),
+                                "{what}: {e:?}"
+                            );
+                            refused += 1;
+                            continue;
+                        }
+                    };
+                    check_plan(&device, &plan, &what);
+                    for rows in ROWS {
+                        for vec4 in [true, false] {
+                            let launch = plan.launch(rows, vec4).unwrap();
+                            check_launch(&device, &plan, &launch, rows, &what);
+                        }
+                    }
+                    planned += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{planned} plans checked, {refused} forced options refused");
+    assert!(planned > 1000 && refused > 0);
+}
+
+#[test]
+fn single_subgroup_only_where_provable() {
+    for device in devices() {
+        let options = KernelOptions::with_reduction(Reduction::SingleSubgroup);
+        let result = Plan::new(&device.caps, Norm::Rms, &RmsNormConfig::new(256), &options);
+        match device.caps.fixed_subgroup_width() {
+            Some(_) => assert!(result.is_ok(), "{}", device.name),
+            None => assert!(result.is_err(), "{}", device.name),
+        }
+    }
+}
+
+#[test]
+fn forced_options_are_honoured_or_refused() {
+    let lavapipe = &devices()[9];
+    assert!(lavapipe.name.starts_with("lavapipe"));
+    // A workgroup of 1 cannot cover a row of 262147 within the iteration budget.
+    let tiny = KernelOptions {
+        workgroup_size: Some(1),
+        ..KernelOptions::default()
+    };
+    let e = Plan::new(
+        &lavapipe.caps,
+        Norm::Rms,
+        &RmsNormConfig::new(262147),
+        &tiny,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("at least 32 invocations"), "{e}");
+    // Split rows need 5 storage buffers.
+    let downlevel = &devices()[8];
+    let split = KernelOptions {
+        split_rows: Some(true),
+        ..KernelOptions::default()
+    };
+    let e = Plan::new(
+        &downlevel.caps,
+        Norm::Rms,
+        &RmsNormConfig::new(4096),
+        &split,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedOption {
+                option: "split_rows",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // ... and by default are simply not planned there.
+    let plan = Plan::new(
+        &downlevel.caps,
+        Norm::Rms,
+        &RmsNormConfig::new(1 << 20),
+        &KernelOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
+}
+
+/// What the plan picks for a few shapes on each simulated device (the README's table).
+#[test]
+fn plan_table() {
+    for device in devices() {
+        let mut line = format!("| {} |", device.name);
+        for (rows, hidden) in [(4096, 128), (4096, 4096), (64, 4097), (1, 1 << 20)] {
+            let plan = Plan::new(
+                &device.caps,
+                Norm::Rms,
+                &RmsNormConfig::new(hidden),
+                &KernelOptions::default(),
+            )
+            .unwrap();
+            let launch = plan.launch(rows, true).unwrap();
+            line.push_str(&format!(" {} |", plan.variant_name(&launch)));
+        }
+        println!("{line}");
+    }
+}
+
+/// Every pipeline each simulated device's plans use, built by wgpu on its noop backend with
+/// that device's limits and features: wgpu validates shaders, limits and layouts.
+#[test]
+fn planned_pipelines_build_on_each_simulated_device() {
+    for device in devices()
+        .into_iter()
+        .filter(|d| d.caps.target == ShaderTarget::Native)
+    {
+        let caps = &device.caps;
+        let limits = wgpu::Limits {
+            max_compute_invocations_per_workgroup: caps.max_invocations,
+            max_compute_workgroup_size_x: caps.max_invocations,
+            max_compute_workgroup_storage_size: caps.max_workgroup_storage,
+            max_storage_buffers_per_shader_stage: caps.max_storage_buffers_per_stage,
+            max_storage_buffer_binding_size: caps.max_storage_binding,
+            max_buffer_size: caps.max_buffer_size,
+            min_storage_buffer_offset_alignment: caps.storage_offset_alignment as u32,
+            max_compute_workgroups_per_dimension: caps.max_workgroups_per_dimension,
+            ..wgpu::Limits::defaults()
+        };
+        let features = if caps.subgroups {
+            wgpu::Features::SUBGROUP
+        } else {
+            wgpu::Features::empty()
+        };
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = wgpu::Backends::NOOP;
+        descriptor.backend_options.noop = wgpu::NoopBackendOptions {
+            enable: true,
+            limits: Some(limits.clone()),
+            features: Some(features),
+            device_type: Some(caps.device_type),
+            subgroup_min_size: Some(caps.subgroup_min_size),
+            subgroup_max_size: Some(caps.subgroup_max_size),
+        };
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter =
+            pollster::block_on(instance.request_adapter(&Default::default())).expect("noop");
+        let (device_handle, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            }))
+            .expect("noop device");
+        let oom = device_handle.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device_handle.push_error_scope(wgpu::ErrorFilter::Validation);
+        let context = GpuContext::from_device(device_handle.clone(), queue, Default::default());
+        for hidden in [3, 100, 4096, 16384, 1 << 20] {
+            for options in option_sets() {
+                let config = RmsNormConfig::new(hidden);
+                // The same caps wgpu reports for this device, so the plan is the simulated one.
+                if let Ok(kernel) = RmsNorm::new(&device_handle, &config, &options) {
+                    assert_eq!(kernel.plan().caps.subgroups, caps.subgroups);
+                    encode_one(&device_handle, &kernel, hidden);
+                }
+                let layer = wgpu_rmsnorm::LayerNormConfig::new(hidden);
+                if let Ok(kernel) = LayerNorm::new(&device_handle, &layer, &options) {
+                    encode_one(&device_handle, &kernel, hidden);
+                }
+            }
+        }
+        drop(context);
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        assert!(v.is_none(), "{}: {v:?}", device.name);
+        assert!(o.is_none(), "{}: {o:?}", device.name);
+    }
+}
+
+fn encode_one<N: wgpu_rmsnorm::kernel::NormKind>(
+    device: &wgpu::Device,
+    kernel: &wgpu_rmsnorm::NormKernel<N>,
+    hidden: u32,
+) {
+    let buffer = |len: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: len * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let rows = 3;
+    let (x, y) = (
+        buffer(u64::from(hidden) * rows),
+        buffer(u64::from(hidden) * rows),
+    );
+    let buffers = RmsNormBuffers {
+        input: BufferRegion::whole(&x),
+        output: BufferRegion::whole(&y),
+        gain: None,
+        bias: None,
+    };
+    let mut encoder = device.create_command_encoder(&Default::default());
+    kernel
+        .encode(device, &mut encoder, &buffers, rows as u32)
+        .expect("encode");
+    drop(encoder.finish());
+}
