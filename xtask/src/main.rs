@@ -1,8 +1,9 @@
 //! `cargo xtask`: everything that is not plain cargo.
 //!
 //!   cargo xtask setup              install what is missing (as root), or print the commands
-//!   cargo xtask test               setup, then every test: native (lavapipe), wasm in headless
-//!                                  Chromium (SwiftShader WebGPU), the demo page end to end
+//!   cargo xtask test               setup, then every test: native on Vulkan (lavapipe) and on
+//!                                  the GL backend (llvmpipe), wasm in headless Chromium
+//!                                  (SwiftShader WebGPU), the demo page end to end
 //!   cargo xtask demo [args]        setup, the main job (CLI, args go to it), then build and
 //!                                  serve the demo page until Ctrl-C
 //!   cargo xtask bench [--quick] [--json PATH]
@@ -15,11 +16,15 @@ mod serve;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Debian packages: the Vulkan loader and Mesa's lavapipe (native tests), Chromium and its
-/// WebDriver (browser tests), Node.js and npm (the end-to-end test).
+/// Debian packages: the Vulkan loader and Mesa's lavapipe, EGL and Mesa's llvmpipe for the GL
+/// backend (native tests), Chromium and its WebDriver (browser tests), Node.js and npm (the
+/// end-to-end test).
 const APT_PACKAGES: &[&str] = &[
     "libvulkan1",
     "mesa-vulkan-drivers",
+    "libegl1",
+    "libegl-mesa0",
+    "libgl1-mesa-dri",
     "chromium",
     "chromium-driver",
     "nodejs",
@@ -196,10 +201,15 @@ fn cargo() -> String {
 }
 
 fn test() -> Result<(), String> {
-    // Native: lavapipe where there is no GPU.
-    run(workspace_command(&cargo())
-        .args(["test", "--workspace"])
-        .env("REQUIRE_GPU", "1"))?;
+    // Native, the whole suite on two backends: Vulkan (lavapipe where there is no GPU) and
+    // GL (llvmpipe), each of which has found bugs the other has not.
+    for backend in ["vulkan", "gl"] {
+        eprintln!("xtask: native tests on WGPU_BACKEND={backend}");
+        run(workspace_command(&cargo())
+            .args(["test", "--workspace"])
+            .env("REQUIRE_GPU", "1")
+            .env("WGPU_BACKEND", backend))?;
+    }
     // The same crate in headless Chromium on SwiftShader's WebGPU (webdriver.json has the
     // flags). REQUIRE_GPU is read when the test is compiled.
     run(workspace_command(&cargo())
