@@ -117,11 +117,14 @@ impl Layouts {
 pub struct PipelineCache {
     device: wgpu::Device,
     layouts: Arc<Layouts>,
-    pipelines: Mutex<(
-        HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>,
-        VecDeque<PipelineKey>,
-    )>,
+    pipelines: Mutex<Pipelines>,
 }
+
+/// The pipelines by key, and the keys oldest first.
+type Pipelines = (
+    HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>,
+    VecDeque<PipelineKey>,
+);
 
 impl PipelineCache {
     pub fn new(device: &wgpu::Device) -> Self {
@@ -145,15 +148,7 @@ impl PipelineCache {
         self.lock().0.len()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        (
-            HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>,
-            VecDeque<PipelineKey>,
-        ),
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pipelines> {
         self.pipelines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
