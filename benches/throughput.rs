@@ -45,8 +45,8 @@ mod native {
         m: Measurement,
     }
 
-    pub fn main() -> Result<(), String> {
-        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    /// `--quick` and `--json PATH` (cargo's own `--bench` is ignored).
+    fn parse_args() -> Result<(bool, Option<String>), String> {
         let mut quick = false;
         let mut json = None;
         let mut args = std::env::args().skip(1);
@@ -62,6 +62,12 @@ mod native {
                 }
             }
         }
+        Ok((quick, json))
+    }
+
+    pub fn main() -> Result<(), String> {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        let (quick, json) = parse_args()?;
         let gpu = GpuContext::new_blocking().map_err(|e| e.to_string())?;
         let info = gpu.adapter_info().clone();
         let timer = bench::timer(&gpu);

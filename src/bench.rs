@@ -10,7 +10,7 @@
 use crate::config::{LayerNormConfig, PartialRms, RmsNormConfig};
 use crate::context::{GpuContext, Weights};
 use crate::error::{Error, Result};
-use crate::kernel::{BufferRegion, LayerNorm, RmsNormBuffers};
+use crate::kernel::{BufferRegion, LayerNorm, PreparedDispatch, RmsNorm, RmsNormBuffers};
 use crate::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use crate::shaders::COPY_VEC4;
 use crate::timing::{GpuTimer, PassTimestamps};
@@ -75,7 +75,6 @@ pub async fn bench_shape(
     options: &BenchOptions,
 ) -> Result<Vec<Measurement>> {
     let device = gpu.device();
-    let queue = gpu.queue();
     let len = rows as usize * hidden as usize;
     let bytes = len as u64 * 4;
     let x = reference::sample_data(len, u64::from(hidden), 4.0);
@@ -96,62 +95,15 @@ pub async fn bench_shape(
     };
 
     // Every contestant checked first, then prepared so that timing records work only.
-    let mut names = Vec::new();
     let copies: Vec<(u32, CopyKernel)> = [8u32, 64, 256]
         .into_iter()
         .map(|wg| (wg, CopyKernel::new(device, wg, &x_buffer, &y_buffer)))
         .collect();
     let copy_groups = |wg: u32| (len as u32 / 4).div_ceil(wg).clamp(1, 65535);
-    let partials = [
-        ("RMSNorm", None, PartialRms::Full),
-        (
-            "pRMSNorm",
-            Some(1.0 / 16.0),
-            PartialRms::Fraction(1.0 / 16.0),
-        ),
-        ("pRMSNorm", Some(0.5), PartialRms::Fraction(0.5)),
-    ];
-    let mut rms = Vec::new();
-    for (name, p, partial) in partials {
-        let config = RmsNormConfig::new(hidden).with_partial(partial);
-        // A fresh context, so that what it allocates is this call's alone.
-        let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
-        let y = fresh.rms_norm(&x, &config, Weights::NONE).await?;
-        verify(
-            &y,
-            &reference::rms_norm(&x, &config, None, None)?,
-            name,
-            rows,
-            hidden,
-        )?;
-        let kernel = gpu.kernel(&config)?;
-        let prepared = kernel.prepare(device, &buffers, rows)?;
-        names.push((
-            name,
-            p,
-            kernel.variant_name(&buffers, rows),
-            fresh.scratch_bytes(),
-        ));
-        rms.push((kernel, prepared));
-    }
-    let config = LayerNormConfig::new(hidden);
-    let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
-    let y = fresh.layer_norm(&x, &config, Weights::NONE).await?;
-    verify(
-        &y,
-        &reference::layer_norm(&x, &config, None, None)?,
-        "LayerNorm",
-        rows,
-        hidden,
-    )?;
-    let layer = LayerNorm::new(device, &config, &Default::default())?;
-    let layer_prepared = layer.prepare(device, &buffers, rows)?;
-    names.push((
-        "LayerNorm",
-        None,
-        layer.variant_name(&buffers, rows),
-        fresh.scratch_bytes(),
-    ));
+    let (mut names, rms) = rms_contestants(gpu, &x, rows, hidden, &buffers).await?;
+    let (layer_name, layer, layer_prepared) =
+        layer_contestant(gpu, &x, rows, hidden, &buffers).await?;
+    names.push(layer_name);
 
     // Contestant c records one repetition: 0 the copy engine, 1..=3 the copy kernels,
     // then the normalizations in the order of `names`.
@@ -171,8 +123,80 @@ pub async fn bench_shape(
         }
         Ok(())
     };
-    // Samples are taken round-robin, so that a slow spell of a shared machine slows every
-    // contestant alike and the ratios stay fair.
+    let medians = round_robin_medians(gpu, timer, contestants, options, &record).await?;
+    Ok(measurements(&medians, &copies, names, bytes))
+}
+
+/// RMSNorm and pRMSNorm (p = 1/16, 1/2), each checked against the reference on a context of
+/// its own (so that what it allocates is this call's alone), then prepared on `buffers`.
+async fn rms_contestants(
+    gpu: &GpuContext,
+    x: &[f32],
+    rows: u32,
+    hidden: u32,
+    buffers: &RmsNormBuffers<'_>,
+) -> Result<(Vec<Named>, Vec<(RmsNorm, PreparedDispatch)>)> {
+    let partials = [
+        ("RMSNorm", None, PartialRms::Full),
+        (
+            "pRMSNorm",
+            Some(1.0 / 16.0),
+            PartialRms::Fraction(1.0 / 16.0),
+        ),
+        ("pRMSNorm", Some(0.5), PartialRms::Fraction(0.5)),
+    ];
+    let (device, queue) = (gpu.device(), gpu.queue());
+    let mut names = Vec::new();
+    let mut kernels = Vec::new();
+    for (name, p, partial) in partials {
+        let config = RmsNormConfig::new(hidden).with_partial(partial);
+        let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
+        let y = fresh.rms_norm(x, &config, Weights::NONE).await?;
+        let expected = reference::rms_norm(x, &config, None, None)?;
+        verify(&y, &expected, name, rows, hidden)?;
+        let kernel = gpu.kernel(&config)?;
+        let prepared = kernel.prepare(device, buffers, rows)?;
+        let variant = kernel.variant_name(buffers, rows);
+        names.push((name, p, variant, fresh.scratch_bytes()));
+        kernels.push((kernel, prepared));
+    }
+    Ok((names, kernels))
+}
+
+/// LayerNorm, checked and prepared like [`rms_contestants`].
+async fn layer_contestant(
+    gpu: &GpuContext,
+    x: &[f32],
+    rows: u32,
+    hidden: u32,
+    buffers: &RmsNormBuffers<'_>,
+) -> Result<(Named, LayerNorm, PreparedDispatch)> {
+    let (device, queue) = (gpu.device(), gpu.queue());
+    let config = LayerNormConfig::new(hidden);
+    let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
+    let y = fresh.layer_norm(x, &config, Weights::NONE).await?;
+    let expected = reference::layer_norm(x, &config, None, None)?;
+    verify(&y, &expected, "LayerNorm", rows, hidden)?;
+    let layer = LayerNorm::new(device, &config, &Default::default())?;
+    let prepared = layer.prepare(device, buffers, rows)?;
+    let variant = layer.variant_name(buffers, rows);
+    Ok((
+        ("LayerNorm", None, variant, fresh.scratch_bytes()),
+        layer,
+        prepared,
+    ))
+}
+
+/// The median seconds of each contestant. Samples are taken round-robin, so that a slow
+/// spell of a shared machine slows every contestant alike and the ratios stay fair.
+async fn round_robin_medians(
+    gpu: &GpuContext,
+    timer: &GpuTimer,
+    contestants: usize,
+    options: &BenchOptions,
+    record: &dyn Fn(usize, &mut wgpu::CommandEncoder, PassTimestamps<'_>) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let (device, queue) = (gpu.device(), gpu.queue());
     let mut reps = Vec::with_capacity(contestants);
     for c in 0..contestants {
         let once = timer
@@ -192,7 +216,20 @@ pub async fn bench_shape(
             times[c].push(t);
         }
     }
-    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    Ok(times.into_iter().map(median).collect())
+}
+
+/// A normalization's name, p, variant and the bytes its context held.
+type Named = (&'static str, Option<f64>, String, u64);
+
+/// The measurements from the medians: the copy engine, the fastest copy kernel, then the
+/// normalizations in the order of `names`.
+fn measurements(
+    medians: &[f64],
+    copies: &[(u32, CopyKernel)],
+    names: Vec<Named>,
+    bytes: u64,
+) -> Vec<Measurement> {
     let copy_engine = medians[0];
     let (best, copy_kernel) = medians[1..=copies.len()]
         .iter()
@@ -225,7 +262,7 @@ pub async fn bench_shape(
     {
         out.push(measurement(name, p, variant, *seconds, library_bytes));
     }
-    Ok(out)
+    out
 }
 
 fn verify(y: &[f32], expected: &[f64], name: &str, rows: u32, hidden: u32) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The high-level API: slices in, `Vec` out, on a device it picks or one you bring.
 
+use crate::adapter::{self, AdapterChoice};
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
 use crate::kernel::pipelines::PipelineCache;
@@ -8,66 +9,6 @@ use crate::kernel::{
 };
 use crate::platform;
 use std::sync::{Arc, Mutex, PoisonError};
-
-/// Which adapter [`GpuContext::new`] takes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterChoice {
-    /// Backends to look at (`WGPU_BACKEND`, e.g. `vulkan` or `vulkan,gl`).
-    pub backends: wgpu::Backends,
-    /// Only adapters whose name contains this, case-insensitive (`WGPU_ADAPTER_NAME`).
-    pub name: Option<String>,
-    /// `HighPerformance` ranks discrete GPUs first, `LowPower` integrated ones
-    /// (`WGPU_POWER_PREF`: `high` or `low`). Hardware always ranks above software adapters.
-    pub power_preference: wgpu::PowerPreference,
-}
-
-impl Default for AdapterChoice {
-    fn default() -> Self {
-        Self {
-            backends: wgpu::Backends::all(),
-            name: None,
-            power_preference: wgpu::PowerPreference::HighPerformance,
-        }
-    }
-}
-
-impl AdapterChoice {
-    /// The default choice, changed by `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
-    pub fn from_env() -> Self {
-        let default = Self::default();
-        #[cfg(not(target_arch = "wasm32"))]
-        let name = std::env::var("WGPU_ADAPTER_NAME")
-            .ok()
-            .filter(|n| !n.is_empty());
-        #[cfg(target_arch = "wasm32")]
-        let name = None;
-        Self {
-            backends: wgpu::Backends::from_env().unwrap_or(default.backends),
-            name,
-            power_preference: wgpu::PowerPreference::from_env().unwrap_or(default.power_preference),
-        }
-    }
-
-    /// Higher is better: device type by power preference, then Vulkan/Metal/DX12 over GL.
-    pub fn rank(&self, info: &wgpu::AdapterInfo) -> (u8, u8) {
-        use wgpu::DeviceType::*;
-        let low_power = self.power_preference == wgpu::PowerPreference::LowPower;
-        let device = match info.device_type {
-            DiscreteGpu if low_power => 3,
-            IntegratedGpu if low_power => 4,
-            DiscreteGpu => 4,
-            IntegratedGpu => 3,
-            VirtualGpu => 2,
-            Cpu => 1,
-            Other => 0,
-        };
-        let backend = match info.backend {
-            wgpu::Backend::Gl => 0,
-            _ => 1,
-        };
-        (device, backend)
-    }
-}
 
 /// Optional gain and bias vectors for a high-level call; each present exactly when the
 /// config asks for it.
@@ -175,7 +116,7 @@ impl GpuContext {
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         descriptor.backends = choice.backends;
         let instance = wgpu::Instance::new(descriptor);
-        let adapter = platform::find_adapter(&instance, choice).await?;
+        let adapter = adapter::find_adapter(&instance, choice).await?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-rmsnorm"),
@@ -319,6 +260,33 @@ impl GpuContext {
         config: &RmsNormConfig,
         weights: Weights<'_>,
     ) -> Result<Vec<f32>> {
+        let rows = self.check_call(x, config, weights)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let kernel = self.cached_kernel(norm, config)?;
+        let bytes = x.len() as u64 * 4;
+        let mut scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
+        // Any error wgpu raises for this call comes back as Error::Gpu (an out-of-memory
+        // device, or a bug here), not through the device's uncaptured-error handler.
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let submitted = self.submit_call(&kernel, &mut scratch, x, config, weights, rows);
+        // Both popped (innermost first) before any await: the guards are not Send.
+        let validation = validation.pop();
+        let out_of_memory = out_of_memory.pop();
+        let gpu_error = validation.await.or(out_of_memory.await);
+        let result = match (submitted, gpu_error) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(e)) => Err(Error::Gpu(e.to_string())),
+            (Ok(()), None) => self.read_output(&scratch, bytes).await,
+        };
+        self.return_scratch(scratch);
+        result
+    }
+
+    /// Checks a high-level call; returns its row count.
+    fn check_call(&self, x: &[f32], config: &RmsNormConfig, weights: Weights<'_>) -> Result<u32> {
         config.validate()?;
         if let Some(reason) = self
             .lost
@@ -333,28 +301,32 @@ impl GpuContext {
             weights.gain.map(<[f32]>::len),
             weights.bias.map(<[f32]>::len),
         )?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
         let too_large = Error::TooManyRows {
             rows: rows as u64,
             hidden: config.hidden,
         };
         let rows = u32::try_from(rows).map_err(|_| too_large.clone())?;
-        let bytes = x.len() as u64 * 4;
-        if bytes > self.device.limits().max_buffer_size {
+        if x.len() as u64 * 4 > self.device.limits().max_buffer_size {
             return Err(too_large);
         }
-        let kernel = self.cached_kernel(norm, config)?;
+        Ok(rows)
+    }
 
-        let mut scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
+    /// Uploads the call's data, records the kernel and the copies to the staging buffer,
+    /// and submits.
+    fn submit_call(
+        &self,
+        kernel: &Arc<KernelCore>,
+        scratch: &mut Scratch,
+        x: &[f32],
+        config: &RmsNormConfig,
+        weights: Weights<'_>,
+        rows: u32,
+    ) -> Result<()> {
+        let bytes = x.len() as u64 * 4;
         let vector_bytes = u64::from(config.hidden) * 4;
         // Gain at 0, bias after it, on a 256-byte boundary.
         let bias_offset = vector_bytes.next_multiple_of(256);
-        // Any error wgpu raises for this call comes back as Error::Gpu (an out-of-memory
-        // device, or a bug here), not through the device's uncaptured-error handler.
-        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue
             .write_buffer(&scratch.input, 0, bytemuck::cast_slice(x));
         if let Some(gain) = weights.gain {
@@ -387,7 +359,7 @@ impl GpuContext {
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
-        let kernel_id = Arc::as_ptr(&kernel) as usize;
+        let kernel_id = Arc::as_ptr(kernel) as usize;
         let prepared = match scratch.prepared.take() {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
             _ => kernel.prepare(&self.device, &buffers, rows)?,
@@ -399,42 +371,36 @@ impl GpuContext {
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &scratch.staging, bytes, TIMESTAMP_BYTES);
         }
+        self.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Maps the staging buffer and reads `bytes` of output (and the call's timestamps).
+    async fn read_output(&self, scratch: &Scratch, bytes: u64) -> Result<Vec<f32>> {
         let mapped = bytes
             + if self.call_timer.is_some() {
                 TIMESTAMP_BYTES
             } else {
                 0
             };
-        self.queue.submit([encoder.finish()]);
-        // Both popped (innermost first) before any await: the guards are not Send.
-        let validation = validation.pop();
-        let out_of_memory = out_of_memory.pop();
-        let gpu_error = validation.await.or(out_of_memory.await);
-
         let slice = scratch.staging.slice(..mapped);
-        let result = match gpu_error {
-            Some(e) => Err(Error::Gpu(e.to_string())),
-            None => platform::map_read(&self.device, slice).await,
-        }
-        .and_then(|()| {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            let (output, ticks) = view.split_at(bytes as usize);
-            if let Some(t) = &self.call_timer {
-                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(ticks);
-                let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
-                *self
-                    .last_gpu_seconds
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
-            }
-            Ok(bytemuck::pod_collect_to_vec::<u8, f32>(output))
-        });
-        if result.is_ok() {
-            scratch.staging.unmap();
-        }
-        self.return_scratch(scratch);
+        platform::map_read(&self.device, slice).await?;
+        let result = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))
+            .map(|view| {
+                let (output, ticks) = view.split_at(bytes as usize);
+                if let Some(t) = &self.call_timer {
+                    let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(ticks);
+                    let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
+                    *self
+                        .last_gpu_seconds
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
+                }
+                bytemuck::pod_collect_to_vec::<u8, f32>(output)
+            });
+        scratch.staging.unmap();
         result
     }
 
@@ -547,25 +513,6 @@ mod tests {
     fn futures_are_send(gpu: &GpuContext, x: &[f32], config: &RmsNormConfig) {
         assert_send(&gpu.rms_norm(x, config, Weights::NONE));
         assert_send(&GpuContext::new());
-    }
-
-    #[test]
-    fn adapter_ranking_prefers_hardware_then_native_backends() {
-        let info = wgpu::AdapterInfo::new;
-        use wgpu::{Backend, DeviceType::*};
-        let high = AdapterChoice::default();
-        let low = AdapterChoice {
-            power_preference: wgpu::PowerPreference::LowPower,
-            ..AdapterChoice::default()
-        };
-        let discrete = info(DiscreteGpu, Backend::Vulkan);
-        let integrated = info(IntegratedGpu, Backend::Vulkan);
-        let lavapipe = info(Cpu, Backend::Vulkan);
-        let llvmpipe_gl = info(Cpu, Backend::Gl);
-        assert!(high.rank(&discrete) > high.rank(&integrated));
-        assert!(low.rank(&integrated) > low.rank(&discrete));
-        assert!(low.rank(&discrete) > low.rank(&lavapipe));
-        assert!(high.rank(&lavapipe) > high.rank(&llvmpipe_gl));
     }
 
     #[test]

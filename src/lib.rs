@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod adapter;
 pub mod bench;
 pub mod config;
 pub mod context;
@@ -11,10 +12,11 @@ pub mod reference;
 pub mod shaders;
 pub mod timing;
 
+pub use adapter::AdapterChoice;
 pub use config::{
     EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig, DEFAULT_EPS, DEFAULT_LAYER_NORM_EPS,
 };
-pub use context::{AdapterChoice, GpuContext, Weights};
+pub use context::{GpuContext, Weights};
 pub use error::{Error, Result};
 pub use kernel::plan::{DeviceCaps, Plan};
 pub use kernel::{

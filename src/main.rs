@@ -122,38 +122,11 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
 
     async fn run(args: &Args) -> wgpu_rmsnorm::Result<bool> {
         let gpu = GpuContext::with_adapter_choice(&AdapterChoice::from_env(), args.options).await?;
-        let info = gpu.adapter_info();
         let device = gpu.device();
         let timer = GpuTimer::new(device, gpu.queue());
-        println!(
-            "adapter: {} ({:?}, {:?}), subgroups: {}, timing: {}",
-            info.name,
-            info.backend,
-            info.device_type,
-            if device.features().contains(wgpu::Features::SUBGROUP) {
-                format!("{}..{}", info.subgroup_min_size, info.subgroup_max_size)
-            } else {
-                "no".into()
-            },
-            if timer.uses_timestamps() {
-                "timestamp queries"
-            } else {
-                "wall clock"
-            }
-        );
+        print_setup(&gpu, &timer, args);
         let (rows, n) = (args.rows, args.config.hidden);
         let len = rows as usize * n as usize;
-        let eps_mode = match args.config.eps_mode {
-            EpsMode::InsideRoot => "inside the root",
-            EpsMode::AddedToRms => "added to the RMS",
-        };
-        println!(
-            "shape: {rows} x {n} f32 ({:.1} MiB), eps {:e} {eps_mode}, gain {:?}, bias {}",
-            len as f64 * 4.0 / (1 << 20) as f64,
-            args.config.eps,
-            args.config.gain,
-            args.config.bias
-        );
         let x = reference::sample_data(len, 1, 4.0);
         let gain =
             (args.config.gain != Gain::None).then(|| reference::sample_data(n as usize, 2, 4.0));
@@ -198,36 +171,86 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         let mut all_pass = true;
         for (name, partial) in [("RMSNorm", PartialRms::Full), ("pRMSNorm", args.partial)] {
             let config = args.config.with_partial(partial);
-            let y = gpu.rms_norm(&x, &config, weights).await?;
-            let expected = reference::rms_norm(&x, &config, weights.gain, weights.bias)?;
-            let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
-            let pass = stats.failures == 0;
-            all_pass &= pass;
-
-            let kernel = gpu.kernel(&config)?;
-            let seconds = timer
-                .median(device, gpu.queue(), args.samples, 0.01, |encoder, ts| {
-                    kernel.encode_with_timestamps(device, encoder, &buffers, rows, ts)
-                })
-                .await?;
-            // Bytes moved: x read (k elements twice where the row is re-read: counted once),
-            // y written, gain and bias read once per call.
-            let weight_bytes = 4 * u64::from(n) * (gain.is_some() as u64 + bias.is_some() as u64);
-            let bytes = 2 * len as u64 * 4 + weight_bytes;
-            let variant = kernel.variant_name(&buffers, rows);
-            println!(
-                "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
-                name,
-                kernel.rms_count(),
-                variant,
-                stats.max_abs,
-                stats.max_rel,
-                if pass { "PASS" } else { "FAIL" },
-                seconds * 1e3,
-                bytes as f64 / seconds / 1e9
-            );
+            all_pass &=
+                check_and_time(&gpu, &timer, args, &x, &config, weights, &buffers, name).await?;
         }
         Ok(all_pass)
+    }
+
+    /// The adapter, timing method and shape, as the first lines of the report.
+    fn print_setup(gpu: &GpuContext, timer: &GpuTimer, args: &Args) {
+        let info = gpu.adapter_info();
+        println!(
+            "adapter: {} ({:?}, {:?}), subgroups: {}, timing: {}",
+            info.name,
+            info.backend,
+            info.device_type,
+            if gpu.device().features().contains(wgpu::Features::SUBGROUP) {
+                format!("{}..{}", info.subgroup_min_size, info.subgroup_max_size)
+            } else {
+                "no".into()
+            },
+            if timer.uses_timestamps() {
+                "timestamp queries"
+            } else {
+                "wall clock"
+            }
+        );
+        let (rows, n) = (args.rows, args.config.hidden);
+        let eps_mode = match args.config.eps_mode {
+            EpsMode::InsideRoot => "inside the root",
+            EpsMode::AddedToRms => "added to the RMS",
+        };
+        println!(
+            "shape: {rows} x {n} f32 ({:.1} MiB), eps {:e} {eps_mode}, gain {:?}, bias {}",
+            f64::from(rows) * f64::from(n) * 4.0 / (1 << 20) as f64,
+            args.config.eps,
+            args.config.gain,
+            args.config.bias
+        );
+    }
+
+    /// One kernel: checked against the reference through the high-level API, timed through
+    /// the low-level one on `buffers`, reported as a table row. Returns whether it passed.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_and_time(
+        gpu: &GpuContext,
+        timer: &GpuTimer,
+        args: &Args,
+        x: &[f32],
+        config: &RmsNormConfig,
+        weights: Weights<'_>,
+        buffers: &RmsNormBuffers<'_>,
+        name: &str,
+    ) -> wgpu_rmsnorm::Result<bool> {
+        let device = gpu.device();
+        let rows = args.rows;
+        let y = gpu.rms_norm(x, config, weights).await?;
+        let expected = reference::rms_norm(x, config, weights.gain, weights.bias)?;
+        let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+        let pass = stats.failures == 0;
+        let kernel = gpu.kernel(config)?;
+        let seconds = timer
+            .median(device, gpu.queue(), args.samples, 0.01, |encoder, ts| {
+                kernel.encode_with_timestamps(device, encoder, buffers, rows, ts)
+            })
+            .await?;
+        // Bytes moved: x read (k elements twice where the row is re-read: counted once),
+        // y written, gain and bias read once per call.
+        let vectors = weights.gain.is_some() as u64 + weights.bias.is_some() as u64;
+        let bytes = 2 * x.len() as u64 * 4 + 4 * u64::from(config.hidden) * vectors;
+        println!(
+            "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
+            name,
+            kernel.rms_count(),
+            kernel.variant_name(buffers, rows),
+            stats.max_abs,
+            stats.max_rel,
+            if pass { "PASS" } else { "FAIL" },
+            seconds * 1e3,
+            bytes as f64 / seconds / 1e9
+        );
+        Ok(pass)
     }
 }
 

@@ -461,6 +461,29 @@ type ParsedOptions = Parsed<RmsNormConfig>;
 
 const KNOWN_OPTIONS: [&str; 7] = ["gain", "gainOffset", "bias", "eps", "epsMode", "p", "k"];
 
+/// `p` or `k` of pRmsNorm, neither for rmsNorm.
+fn parse_partial(partial: bool, p: Option<f64>, k: Option<f64>) -> Result<PartialRms, JsError> {
+    Ok(match (partial, p, k) {
+        (false, None, None) => PartialRms::Full,
+        (false, _, _) => return Err(JsError::new("rmsNorm takes no p or k: call pRmsNorm")),
+        (true, Some(p), None) => PartialRms::Fraction(p),
+        (true, None, Some(k)) if k.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&k) => {
+            PartialRms::Count(k as u32)
+        }
+        (true, None, Some(k)) => {
+            return Err(JsError::new(&format!(
+                "option k = {k} must be a whole number >= 1"
+            )))
+        }
+        (true, Some(_), Some(_)) => return Err(JsError::new("pass p or k, not both")),
+        (true, None, None) => {
+            return Err(JsError::new(
+                "pRmsNorm needs p (0 < p <= 1) or k (1 <= k <= hidden)",
+            ))
+        }
+    })
+}
+
 fn parse_options(hidden: u32, options: &JsValue, partial: bool) -> Result<ParsedOptions, JsError> {
     let mut config = RmsNormConfig::new(hidden);
     let mut gain = None;
@@ -521,27 +544,7 @@ fn parse_options(hidden: u32, options: &JsValue, partial: bool) -> Result<Parsed
         (Some(_), true) => Gain::UnitOffset,
     };
     config.bias = bias.is_some();
-    let p = number("p")?;
-    let k = number("k")?;
-    config.partial = match (partial, p, k) {
-        (false, None, None) => PartialRms::Full,
-        (false, _, _) => return Err(JsError::new("rmsNorm takes no p or k: call pRmsNorm")),
-        (true, Some(p), None) => PartialRms::Fraction(p),
-        (true, None, Some(k)) if k.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&k) => {
-            PartialRms::Count(k as u32)
-        }
-        (true, None, Some(k)) => {
-            return Err(JsError::new(&format!(
-                "option k = {k} must be a whole number >= 1"
-            )))
-        }
-        (true, Some(_), Some(_)) => return Err(JsError::new("pass p or k, not both")),
-        (true, None, None) => {
-            return Err(JsError::new(
-                "pRmsNorm needs p (0 < p <= 1) or k (1 <= k <= hidden)",
-            ))
-        }
-    };
+    config.partial = parse_partial(partial, number("p")?, number("k")?)?;
     Ok(ParsedOptions { config, gain, bias })
 }
 

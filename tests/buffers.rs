@@ -260,3 +260,52 @@ fn a_prepared_dispatch_is_recorded_again_with_new_data() {
         assert_matches_reference(&y, &x, &config, None, None, &format!("step {step}"));
     }
 }
+
+/// eps and k travel in the uniform buffer: 200 distinct eps values (and pRMSNorm's k) compile
+/// no pipeline after the first call, and the context keeps a bounded number of plans.
+#[test]
+fn new_eps_values_compile_no_pipelines() {
+    let Some(turn) = gpu() else { return };
+    let gpu: &GpuContext = &turn;
+    let x = data(16 * 256, 5);
+    let first = RmsNormConfig::new(256).with_eps(1e-6);
+    gpu.rms_norm_blocking(&x, &first, Weights::NONE).unwrap();
+    let pipelines = gpu.pipeline_count();
+    let rss_before = resident_kib();
+    for i in 0..200 {
+        let eps = 1e-6 * (1.0 + i as f32 / 8.0);
+        let config = first
+            .with_eps(eps)
+            .with_partial(PartialRms::Count(1 + i % 256));
+        let y = gpu.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+        if i % 50 == 0 {
+            let expected = wgpu_rmsnorm::reference::rms_norm(&x, &config, None, None).unwrap();
+            assert_close(&y, &expected, &format!("eps {eps}"));
+        }
+    }
+    assert_eq!(
+        gpu.pipeline_count(),
+        pipelines,
+        "a new eps or k compiled pipelines"
+    );
+    eprintln!(
+        "200 eps values: {pipelines} pipelines, resident memory {} -> {} KiB",
+        rss_before,
+        resident_kib()
+    );
+}
+
+/// This process's resident memory (Linux), or 0 where it cannot be read.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}

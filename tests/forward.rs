@@ -521,3 +521,47 @@ fn capped_dispatches_loop_over_rows() {
         }
     }
 }
+
+/// Forced small workgroups on rows near and past the iteration budget (llvmpipe silently
+/// stops loops after 65535 iterations): each is either refused with a typed error or right.
+#[test]
+fn forced_small_workgroups_are_right_or_refused() {
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
+    let mut ran = 0;
+    let mut refused = 0;
+    for n in [65537u32, 262147] {
+        let x = data(2 * n as usize, u64::from(n));
+        let config = RmsNormConfig::new(n);
+        for reduction in reductions(gpu) {
+            for workgroup_size in [Some(1), Some(4), Some(8), None] {
+                let options = KernelOptions {
+                    reduction,
+                    workgroup_size,
+                    split_rows: Some(false),
+                    ..KernelOptions::default()
+                };
+                match wgpu_rmsnorm::RmsNorm::new(gpu.device(), &config, &options) {
+                    Ok(_) => {
+                        let y = run_kernel(gpu, &config, &options, &x, None, None);
+                        let what = format!("n={n} {options:?}");
+                        assert_matches_reference(&y, &x, &config, None, None, &what);
+                        ran += 1;
+                    }
+                    Err(e) => {
+                        assert!(
+                            matches!(
+                                e,
+                                wgpu_rmsnorm::Error::InvalidWorkgroupSize { .. }
+                                    | wgpu_rmsnorm::Error::UnsupportedOption { .. }
+                            ),
+                            "{e:?}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(ran > 0 && refused > 0, "ran {ran}, refused {refused}");
+}
