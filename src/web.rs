@@ -9,8 +9,9 @@
 //! console.log(gpu.adapterInfo(), gpu.lastGpuTimeMs());
 //! ```
 
+use crate::adapter::AdapterChoice;
 use crate::config::{EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig};
-use crate::context::{AdapterChoice, GpuContext, Weights};
+use crate::context::{GpuContext, Weights};
 use crate::kernel::{KernelOptions, Reduction};
 use crate::reference;
 use js_sys::{Array, Float32Array, Float64Array, Object, Reflect};

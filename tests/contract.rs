@@ -1,5 +1,6 @@
 //! The WGSL/Rust contract, read from the WGSL through naga's reflection: the `Params`
 //! uniform block and the binding indices cannot drift apart. No GPU needed.
+#![cfg(not(target_arch = "wasm32"))] // Native; tests/web.rs runs in the browser.
 
 #[path = "../src/shader_check.rs"]
 mod shader_check;

@@ -2,6 +2,7 @@
 //! shapes and options, and the invariants every plan must keep. Then every planned pipeline
 //! is built on wgpu's noop backend with each device's limits and features, so that wgpu
 //! itself validates what the plan produces. No GPU needed.
+#![cfg(not(target_arch = "wasm32"))] // Native; tests/web.rs runs in the browser.
 
 use wgpu_rmsnorm::kernel::plan::{
     row_iterations, DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET,
