@@ -272,35 +272,20 @@ impl KernelCore {
 }
 
 impl NormKernel<Rms> {
-    /// Validates `config`, plans it for the device ([`plan::Plan::new`]: the reduction,
-    /// workgroup size, element layouts, read-once and split rows) and builds the pipelines.
-    pub fn new(
-        device: &wgpu::Device,
-        config: &RmsNormConfig,
-        options: &KernelOptions,
-    ) -> Result<Self> {
-        Self::with_cache(&PipelineCache::new(device), config, options)
-    }
-
     /// The number of leading elements the RMS is taken over.
     pub fn rms_count(&self) -> u32 {
         self.core.plan.k
     }
 }
 
-impl NormKernel<Layer> {
-    /// Validates `config`, plans it for the device and builds the pipelines (the same plan
-    /// rules as [`RmsNorm::new`]).
-    pub fn new(
-        device: &wgpu::Device,
-        config: &LayerNormConfig,
-        options: &KernelOptions,
-    ) -> Result<Self> {
+impl<N: NormKind> NormKernel<N> {
+    /// Validates `config`, plans it for the device ([`plan::Plan::new`]: the reduction,
+    /// workgroup size, element layouts, read-once and split rows; the same rules for every
+    /// normalization) and builds the pipelines.
+    pub fn new(device: &wgpu::Device, config: &N::Config, options: &KernelOptions) -> Result<Self> {
         Self::with_cache(&PipelineCache::new(device), config, options)
     }
-}
 
-impl<N: NormKind> NormKernel<N> {
     pub(crate) fn with_cache(
         cache: &PipelineCache,
         config: &N::Config,
