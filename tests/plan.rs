@@ -188,14 +188,75 @@ fn option_sets() -> Vec<KernelOptions> {
     sets
 }
 
-/// Whether a subgroup reduction is correct when the device runs subgroups of `width`:
-/// the general one counts active lanes, so it is; a single subgroup only if the workgroup
-/// fits one subgroup.
-fn reduction_correct(reduction: ReductionKind, workgroup_size: u32, width: u32) -> bool {
+/// The workgroup sum each invocation gets from `reduction` (the algorithms of
+/// `shaders/reduce_*.wgsl`, step by step) when the device runs subgroups of `width`: lanes
+/// are cut into subgroups of `width`, the last one partly filled where `width` does not
+/// divide the workgroup, and `subgroupAdd` adds over a lane's own subgroup only.
+fn emulate_reduction(reduction: ReductionKind, values: &[f32], width: usize) -> Vec<f32> {
+    let wg = values.len();
+    let subgroup_of = |lane: usize| lane / width;
+    let members = |lane: usize| (subgroup_of(lane) * width)..((subgroup_of(lane) + 1) * width).min(wg);
+    let subgroup_add = |lane: usize, v: &dyn Fn(usize) -> f32| members(lane).map(v).sum::<f32>();
     match reduction {
-        ReductionKind::WorkgroupTree | ReductionKind::Subgroups => true,
-        ReductionKind::SingleSubgroup => workgroup_size <= width,
+        ReductionKind::WorkgroupTree => {
+            let mut tree = values.to_vec();
+            let mut half = wg / 2;
+            while half > 0 {
+                for lane in 0..half {
+                    tree[lane] += tree[lane + half];
+                }
+                half /= 2;
+            }
+            vec![tree[0]; wg]
+        }
+        ReductionKind::SingleSubgroup => (0..wg).map(|lane| subgroup_add(lane, &|i| values[i])).collect(),
+        ReductionKind::Subgroups => {
+            let lane_in = |lane: usize| lane - subgroup_of(lane) * width;
+            let active = |lane: usize| members(lane).len();
+            let partials: Vec<f32> = (0..wg)
+                .map(|lane| {
+                    if lane_in(lane) == 0 {
+                        subgroup_add(lane, &|i| values[i])
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let s = |lane: usize| {
+                (lane_in(lane)..wg)
+                    .step_by(active(lane))
+                    .map(|i| partials[i])
+                    .sum::<f32>()
+            };
+            let total = subgroup_add(0, &s);
+            vec![total; wg]
+        }
     }
+}
+
+/// Whether `reduction` with `workgroup_size` invocations sums right (every lane, within f32
+/// rounding) on subgroups of `width`.
+fn reduction_correct(reduction: ReductionKind, workgroup_size: u32, width: u32) -> bool {
+    let values: Vec<f32> = (0..workgroup_size).map(|i| 1.0 + (i % 7) as f32).collect();
+    let exact: f64 = values.iter().map(|&v| f64::from(v)).sum();
+    emulate_reduction(reduction, &values, width as usize)
+        .iter()
+        .all(|&got| (f64::from(got) - exact).abs() <= exact * 1e-6)
+}
+
+#[test]
+fn the_emulated_reductions_catch_a_wrong_subgroup_assumption() {
+    // The general subgroup reduction is right at any width, even above the workgroup size.
+    for wg in [1, 8, 64, 256] {
+        for width in [4, 8, 16, 32, 64, 128] {
+            assert!(reduction_correct(ReductionKind::Subgroups, wg, width));
+            assert!(reduction_correct(ReductionKind::WorkgroupTree, wg, width));
+        }
+    }
+    // A single subgroup is right only where the workgroup fits one subgroup: a workgroup of
+    // 16 on an adapter that reports 16 and runs 8 (Intel on D3D12) sums half the values.
+    assert!(reduction_correct(ReductionKind::SingleSubgroup, 16, 16));
+    assert!(!reduction_correct(ReductionKind::SingleSubgroup, 16, 8));
 }
 
 fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, what: &str) {
