@@ -195,7 +195,8 @@ fn option_sets() -> Vec<KernelOptions> {
 fn emulate_reduction(reduction: ReductionKind, values: &[f32], width: usize) -> Vec<f32> {
     let wg = values.len();
     let subgroup_of = |lane: usize| lane / width;
-    let members = |lane: usize| (subgroup_of(lane) * width)..((subgroup_of(lane) + 1) * width).min(wg);
+    let members =
+        |lane: usize| (subgroup_of(lane) * width)..((subgroup_of(lane) + 1) * width).min(wg);
     let subgroup_add = |lane: usize, v: &dyn Fn(usize) -> f32| members(lane).map(v).sum::<f32>();
     match reduction {
         ReductionKind::WorkgroupTree => {
@@ -209,7 +210,9 @@ fn emulate_reduction(reduction: ReductionKind, values: &[f32], width: usize) -> 
             }
             vec![tree[0]; wg]
         }
-        ReductionKind::SingleSubgroup => (0..wg).map(|lane| subgroup_add(lane, &|i| values[i])).collect(),
+        ReductionKind::SingleSubgroup => (0..wg)
+            .map(|lane| subgroup_add(lane, &|i| values[i]))
+            .collect(),
         ReductionKind::Subgroups => {
             let lane_in = |lane: usize| lane - subgroup_of(lane) * width;
             let active = |lane: usize| members(lane).len();

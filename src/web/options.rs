@@ -1,0 +1,243 @@
+//! The JavaScript options objects, checked key by key into the crate's configs: a typo or a
+//! wrong type is an error that names the option, never silently ignored.
+
+use crate::adapter::AdapterChoice;
+use crate::config::{EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig};
+use crate::context::Weights;
+use crate::kernel::{KernelOptions, Reduction};
+use js_sys::{Float32Array, Object, Reflect};
+use wasm_bindgen::prelude::*;
+
+pub(super) fn parse_create_options(
+    options: &JsValue,
+) -> Result<(AdapterChoice, KernelOptions), JsError> {
+    let mut choice = AdapterChoice::default();
+    let mut kernel = KernelOptions::default();
+    if options.is_undefined() || options.is_null() {
+        return Ok((choice, kernel));
+    }
+    check_keys(
+        options,
+        &[
+            "powerPreference",
+            "reduction",
+            "workgroupSize",
+            "maxWorkgroups",
+        ],
+    )?;
+    let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    choice.power_preference = match get("powerPreference").as_string().as_deref() {
+        _ if get("powerPreference").is_undefined() => choice.power_preference,
+        Some("high-performance") => wgpu::PowerPreference::HighPerformance,
+        Some("low-power") => wgpu::PowerPreference::LowPower,
+        _ => {
+            return Err(JsError::new(
+                "option powerPreference must be \"high-performance\" or \"low-power\"",
+            ))
+        }
+    };
+    kernel.reduction =
+        match get("reduction").as_string().as_deref() {
+            _ if get("reduction").is_undefined() => Reduction::Auto,
+            Some("auto") => Reduction::Auto,
+            Some("tree") => Reduction::WorkgroupTree,
+            Some("subgroups") => Reduction::Subgroups,
+            Some("single-subgroup") => Reduction::SingleSubgroup,
+            _ => return Err(JsError::new(
+                "option reduction must be \"auto\", \"tree\", \"subgroups\" or \"single-subgroup\"",
+            )),
+        };
+    let size = get("workgroupSize");
+    if !size.is_undefined() {
+        kernel.workgroup_size = match size.as_f64() {
+            Some(v)
+                if (1.0..=1024.0).contains(&v)
+                    && (v as u32).is_power_of_two()
+                    && v.fract() == 0.0 =>
+            {
+                Some(v as u32)
+            }
+            _ => {
+                return Err(JsError::new(
+                    "option workgroupSize must be a power of two from 1 to 1024",
+                ))
+            }
+        };
+    }
+    let cap = get("maxWorkgroups");
+    if !cap.is_undefined() {
+        kernel.max_workgroups = match cap.as_f64() {
+            Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) => Some(v as u32),
+            _ => {
+                return Err(JsError::new(
+                    "option maxWorkgroups must be a whole number >= 1",
+                ))
+            }
+        };
+    }
+    Ok((choice, kernel))
+}
+
+/// Refuses keys that are not options (a typo would otherwise be ignored).
+fn check_keys(options: &JsValue, known: &[&str]) -> Result<(), JsError> {
+    if !options.is_object() {
+        return Err(JsError::new("options must be an object"));
+    }
+    for key in Object::keys(options.unchecked_ref::<Object>()).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if !known.contains(&key.as_str()) {
+            return Err(JsError::new(&format!(
+                "unknown option {key:?}: the options are {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A config with the weights it was given.
+pub(super) struct Parsed<C> {
+    pub(super) config: C,
+    pub(super) gain: Option<Vec<f32>>,
+    pub(super) bias: Option<Vec<f32>>,
+}
+
+impl<C> Parsed<C> {
+    pub(super) fn weights(&self) -> Weights<'_> {
+        Weights {
+            gain: self.gain.as_deref(),
+            bias: self.bias.as_deref(),
+        }
+    }
+}
+
+pub(super) type ParsedOptions = Parsed<RmsNormConfig>;
+
+const KNOWN_OPTIONS: [&str; 7] = ["gain", "gainOffset", "bias", "eps", "epsMode", "p", "k"];
+
+/// `p` or `k` of pRmsNorm, neither for rmsNorm.
+fn parse_partial(partial: bool, p: Option<f64>, k: Option<f64>) -> Result<PartialRms, JsError> {
+    Ok(match (partial, p, k) {
+        (false, None, None) => PartialRms::Full,
+        (false, _, _) => return Err(JsError::new("rmsNorm takes no p or k: call pRmsNorm")),
+        (true, Some(p), None) => PartialRms::Fraction(p),
+        (true, None, Some(k)) if k.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&k) => {
+            PartialRms::Count(k as u32)
+        }
+        (true, None, Some(k)) => {
+            return Err(JsError::new(&format!(
+                "option k = {k} must be a whole number >= 1"
+            )))
+        }
+        (true, Some(_), Some(_)) => return Err(JsError::new("pass p or k, not both")),
+        (true, None, None) => {
+            return Err(JsError::new(
+                "pRmsNorm needs p (0 < p <= 1) or k (1 <= k <= hidden)",
+            ))
+        }
+    })
+}
+
+pub(super) fn parse_options(
+    hidden: u32,
+    options: &JsValue,
+    partial: bool,
+) -> Result<ParsedOptions, JsError> {
+    let mut config = RmsNormConfig::new(hidden);
+    let mut gain = None;
+    let mut bias = None;
+    if options.is_undefined() || options.is_null() {
+        if partial {
+            return Err(JsError::new(
+                "pRmsNorm needs options with p (0 < p <= 1) or k (1 <= k <= hidden)",
+            ));
+        }
+        return Ok(ParsedOptions { config, gain, bias });
+    }
+    check_keys(options, &KNOWN_OPTIONS)?;
+    let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    let number = |key: &str| -> Result<Option<f64>, JsError> {
+        let value = get(key);
+        if value.is_undefined() {
+            return Ok(None);
+        }
+        value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
+    };
+    let vector = |key: &str| -> Result<Option<Vec<f32>>, JsError> {
+        let value = get(key);
+        if value.is_undefined() {
+            return Ok(None);
+        }
+        value
+            .dyn_into::<Float32Array>()
+            .map(|a| Some(a.to_vec()))
+            .map_err(|_| JsError::new(&format!("option {key} must be a Float32Array")))
+    };
+    if let Some(eps) = number("eps")? {
+        config.eps = eps as f32;
+    }
+    config.eps_mode = match get("epsMode").as_string().as_deref() {
+        None if get("epsMode").is_undefined() => EpsMode::InsideRoot,
+        Some("inside") => EpsMode::InsideRoot,
+        Some("add") => EpsMode::AddedToRms,
+        _ => return Err(JsError::new("option epsMode must be \"inside\" or \"add\"")),
+    };
+    gain = vector("gain")?;
+    bias = vector("bias")?;
+    let gain_offset = get("gainOffset");
+    let unit_offset = match gain_offset.as_bool() {
+        Some(b) => b,
+        None if gain_offset.is_undefined() => false,
+        None => return Err(JsError::new("option gainOffset must be a boolean")),
+    };
+    if unit_offset && gain.is_none() {
+        return Err(JsError::new("option gainOffset needs a gain"));
+    }
+    config.gain = match (&gain, unit_offset) {
+        (None, _) => Gain::None,
+        (Some(_), false) => Gain::Scale,
+        (Some(_), true) => Gain::UnitOffset,
+    };
+    config.bias = bias.is_some();
+    config.partial = parse_partial(partial, number("p")?, number("k")?)?;
+    Ok(ParsedOptions { config, gain, bias })
+}
+
+pub(super) type ParsedLayerOptions = Parsed<LayerNormConfig>;
+
+/// layerNorm's options: those of rmsNorm without p, k and epsMode (eps is inside the root).
+pub(super) fn parse_layer_options(
+    hidden: u32,
+    options: &JsValue,
+) -> Result<ParsedLayerOptions, JsError> {
+    for key in ["p", "k", "epsMode"] {
+        if has_key(options, key) {
+            return Err(JsError::new(&format!(
+                "layerNorm takes no {key}: its eps is always inside the root, over the whole row"
+            )));
+        }
+    }
+    let eps_given = has_key(options, "eps");
+    let parsed = parse_options(hidden, options, false)?;
+    let rms = parsed.config;
+    let config = LayerNormConfig::new(hidden)
+        .with_gain(rms.gain)
+        .with_bias(rms.bias)
+        .with_eps(if eps_given {
+            rms.eps
+        } else {
+            crate::config::DEFAULT_LAYER_NORM_EPS
+        });
+    Ok(ParsedLayerOptions {
+        config,
+        gain: parsed.gain,
+        bias: parsed.bias,
+    })
+}
+
+pub(super) fn has_key(options: &JsValue, key: &str) -> bool {
+    options.is_object() && Reflect::has(options, &key.into()).unwrap_or(false)
+}
