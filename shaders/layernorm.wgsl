@@ -4,10 +4,13 @@
 //
 //   y = (x - mean(x)) / sqrt(var(x) + eps) * g + b
 //
-// The statistics come from one pass of shifted sums: with K = the row's first element,
-// var = sum((x - K)^2) / n - (sum(x - K) / n)^2, which stays accurate when the mean is far
-// from zero (the plain sum-of-squares formula cancels catastrophically there). So LayerNorm
-// reads x twice like RMSNorm, and pays a second reduction and the subtraction.
+// The statistics come from one pass: each invocation keeps Welford's running mean and sum
+// of squared deviations of its own elements (per lane of an Elem), and the workgroup merges
+// them by Chan's formula, M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2): every term is >= 0,
+// so nothing cancels, wherever an outlier stands in the row (the shifted sums this replaced
+// lost 5e-4 of relative accuracy when the first element was an outlier). LayerNorm reads x
+// twice like RMSNorm, and pays a second reduction, the subtraction and one division per
+// load.
 //
 // The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*) and
 // norm_common.wgsl (Params, the options, bindings, store).
@@ -21,26 +24,32 @@ fn layer_norm(
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
         let row_start = params.x_base + row * params.row_len;
+        // Statistics of x - K, K the row's first element: x - K is exact for x near K, so a
+        // row far from zero keeps the digits that matter (the mean of x rounded back to x's
+        // magnitude would lose them).
         let shift = elem_first(x[row_start]);
 
-        var sum = Elem(0.0);
-        var sum_sq = Elem(0.0);
+        var count = 0.0;
+        var local_mean = Elem(0.0);
+        var local_m2 = Elem(0.0);
         for (var i = lane; i < params.row_len; i = i + WG) {
-            let d = x[row_start + i] - shift;
-            sum = sum + d;
-            sum_sq = sum_sq + d * d;
+            let v = x[row_start + i] - shift;
+            count = count + 1.0;
+            let delta = v - local_mean;
+            local_mean = local_mean + delta * (1.0 / count);
+            local_m2 = local_m2 + delta * (v - local_mean);
         }
-        let mean_shifted = reduce_sum(elem_sum(sum)) / params.k_f32;
-        let variance = max(reduce_sum(elem_sum(sum_sq)) / params.k_f32 - mean_shifted * mean_shifted, 0.0);
+        let mean = reduce_sum(elem_sum(local_mean * count)) / params.k_f32;
+        let deviation = local_mean - Elem(mean);
+        let m2 = reduce_sum(elem_sum(local_m2 + deviation * deviation * count));
+        let variance = max(m2 / params.k_f32, 0.0);
         // A constant row with eps = 0 has no defined scale: 0, as RMSNorm does, never NaN.
         let denominator = variance + params.eps;
         let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
 
         let out_start = params.y_base + row * params.row_len;
         for (var i = lane; i < params.row_len; i = i + WG) {
-            // (x - K) - mean(x - K) rather than x - mean: x - K is exact for x near K, and
-            // the mean rounded back to x's magnitude would lose the digits that matter.
-            store(out_start, i, ((x[row_start + i] - shift) - mean_shifted) * scale);
+            store(out_start, i, ((x[row_start + i] - shift) - mean) * scale);
         }
     }
 }

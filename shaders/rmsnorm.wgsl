@@ -84,11 +84,25 @@ fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
     return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
 }
 
-// y = (x * pre) * scale * g + b for Elems first, first + WG, ... below end of one row.
-fn write_scaled(row: u32, row_start: u32, first: u32, end: u32, pre: f32, scale: f32) {
+// The two factors of y = (x * f.x) * f.y for a row whose elements scaled by `pre` have the
+// scale `scale`. Where their product (1 / rms of x itself) is a normal f32 it is applied
+// alone: one rounding, and no element beyond pRMSNorm's k is scaled by 2^80 on its way (a
+// tiny first k and a large tail would overflow there). Else (rms beyond ~2^126) x is scaled
+// down by `pre` first, which overflows nothing.
+fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
+    let factor = pre * scale;
+    let exponent = (bitcast<u32>(factor) >> 23u) & 0xffu;
+    if (exponent != 0u && exponent != 0xffu) {
+        return vec2<f32>(factor, 1.0);
+    }
+    return vec2<f32>(pre, scale);
+}
+
+// y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row.
+fn write_scaled(row: u32, row_start: u32, first: u32, end: u32, f: vec2<f32>) {
     let out_start = params.y_base + row * params.row_len;
     for (var i = first; i < end; i = i + WG) {
-        store(out_start, i, (x[row_start + i] * pre) * scale);
+        store(out_start, i, (x[row_start + i] * f.x) * f.y);
     }
 }
 
@@ -144,7 +158,7 @@ fn rms_norm(
         }
         let scale = row_scale(sumsq, phase, e);
 
-        write_scaled(row, row_start, lane, params.row_len, pre, scale);
+        write_scaled(row, row_start, lane, params.row_len, output_factors(pre, scale));
     }
 }
 
@@ -203,7 +217,8 @@ fn rms_norm_cached(
             }
         }
         let scale = row_scale(sumsq, phase, e);
-        cache_store(cache, params.y_base + row * params.row_len, lane, pre, scale);
+        let f = output_factors(pre, scale);
+        cache_store(cache, params.y_base + row * params.row_len, lane, f);
     }
 }
 
@@ -282,6 +297,6 @@ fn split_scale(
         let pre = select(ldexp(1.0, -e), 1.0, biased == 0.0);
         let begin = (g % params.chunks) * params.chunk_len;
         let end = min(begin + params.chunk_len, params.row_len);
-        write_scaled(row, row_start, begin + lane, end, pre, scale);
+        write_scaled(row, row_start, begin + lane, end, output_factors(pre, scale));
     }
 }

@@ -117,9 +117,9 @@ pub async fn bench_shape(
             }
             c if c - 1 - copies.len() < rms.len() => {
                 let (kernel, prepared) = &rms[c - 1 - copies.len()];
-                kernel.record(prepared, encoder, ts);
+                kernel.record(prepared, encoder, ts)?;
             }
-            _ => layer.record(&layer_prepared, encoder, ts),
+            _ => layer.record(&layer_prepared, encoder, ts)?,
         }
         Ok(())
     };

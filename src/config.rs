@@ -119,6 +119,9 @@ impl RmsNormConfig {
         if !self.eps.is_finite() || self.eps < 0.0 {
             return Err(Error::InvalidEps { eps: self.eps });
         }
+        if self.eps != 0.0 && self.eps < f32::MIN_POSITIVE {
+            return Err(Error::SubnormalEps { eps: self.eps });
+        }
         Ok(())
     }
 

@@ -70,7 +70,7 @@ struct CallTimer {
     period_ns: f64,
 }
 
-/// Bytes reserved behind the output in the staging buffer for the two timestamps.
+/// Bytes of the two timestamps.
 const TIMESTAMP_BYTES: u64 = 16;
 
 /// Kernels a context keeps: a loop over many configs (eps values, hidden sizes) keeps at most
@@ -89,12 +89,36 @@ struct KernelKey {
     bias: bool,
 }
 
+/// Where the high-level API keeps a call's gain and bias in its weights buffer: gain at 0,
+/// bias after it on a 256-byte boundary (every device's storage offset alignment).
+#[derive(Debug, Clone, Copy)]
+struct WeightsLayout {
+    bias_offset: u64,
+    /// Bytes the buffer needs.
+    bytes: u64,
+}
+
+impl WeightsLayout {
+    fn new(hidden: u32) -> Self {
+        let vector_bytes = u64::from(hidden) * 4;
+        let bias_offset = vector_bytes.next_multiple_of(256);
+        Self {
+            bias_offset,
+            bytes: bias_offset + vector_bytes,
+        }
+    }
+}
+
 /// Buffers reused by every call, grown when a larger call comes.
 #[derive(Debug)]
 struct Scratch {
     input: wgpu::Buffer,
     output: wgpu::Buffer,
     staging: wgpu::Buffer,
+    /// The call's two timestamps are copied here and mapped with the output: a buffer of
+    /// its own, so that the staging buffer is exactly the tensor (which may be as large as
+    /// `max_buffer_size`), and one per call, as the staging buffer is.
+    timestamps: wgpu::Buffer,
     weights: wgpu::Buffer,
     /// The last call's bind groups on these buffers, by kernel (its address in the cache,
     /// where kernels stay) and rows: a repeated call creates nothing on the GPU.
@@ -266,11 +290,11 @@ impl GpuContext {
         }
         let kernel = self.cached_kernel(norm, config)?;
         let bytes = x.len() as u64 * 4;
-        let mut scratch = self.take_scratch(bytes, u64::from(config.hidden) * 4 * 2);
         // Any error wgpu raises for this call comes back as Error::Gpu (an out-of-memory
         // device, or a bug here), not through the device's uncaptured-error handler.
         let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut scratch = self.take_scratch(bytes, WeightsLayout::new(config.hidden).bytes);
         let submitted = self.submit_call(&kernel, &mut scratch, x, config, weights, rows);
         // Both popped (innermost first) before any await: the guards are not Send.
         let validation = validation.pop();
@@ -278,7 +302,8 @@ impl GpuContext {
         let gpu_error = validation.await.or(out_of_memory.await);
         let result = match (submitted, gpu_error) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(e)) => Err(Error::Gpu(e.to_string())),
+            // Buffers that failed to be made are not kept for the next call.
+            (Ok(()), Some(e)) => return Err(Error::Gpu(e.to_string())),
             (Ok(()), None) => self.read_output(&scratch, bytes).await,
         };
         self.return_scratch(scratch);
@@ -324,9 +349,7 @@ impl GpuContext {
         rows: u32,
     ) -> Result<()> {
         let bytes = x.len() as u64 * 4;
-        let vector_bytes = u64::from(config.hidden) * 4;
-        // Gain at 0, bias after it, on a 256-byte boundary.
-        let bias_offset = vector_bytes.next_multiple_of(256);
+        let bias_offset = WeightsLayout::new(config.hidden).bias_offset;
         self.queue
             .write_buffer(&scratch.input, 0, bytemuck::cast_slice(x));
         if let Some(gain) = weights.gain {
@@ -364,12 +387,12 @@ impl GpuContext {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
             _ => kernel.prepare(&self.device, &buffers, rows)?,
         };
-        kernel.record(&prepared, &mut encoder, timestamp_writes);
+        kernel.record(&prepared, &mut encoder, timestamp_writes)?;
         scratch.prepared = Some((kernel_id, rows, prepared));
         encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
         if let Some(t) = &self.call_timer {
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
-            encoder.copy_buffer_to_buffer(&t.resolve, 0, &scratch.staging, bytes, TIMESTAMP_BYTES);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &scratch.timestamps, 0, TIMESTAMP_BYTES);
         }
         self.queue.submit([encoder.finish()]);
         Ok(())
@@ -377,31 +400,27 @@ impl GpuContext {
 
     /// Maps the staging buffer and reads `bytes` of output (and the call's timestamps).
     async fn read_output(&self, scratch: &Scratch, bytes: u64) -> Result<Vec<f32>> {
-        let mapped = bytes
-            + if self.call_timer.is_some() {
-                TIMESTAMP_BYTES
-            } else {
-                0
-            };
-        let slice = scratch.staging.slice(..mapped);
+        let slice = scratch.staging.slice(..bytes);
         platform::map_read(&self.device, slice).await?;
-        let result = slice
+        let output = slice
             .get_mapped_range()
             .map_err(|e| Error::Readback(e.to_string()))
-            .map(|view| {
-                let (output, ticks) = view.split_at(bytes as usize);
-                if let Some(t) = &self.call_timer {
-                    let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(ticks);
-                    let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
-                    *self
-                        .last_gpu_seconds
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
-                }
-                bytemuck::pod_collect_to_vec::<u8, f32>(output)
-            });
+            .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
         scratch.staging.unmap();
-        result
+        if let Some(t) = &self.call_timer {
+            let slice = scratch.timestamps.slice(..);
+            platform::map_read(&self.device, slice).await?;
+            if let Ok(view) = slice.get_mapped_range() {
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
+                let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
+                *self
+                    .last_gpu_seconds
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
+            }
+            scratch.timestamps.unmap();
+        }
+        output
     }
 
     /// Takes the reusable buffers out (so no lock is held across an await), grown to fit.
@@ -417,8 +436,9 @@ impl GpuContext {
             previous => {
                 let (old_tensor, old_weights) =
                     previous.map_or((0, 0), |s| (s.input.size(), s.weights.size()));
-                let tensor = tensor_bytes.max(old_tensor).next_multiple_of(256);
-                let weights = (weight_bytes + 256).max(old_weights).next_multiple_of(256);
+                // Exactly what is asked (at most max_buffer_size), never rounded past it.
+                let tensor = tensor_bytes.max(old_tensor);
+                let weights = weight_bytes.max(old_weights);
                 let buffer = |label, size, usage| {
                     self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(label),
@@ -431,9 +451,10 @@ impl GpuContext {
                 Scratch {
                     input: buffer("rmsnorm input", tensor, U::STORAGE | U::COPY_DST),
                     output: buffer("rmsnorm output", tensor, U::STORAGE | U::COPY_SRC),
-                    staging: buffer(
-                        "rmsnorm staging",
-                        tensor + TIMESTAMP_BYTES,
+                    staging: buffer("rmsnorm staging", tensor, U::MAP_READ | U::COPY_DST),
+                    timestamps: buffer(
+                        "rmsnorm call timestamps",
+                        TIMESTAMP_BYTES,
                         U::MAP_READ | U::COPY_DST,
                     ),
                     weights: buffer("rmsnorm weights", weights, U::STORAGE | U::COPY_DST),

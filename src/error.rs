@@ -163,6 +163,23 @@ pub enum Error {
         reduction: &'static str,
     },
 
+    /// eps is a subnormal f32, which GPUs may flush to zero (WGSL allows it).
+    #[error(
+        "eps = {eps:e} is subnormal, and GPUs may flush it to 0: pass 0, or at least \
+         1.1754944e-38 (f32::MIN_POSITIVE)"
+    )]
+    SubnormalEps {
+        /// The eps given.
+        eps: f32,
+    },
+
+    /// A prepared dispatch was recorded with a kernel other than the one that prepared it.
+    #[error(
+        "this PreparedDispatch was prepared by another kernel: record it with the kernel \
+         whose prepare made it"
+    )]
+    ForeignPreparedDispatch,
+
     /// A forced option (or the kernel itself) that this device cannot run correctly.
     #[error("{option} cannot be honoured on this device: {reason}")]
     UnsupportedOption {

@@ -96,6 +96,11 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
+        // Every value checked before any work: a bad --p fails here, not after a run.
+        args.config
+            .with_partial(args.partial)
+            .validate()
+            .map_err(|e| e.to_string())?;
         Ok(args)
     }
 
@@ -126,6 +131,13 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         let timer = GpuTimer::new(device, gpu.queue());
         print_setup(&gpu, &timer, args);
         let (rows, n) = (args.rows, args.config.hidden);
+        // Checked before any allocation: the tensor must fit one buffer of this device.
+        if u64::from(rows) * u64::from(n) * 4 > device.limits().max_buffer_size {
+            return Err(wgpu_rmsnorm::Error::TooManyRows {
+                rows: u64::from(rows),
+                hidden: n,
+            });
+        }
         let len = rows as usize * n as usize;
         let x = reference::sample_data(len, 1, 4.0);
         let gain =

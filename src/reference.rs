@@ -8,8 +8,13 @@ use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
 use crate::error::Result;
 
 /// The scale `1 / rms_k` (with eps) applied to the row `row`, by the config's conventions.
-/// A zero RMS with eps = 0 gives 0, as the kernels do.
+/// A zero RMS with eps = 0 gives 0, as the kernels do. `k` beyond the row is taken as the
+/// whole row; an empty row (or k = 0) has no RMS and gives 0.
 pub fn row_scale(row: &[f32], k: usize, eps: f32, eps_mode: EpsMode) -> f64 {
+    let k = k.min(row.len());
+    if k == 0 {
+        return 0.0;
+    }
     let sumsq: f64 = row[..k].iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     let mean = sumsq / k as f64;
     let eps = f64::from(eps);

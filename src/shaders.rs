@@ -204,11 +204,11 @@ fn row_cache_code(len: u32) -> String {
     }
     code.push_str(
         "    return s;\n}\n\
-         fn cache_store(c: RowCache, out_start: u32, lane: u32, pre: f32, scale: f32) {\n",
+         fn cache_store(c: RowCache, out_start: u32, lane: u32, f: vec2<f32>) {\n",
     );
     for j in 0..len {
         code.push_str(&format!(
-            "    store_in_row(out_start, {}, (c.c{j} * pre) * scale);\n",
+            "    store_in_row(out_start, {}, (c.c{j} * f.x) * f.y);\n",
             index(j)
         ));
     }

@@ -253,7 +253,7 @@ fn a_prepared_dispatch_is_recorded_again_with_new_data() {
             gpu.queue()
                 .write_buffer(&x_buffer, 0, bytemuck::cast_slice(&x));
             let mut encoder = device.create_command_encoder(&Default::default());
-            kernel.record(&prepared, &mut encoder, None);
+            kernel.record(&prepared, &mut encoder, None).unwrap();
             gpu.queue().submit([encoder.finish()]);
             read_back(gpu, &y_buffer)
         });
@@ -293,19 +293,4 @@ fn new_eps_values_compile_no_pipelines() {
         rss_before,
         resident_kib()
     );
-}
-
-/// This process's resident memory (Linux), or 0 where it cannot be read.
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }

@@ -52,6 +52,7 @@ pub const PARAMS_FIELDS: [(&str, usize); 12] = [
 /// buffers alive; record it only with the kernel that prepared it.
 #[derive(Debug)]
 pub struct PreparedDispatch {
+    pub(crate) kernel_id: u64,
     pub(crate) launch: Launch,
     pub(crate) bind_groups: Vec<wgpu::BindGroup>,
 }
@@ -101,7 +102,8 @@ pub(crate) fn check_buffers(
             "input" | "output" => tensor_bytes,
             _ => vector_bytes,
         };
-        let size = region.buffer.size();
+        // WebGPU binds whole 4-byte words: a trailing partial word is not usable.
+        let size = region.buffer.size() & !3;
         if region.offset > size || size - region.offset < needed {
             return Err(Error::BufferTooSmall {
                 which,
@@ -139,7 +141,9 @@ impl<'a> Bound<'a> {
         let aligned = begin - begin % caps.storage_offset_alignment;
         // Rounded up to whole vec4s where the buffer allows: a vec4 array binding of a size
         // that is not a multiple of 16 would drop its last partial element.
-        let end = (begin + len).next_multiple_of(16).min(region.buffer.size());
+        let end = (begin + len)
+            .next_multiple_of(16)
+            .min(region.buffer.size() & !3);
         Self {
             buffer: region.buffer,
             offset: aligned,

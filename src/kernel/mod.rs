@@ -16,11 +16,12 @@ pub use pipelines::{
 };
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use pipelines::{Layouts, PipelineCache, PipelineKey};
 use plan::{DeviceCaps, Plan, StagePlan};
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Which workgroup reduction the kernel uses.
@@ -190,6 +191,8 @@ pub struct NormKernel<N: NormKind> {
 /// What every face shares: the core config, the plan and its pipelines.
 #[derive(Debug)]
 pub(crate) struct KernelCore {
+    /// Unique per kernel: a prepared dispatch records only with the kernel that made it.
+    id: u64,
     config: RmsNormConfig,
     plan: Plan,
     layouts: Arc<Layouts>,
@@ -215,7 +218,9 @@ impl KernelCore {
             .into_iter()
             .map(|stage| (stage, cache.get(PipelineKey::new(norm, stage, config))))
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config: *config,
             plan,
             layouts: cache.layouts().clone(),
@@ -240,6 +245,7 @@ impl KernelCore {
             buffers,
         );
         Ok(PreparedDispatch {
+            kernel_id: self.id,
             launch,
             bind_groups,
         })
@@ -250,10 +256,13 @@ impl KernelCore {
         prepared: &PreparedDispatch,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
-    ) {
+    ) -> Result<()> {
+        if prepared.kernel_id != self.id {
+            return Err(Error::ForeignPreparedDispatch);
+        }
         let launch = &prepared.launch;
         if launch.chunks.is_empty() {
-            return;
+            return Ok(());
         }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("rmsnorm"),
@@ -268,6 +277,7 @@ impl KernelCore {
                 pass.dispatch_workgroups(chunk.workgroups, 1, 1);
             }
         }
+        Ok(())
     }
 }
 
@@ -365,8 +375,7 @@ impl<N: NormKind> NormKernel<N> {
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
         let prepared = self.prepare(device, buffers, rows)?;
-        self.record(&prepared, encoder, timestamp_writes);
-        Ok(())
+        self.record(&prepared, encoder, timestamp_writes)
     }
 
     /// Checks a call and builds its bind groups and parameters, to be recorded any number
@@ -382,13 +391,14 @@ impl<N: NormKind> NormKernel<N> {
     }
 
     /// Records a prepared call: one compute pass, nothing created, never submitted. A call
-    /// of 0 rows records nothing.
+    /// of 0 rows records nothing. A dispatch prepared by another kernel is refused
+    /// ([`Error::ForeignPreparedDispatch`](crate::Error::ForeignPreparedDispatch)).
     pub fn record(
         &self,
         prepared: &PreparedDispatch,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
-    ) {
+    ) -> Result<()> {
         self.core.record(prepared, encoder, timestamp_writes)
     }
 }

@@ -80,17 +80,17 @@ pub fn no_gpu_errors<T>(device: &wgpu::Device, body: impl FnOnce() -> T) -> T {
     result
 }
 
-/// Reads `size` bytes of `buffer` (which needs COPY_SRC) back as f32.
+/// Reads `buffer` (which needs COPY_SRC) back as f32, its whole 4-byte words.
 pub fn read_back(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
     let device = gpu.device();
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("test readback"),
-        size: buffer.size(),
+        size: buffer.size() & !3,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size() & !3);
     gpu.queue().submit([encoder.finish()]);
     let slice = staging.slice(..);
     slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
@@ -168,4 +168,19 @@ pub fn assert_close(y: &[f32], expected: &[f64], what: &str) {
         stats.max_abs,
         stats.max_rel
     );
+}
+
+/// This process's resident memory in KiB (Linux; 0 where it cannot be read).
+pub fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
