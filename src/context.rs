@@ -302,12 +302,37 @@ impl GpuContext {
         let gpu_error = validation.await.or(out_of_memory.await);
         let result = match (submitted, gpu_error) {
             (Err(e), _) => Err(e),
-            // Buffers that failed to be made are not kept for the next call.
-            (Ok(()), Some(e)) => return Err(Error::Gpu(e.to_string())),
+            (Ok(()), Some(e)) => Err(Error::Gpu(e.to_string())),
             (Ok(()), None) => self.read_output(&scratch, bytes).await,
         };
-        self.return_scratch(scratch);
-        result
+        match result {
+            Ok(y) => {
+                self.return_scratch(scratch);
+                Ok(y)
+            }
+            // Buffers of a failed call are not kept for the next one; a failure on a device
+            // that is gone is reported as such, and every later call says so at once.
+            Err(e) => Err(self.classify_failure(e)),
+        }
+    }
+
+    /// `error`, or [`Error::DeviceLost`] where the device turns out to be lost (which also
+    /// marks this context lost).
+    fn classify_failure(&self, error: Error) -> Error {
+        let lost = match &error {
+            Error::DeviceLost(reason) => Some(reason.clone()),
+            _ if platform::device_is_lost(&self.device) => {
+                Some(format!("the device is gone; the call failed with: {error}"))
+            }
+            _ => None,
+        };
+        match lost {
+            Some(reason) => {
+                *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+                Error::DeviceLost(reason)
+            }
+            None => error,
+        }
     }
 
     /// Checks a high-level call; returns its row count.

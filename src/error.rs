@@ -180,6 +180,17 @@ pub enum Error {
     )]
     ForeignPreparedDispatch,
 
+    /// The device passed to a call is not the one the kernel was made on.
+    #[error(
+        "the device passed to this call is not the one the kernel was made on: pass the \
+         kernel's device, or make a kernel on this one"
+    )]
+    WrongDevice,
+
+    /// wgpu refused a buffer of the call, typically one made on another device.
+    #[error("wgpu refused a buffer of this call ({0}): pass buffers made on the kernel's device")]
+    BufferRefused(String),
+
     /// A forced option (or the kernel itself) that this device cannot run correctly.
     #[error("{option} cannot be honoured on this device: {reason}")]
     UnsupportedOption {

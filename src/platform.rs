@@ -18,6 +18,36 @@ pub(crate) async fn map_read(device: &wgpu::Device, slice: wgpu::BufferSlice<'_>
     }
 }
 
+/// Whether `device` is lost or destroyed, without its lost callback (which belongs to
+/// whoever made the device): a lost device hands out invalid buffers, and a buffer mapped at
+/// creation then has no mapped range. Browsers keep mapping such buffers, so there this
+/// reports only what the error scopes and mappings of a call show.
+pub(crate) fn device_is_lost(device: &wgpu::Device) -> bool {
+    let probe = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("rmsnorm device probe"),
+        size: 4,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: true,
+    });
+    let lost = probe.slice(..).get_mapped_range_mut().is_err();
+    if !lost {
+        probe.unmap();
+    }
+    lost
+}
+
+/// The value of a future that is already complete, else `None`. Natively wgpu's error
+/// scopes resolve at once, so a synchronous call can read its own scope; in the browser
+/// they resolve later, and this gives `None`.
+pub(crate) fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn wait_for_device(device: &wgpu::Device) -> Result<()> {
     device

@@ -437,3 +437,152 @@ fn memory_flat_over_mixed_calls() {
     assert!(after < before + 1024, "{before} -> {after} KiB");
     report("memory", 2000);
 }
+
+/// Another device on the shared context's adapter, from `instance` (one per test: wgpu's
+/// buffers compare by id, and ids are only unique within an instance).
+fn second_device(gpu: &GpuContext, instance: &wgpu::Instance) -> (wgpu::Device, wgpu::Queue) {
+    let info = gpu.adapter_info();
+    let adapter = wgpu_rmsnorm::block_on(instance.enumerate_adapters(info.backend.into()))
+        .into_iter()
+        .find(|a| a.get_info().name == info.name)
+        .expect("the same adapter");
+    wgpu_rmsnorm::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & wgpu::Features::SUBGROUP,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("a second device")
+}
+
+fn instance_for(gpu: &GpuContext) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    descriptor.backends = gpu.adapter_info().backend.into();
+    wgpu::Instance::new(descriptor)
+}
+
+/// Class 4: buffers of another device, and another device passed to a call: typed errors,
+/// no wgpu validation error escaping.
+#[test]
+fn foreign_devices() {
+    let Some(turn) = gpu() else { return };
+    let instance = instance_for(&turn);
+    let (device, _queue) = second_device(&turn, &instance);
+    let device = &device;
+    let (other, _queue) = second_device(&turn, &instance);
+    let config = RmsNormConfig::new(64);
+    let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
+    let foreign = |d: &wgpu::Device| {
+        d.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 64 * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (x, y) = (foreign(device), foreign(device));
+    let (fx, fy) = (foreign(&other), foreign(&other));
+    let mut cases = 0;
+    for (input, output) in [(&fx, &y), (&x, &fy), (&fx, &fy)] {
+        let buffers = RmsNormBuffers {
+            input: BufferRegion::whole(input),
+            output: BufferRegion::whole(output),
+            gain: None,
+            bias: None,
+        };
+        let e = no_gpu_errors(device, || kernel.prepare(device, &buffers, 1)).unwrap_err();
+        assert!(matches!(e, Error::BufferRefused(_)), "{e:?}");
+        cases += 1;
+    }
+    let buffers = RmsNormBuffers {
+        input: BufferRegion::whole(&x),
+        output: BufferRegion::whole(&y),
+        gain: None,
+        bias: None,
+    };
+    let mut encoder = other.create_command_encoder(&Default::default());
+    let e = kernel
+        .encode(&other, &mut encoder, &buffers, 1)
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongDevice), "{e:?}");
+    report("foreign devices", cases + 1);
+}
+
+/// Class 2: after the device is destroyed every entry returns DeviceLost (or another typed
+/// error), never panics; a new context works again.
+#[test]
+fn device_loss_at_every_entry() {
+    let Some(turn) = gpu() else { return };
+    let shared: &GpuContext = &turn;
+    let config = RmsNormConfig::new(256).with_gain(Gain::Scale);
+    let x = data(4 * 256, 13);
+    let g = data(256, 14);
+    let w = Weights {
+        gain: Some(&g),
+        bias: None,
+    };
+    let instance = instance_for(shared);
+    let (device, queue) = second_device(shared, &instance);
+    let gpu = GpuContext::from_device(device.clone(), queue, KernelOptions::default());
+    gpu.rms_norm_blocking(&x, &config, w).unwrap();
+    let kernel = RmsNorm::new(&device, &config, &KernelOptions::default()).unwrap();
+    let buffer = |contents: &[f32]| {
+        use wgpu::util::DeviceExt;
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(contents),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    };
+    let (xb, yb, gb) = (buffer(&x), buffer(&x), buffer(&g));
+    let buffers = RmsNormBuffers {
+        input: BufferRegion::whole(&xb),
+        output: BufferRegion::whole(&yb),
+        gain: Some(BufferRegion::whole(&gb)),
+        bias: None,
+    };
+    let prepared = kernel.prepare(&device, &buffers, 4).unwrap();
+
+    device.destroy();
+    let mut cases = 0;
+    // The high-level call: the repeated call (bind groups kept) and a new shape.
+    for rows in [4usize, 3] {
+        let e = gpu
+            .rms_norm_blocking(&x[..rows * 256], &config, w)
+            .unwrap_err();
+        assert!(matches!(e, Error::DeviceLost(_)), "{e:?}");
+        cases += 1;
+    }
+    let e = gpu.layer_norm_blocking(&x, &LayerNormConfig::new(256), Weights::NONE);
+    assert!(matches!(e, Err(Error::DeviceLost(_))), "{e:?}");
+    // The low-level calls.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let e = kernel
+        .encode(&device, &mut encoder, &buffers, 4)
+        .unwrap_err();
+    assert!(matches!(e, Error::DeviceLost(_)), "{e:?}");
+    let e = kernel.prepare(&device, &buffers, 2).unwrap_err();
+    assert!(matches!(e, Error::DeviceLost(_)), "{e:?}");
+    // Recording what was prepared before the loss records into a dead encoder: no panic.
+    kernel.record(&prepared, &mut encoder, None).unwrap();
+    drop(encoder.finish());
+    // A kernel made after the loss: made (its pipelines are invalid) or refused, never a
+    // panic; its calls are refused.
+    if let Ok(late) = RmsNorm::new(&device, &config, &KernelOptions::default()) {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        assert!(late.encode(&device, &mut encoder, &buffers, 4).is_err());
+    }
+    cases += 6;
+    // A context the crate opened learns of the loss from its callback.
+    let own = GpuContext::new_blocking().unwrap();
+    own.rms_norm_blocking(&x, &config, w).unwrap();
+    own.device().destroy();
+    let e = own.rms_norm_blocking(&x, &config, w).unwrap_err();
+    assert!(matches!(e, Error::DeviceLost(_)), "{e:?}");
+    cases += 1;
+    // A new context works.
+    let (device, queue) = second_device(shared, &instance);
+    let fresh = GpuContext::from_device(device, queue, KernelOptions::default());
+    let y = fresh.rms_norm_blocking(&x, &config, w).unwrap();
+    assert_matches_reference(&y, &x, &config, Some(&g), None, "after a loss");
+    report("device loss", cases + 1);
+}

@@ -7,7 +7,6 @@ use super::plan::{lanes, DeviceCaps, Launch, Plan};
 use super::{BufferRegion, RmsNormBuffers};
 use crate::config::RmsNormConfig;
 use crate::error::{Error, Result};
-use wgpu::util::DeviceExt;
 
 /// The uniform block of `shaders/norm_common.wgsl` (`struct Params`); `tests/contract.rs`
 /// checks the two against each other through naga.
@@ -173,7 +172,7 @@ pub(crate) fn bind_groups(
     config: &RmsNormConfig,
     launch: &Launch,
     buffers: &RmsNormBuffers<'_>,
-) -> Vec<wgpu::BindGroup> {
+) -> Result<Vec<wgpu::BindGroup>> {
     let lanes = lanes(launch.elem);
     let row_len = plan.hidden / lanes;
     let k_len = plan.k.div_ceil(lanes);
@@ -203,11 +202,7 @@ pub(crate) fn bind_groups(
                 k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
                 chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
             };
-            let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("rmsnorm params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
             // Without gain or bias, x is bound in their place: the shader never reads them.
             let (gain, bias) = (gain.unwrap_or(x), bias.unwrap_or(x));
             let mut entries = vec![
@@ -234,14 +229,32 @@ pub(crate) fn bind_groups(
                     resource: partials.as_entire_binding(),
                 });
             }
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
+            Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("rmsnorm bind group"),
                 layout: match (&partials, &layouts.split) {
                     (Some(_), Some(split)) => split,
                     _ => &layouts.rows,
                 },
                 entries: &entries,
-            })
+            }))
         })
         .collect()
+}
+
+/// A uniform buffer holding `contents`, or [`Error::DeviceLost`] where the device can no
+/// longer make one (wgpu's `create_buffer_init` panics there).
+fn uniform_buffer(device: &wgpu::Device, contents: &[u8]) -> Result<wgpu::Buffer> {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("rmsnorm params"),
+        size: contents.len() as u64,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: true,
+    });
+    buffer
+        .slice(..)
+        .get_mapped_range_mut()
+        .map_err(|e| Error::DeviceLost(format!("a parameter buffer could not be made: {e}")))?
+        .copy_from_slice(contents);
+    buffer.unmap();
+    Ok(buffer)
 }

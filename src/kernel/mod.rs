@@ -17,6 +17,7 @@ pub use pipelines::{
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
+use crate::platform;
 use pipelines::{Layouts, PipelineCache, PipelineKey};
 use plan::{DeviceCaps, Plan, StagePlan};
 use std::collections::HashMap;
@@ -191,6 +192,7 @@ pub struct NormKernel<N: NormKind> {
 /// What every face shares: the core config, the plan and its pipelines.
 #[derive(Debug)]
 pub(crate) struct KernelCore {
+    device: wgpu::Device,
     /// Unique per kernel: a prepared dispatch records only with the kernel that made it.
     id: u64,
     config: RmsNormConfig,
@@ -220,6 +222,7 @@ impl KernelCore {
             .collect();
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
+            device: cache.device().clone(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config: *config,
             plan,
@@ -234,8 +237,15 @@ impl KernelCore {
         buffers: &RmsNormBuffers<'_>,
         rows: u32,
     ) -> Result<PreparedDispatch> {
+        if *device != self.device {
+            return Err(Error::WrongDevice);
+        }
         dispatch::check_buffers(&self.config, buffers, rows)?;
         let launch = self.plan.launch(rows, dispatch::vec4_offsets(buffers))?;
+        // A buffer wgpu refuses (one of another device) is a validation error: caught here
+        // and returned, natively; in the browser the scope resolves later, and the error
+        // goes to the device's uncaptured-error handler.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_groups = dispatch::bind_groups(
             device,
             &self.layouts,
@@ -244,6 +254,10 @@ impl KernelCore {
             &launch,
             buffers,
         );
+        if let Some(Some(error)) = platform::ready_now(scope.pop()) {
+            return Err(Error::BufferRefused(error.to_string()));
+        }
+        let bind_groups = bind_groups?;
         Ok(PreparedDispatch {
             kernel_id: self.id,
             launch,
