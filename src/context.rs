@@ -228,6 +228,9 @@ impl GpuContext {
         self.pipelines.len()
     }
 
+    // wgpu's device is not Send in the browser, where everything runs on one thread; natively
+    // kernels are Send and Sync (tested).
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn cached_kernel(&self, norm: Norm, config: &RmsNormConfig) -> Result<Arc<KernelCore>> {
         config.validate()?;
         let key = KernelKey {

@@ -27,6 +27,11 @@ async fn gpu(options: KernelOptions) -> Option<GpuContext> {
     }
 }
 
+/// A Float32Array holding `values`: what the JS API takes.
+fn js(values: &[f32]) -> JsValue {
+    Float32Array::from(values).into()
+}
+
 fn data(len: usize, seed: u64) -> Vec<f32> {
     reference::sample_data(len, seed, 3.0)
 }
@@ -201,7 +206,7 @@ async fn the_js_api_computes_and_rejects_bad_input() {
     assert_eq!(backend, "BrowserWebGpu");
 
     let x = data(3 * 8, 9);
-    let y = JsFuture::from(normalizer.p_rms_norm(x.clone(), 8, options(&[("k", 3.into())])))
+    let y = JsFuture::from(normalizer.p_rms_norm(js(&x), 8.0, options(&[("k", 3.into())])))
         .await
         .unwrap();
     let y = y.dyn_into::<Float32Array>().unwrap().to_vec();
@@ -215,7 +220,7 @@ async fn the_js_api_computes_and_rejects_bad_input() {
     );
 
     // LayerNorm through the JS API, against its reference.
-    let y = JsFuture::from(normalizer.layer_norm(x.clone(), 8, JsValue::UNDEFINED))
+    let y = JsFuture::from(normalizer.layer_norm(js(&x), 8.0, JsValue::UNDEFINED))
         .await
         .unwrap();
     let y = y.dyn_into::<Float32Array>().unwrap().to_vec();
@@ -227,7 +232,7 @@ async fn the_js_api_computes_and_rejects_bad_input() {
         ("p", options(&[("p", 0.5.into())])),
         ("epsMode", options(&[("epsMode", "add".into())])),
     ] {
-        let message = rejection(normalizer.layer_norm(x.clone(), 8, bad)).await;
+        let message = rejection(normalizer.layer_norm(js(&x), 8.0, bad)).await;
         assert!(
             message.contains(&format!("layerNorm takes no {what}")),
             "{message}"
@@ -239,102 +244,150 @@ async fn the_js_api_computes_and_rejects_bad_input() {
     let cases: Vec<(&str, js_sys::Promise, &str)> = vec![
         (
             "hidden 0",
-            normalizer.rms_norm(x.clone(), 0, JsValue::UNDEFINED),
+            normalizer.rms_norm(js(&x), 0.0, JsValue::UNDEFINED),
             "hidden size is 0",
         ),
         (
             "length",
-            normalizer.rms_norm(x.clone(), 5, JsValue::UNDEFINED),
+            normalizer.rms_norm(js(&x), 5.0, JsValue::UNDEFINED),
             "not a multiple of the hidden size 5",
         ),
         (
             "p 0",
-            normalizer.p_rms_norm(x.clone(), 8, options(&[("p", 0.into())])),
+            normalizer.p_rms_norm(js(&x), 8.0, options(&[("p", 0.into())])),
             "outside (0, 1]",
         ),
         (
             "p NaN",
-            normalizer.p_rms_norm(x.clone(), 8, options(&[("p", f64::NAN.into())])),
+            normalizer.p_rms_norm(js(&x), 8.0, options(&[("p", f64::NAN.into())])),
             "outside (0, 1]",
         ),
         (
             "k 9",
-            normalizer.p_rms_norm(x.clone(), 8, options(&[("k", 9.into())])),
+            normalizer.p_rms_norm(js(&x), 8.0, options(&[("k", 9.into())])),
             "k = 9 is outside 1..=8",
         ),
         (
             "k 1.5",
-            normalizer.p_rms_norm(x.clone(), 8, options(&[("k", 1.5.into())])),
+            normalizer.p_rms_norm(js(&x), 8.0, options(&[("k", 1.5.into())])),
             "whole number",
         ),
         (
             "p and k",
-            normalizer.p_rms_norm(x.clone(), 8, options(&[("p", 0.5.into()), ("k", 2.into())])),
+            normalizer.p_rms_norm(js(&x), 8.0, options(&[("p", 0.5.into()), ("k", 2.into())])),
             "not both",
         ),
         (
             "neither",
-            normalizer.p_rms_norm(x.clone(), 8, JsValue::UNDEFINED),
+            normalizer.p_rms_norm(js(&x), 8.0, JsValue::UNDEFINED),
             "needs",
         ),
         (
             "p in rmsNorm",
-            normalizer.rms_norm(x.clone(), 8, options(&[("p", 0.5.into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("p", 0.5.into())])),
             "call pRmsNorm",
         ),
         (
             "eps -1",
-            normalizer.rms_norm(x.clone(), 8, options(&[("eps", (-1).into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("eps", (-1).into())])),
             "eps = -1",
         ),
         (
             "eps text",
-            normalizer.rms_norm(x.clone(), 8, options(&[("eps", "big".into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("eps", "big".into())])),
             "eps must be a number",
         ),
         (
             "eps mode",
-            normalizer.rms_norm(x.clone(), 8, options(&[("epsMode", "outside".into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("epsMode", "outside".into())])),
             "epsMode",
         ),
         (
             "gain length",
-            normalizer.rms_norm(x.clone(), 8, options(&[("gain", short.clone().into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("gain", short.clone().into())])),
             "gain has 7 elements",
         ),
         (
             "gain type",
-            normalizer.rms_norm(x.clone(), 8, options(&[("gain", "g".into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("gain", "g".into())])),
             "Float32Array",
         ),
         (
             "bias length",
-            normalizer.rms_norm(x.clone(), 8, options(&[("bias", short.into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("bias", short.into())])),
             "bias has 7 elements",
         ),
         (
             "offset without gain",
-            normalizer.rms_norm(x.clone(), 8, options(&[("gainOffset", true.into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("gainOffset", true.into())])),
             "needs a gain",
         ),
         (
             "gainOffset type",
             normalizer.rms_norm(
-                x.clone(),
-                8,
+                js(&x),
+                8.0,
                 options(&[("gain", gain.into()), ("gainOffset", 1.into())]),
             ),
             "boolean",
         ),
         (
             "typo",
-            normalizer.rms_norm(x.clone(), 8, options(&[("epsmode", "add".into())])),
+            normalizer.rms_norm(js(&x), 8.0, options(&[("epsmode", "add".into())])),
             "unknown option \"epsmode\"",
         ),
         (
             "not an object",
-            normalizer.rms_norm(x.clone(), 8, 5.into()),
+            normalizer.rms_norm(js(&x), 8.0, 5.into()),
             "must be an object",
+        ),
+        // Class 10 of the reliability suite: nothing coerced silently.
+        (
+            "x a Float64Array",
+            normalizer.rms_norm(
+                js_sys::Float64Array::from(&[1.0f64; 8][..]).into(),
+                8.0,
+                JsValue::UNDEFINED,
+            ),
+            "x must be a Float32Array, not Float64Array",
+        ),
+        (
+            "x an Int32Array",
+            normalizer.rms_norm(
+                js_sys::Int32Array::from(&[1i32; 8][..]).into(),
+                8.0,
+                JsValue::UNDEFINED,
+            ),
+            "not Int32Array",
+        ),
+        (
+            "x a plain array",
+            normalizer.rms_norm(
+                js_sys::Array::of2(&"a".into(), &1.into()).into(),
+                2.0,
+                JsValue::UNDEFINED,
+            ),
+            "not Array",
+        ),
+        (
+            "x a string",
+            normalizer.layer_norm("12345678".into(), 8.0, JsValue::UNDEFINED),
+            "not string",
+        ),
+        (
+            "hidden negative",
+            normalizer.rms_norm(js(&x), -8.0, JsValue::UNDEFINED),
+            "hidden must be a whole number from 0 to 4294967295, not -8",
+        ),
+        (
+            "hidden fractional",
+            normalizer.p_rms_norm(js(&x), 8.5, options(&[("k", 3.into())])),
+            "not 8.5",
+        ),
+        (
+            "hidden NaN",
+            normalizer.rms_norm(js(&x), f64::NAN, JsValue::UNDEFINED),
+            "not NaN",
         ),
     ];
     for (what, promise, expected) in cases {
@@ -403,7 +456,7 @@ async fn the_js_api_computes_and_rejects_bad_input() {
         assert!(message.contains("needs subgroups"), "{message}");
     }
     // The empty batch resolves to an empty array.
-    let empty = JsFuture::from(normalizer.rms_norm(Vec::new(), 8, JsValue::UNDEFINED))
+    let empty = JsFuture::from(normalizer.rms_norm(js(&[]), 8.0, JsValue::UNDEFINED))
         .await
         .unwrap();
     assert_eq!(empty.dyn_into::<Float32Array>().unwrap().length(), 0);

@@ -303,6 +303,9 @@ impl NormKernel<Rms> {
 }
 
 impl<N: NormKind> NormKernel<N> {
+    // (`with_cache`: wgpu's device is not Send in the browser, where everything runs on one
+    // thread; natively kernels are Send and Sync, tested.)
+
     /// Validates `config`, plans it for the device ([`plan::Plan::new`]: the reduction,
     /// workgroup size, element layouts, read-once and split rows; the same rules for every
     /// normalization) and builds the pipelines.
@@ -310,6 +313,7 @@ impl<N: NormKind> NormKernel<N> {
         Self::with_cache(&PipelineCache::new(device), config, options)
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn with_cache(
         cache: &PipelineCache,
         config: &N::Config,

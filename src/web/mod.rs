@@ -15,7 +15,9 @@ use crate::config::RmsNormConfig;
 use crate::context::GpuContext;
 use crate::reference;
 use js_sys::{Array, Float32Array, Float64Array, Object, Reflect};
-use options::{has_key, parse_create_options, parse_layer_options, parse_options};
+use options::{
+    count, float32_array, has_key, parse_create_options, parse_layer_options, parse_options,
+};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
@@ -161,8 +163,8 @@ impl Normalizer {
     #[wasm_bindgen(js_name = rmsNorm, unchecked_return_type = "Promise<Float32Array>")]
     pub fn rms_norm(
         &self,
-        x: Vec<f32>,
-        hidden: u32,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
         self.run(x, hidden, options, Kind::Rms { partial: false })
@@ -173,8 +175,8 @@ impl Normalizer {
     #[wasm_bindgen(js_name = pRmsNorm, unchecked_return_type = "Promise<Float32Array>")]
     pub fn p_rms_norm(
         &self,
-        x: Vec<f32>,
-        hidden: u32,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        hidden: f64,
         #[wasm_bindgen(unchecked_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
         self.run(x, hidden, options, Kind::Rms { partial: true })
@@ -184,8 +186,8 @@ impl Normalizer {
     #[wasm_bindgen(js_name = layerNorm, unchecked_return_type = "Promise<Float32Array>")]
     pub fn layer_norm(
         &self,
-        x: Vec<f32>,
-        hidden: u32,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
         self.run(x, hidden, options, Kind::Layer)
@@ -195,9 +197,11 @@ impl Normalizer {
     /// (wall clock over many dispatches per sample: browsers coarsen timestamps), each
     /// checked against the reference first.
     #[wasm_bindgen(unchecked_return_type = "Promise<BenchmarkRecord[]>")]
-    pub fn benchmark(&self, rows: u32, hidden: u32) -> js_sys::Promise {
+    pub fn benchmark(&self, rows: f64, hidden: f64) -> js_sys::Promise {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
+            let rows = count("rows", rows)?;
+            let hidden = count("hidden", hidden)?;
             let options = crate::bench::BenchOptions {
                 samples: 5,
                 min_sample_seconds: 0.05,
@@ -248,9 +252,14 @@ impl Normalizer {
     }
 
     /// The promise of one call: options parsed, the kernel run, the result as a Float32Array.
-    fn run(&self, x: Vec<f32>, hidden: u32, options: JsValue, kind: Kind) -> js_sys::Promise {
+    /// Every argument is checked, and refused with a message, rather than coerced: `x` must
+    /// be a Float32Array (a Float64Array, a plain array or a string would be converted
+    /// silently), `hidden` a whole number (-8 would wrap to 4294967288, 8.5 truncate to 8).
+    fn run(&self, x: JsValue, hidden: f64, options: JsValue, kind: Kind) -> js_sys::Promise {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
+            let x = float32_array("x", &x)?;
+            let hidden = count("hidden", hidden)?;
             let y = match kind {
                 Kind::Rms { partial } => {
                     let parsed = parse_options(hidden, &options, partial)?;

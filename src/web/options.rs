@@ -241,3 +241,37 @@ pub(super) fn parse_layer_options(
 pub(super) fn has_key(options: &JsValue, key: &str) -> bool {
     options.is_object() && Reflect::has(options, &key.into()).unwrap_or(false)
 }
+
+/// A JS number that must be a whole number from 0 to 2^32 - 1 (the configs then check
+/// their own ranges).
+pub(crate) fn count(name: &str, value: f64) -> Result<u32, JsError> {
+    if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(JsError::new(&format!(
+            "{name} must be a whole number from 0 to 4294967295, not {value}"
+        )))
+    }
+}
+
+/// A Float32Array's values; anything else is refused by name and type.
+pub(crate) fn float32_array(name: &str, value: &JsValue) -> Result<Vec<f32>, JsError> {
+    match value.dyn_ref::<Float32Array>() {
+        Some(array) => Ok(array.to_vec()),
+        None => Err(JsError::new(&format!(
+            "{name} must be a Float32Array, not {}: convert it with new Float32Array(...)",
+            type_name(value)
+        ))),
+    }
+}
+
+/// What a JS value is, for messages: its constructor's name, or its typeof.
+fn type_name(value: &JsValue) -> String {
+    let constructor = value
+        .is_object()
+        .then(|| Reflect::get(value, &"constructor".into()).ok())
+        .flatten()
+        .and_then(|c| Reflect::get(&c, &"name".into()).ok())
+        .and_then(|n| n.as_string());
+    constructor.unwrap_or_else(|| value.js_typeof().as_string().unwrap_or_default())
+}
