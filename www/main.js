@@ -6,7 +6,7 @@ import init, {
   referenceLayerNorm,
   compareToReference,
   sampleData,
-} from "./pkg/wgpu_rmsnorm.js";
+} from "./wgpu-rmsnorm.js";
 
 const MAX_VALUES = 1 << 24; // 64 MiB of f32 per tensor keeps the tab responsive
 const SWEEP_VALUES = 1 << 20;

@@ -279,17 +279,18 @@ impl Normalizer {
 /// The f64 CPU reference of rmsNorm / pRmsNorm (same options), for checking results.
 #[wasm_bindgen(js_name = referenceRmsNorm)]
 pub fn reference_rms_norm(
-    x: &[f32],
-    hidden: u32,
+    #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+    hidden: f64,
     #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
 ) -> Result<Float64Array, JsError> {
+    let (x, hidden) = (float32_array("x", &x)?, count("hidden", hidden)?);
     let parsed = parse_options(
         hidden,
         &options,
         has_key(&options, "p") || has_key(&options, "k"),
     )?;
     let y = reference::rms_norm(
-        x,
+        &x,
         &parsed.config,
         parsed.gain.as_deref(),
         parsed.bias.as_deref(),
@@ -301,13 +302,14 @@ pub fn reference_rms_norm(
 /// The f64 CPU reference of layerNorm (same options).
 #[wasm_bindgen(js_name = referenceLayerNorm)]
 pub fn reference_layer_norm(
-    x: &[f32],
-    hidden: u32,
+    #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+    hidden: f64,
     #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
 ) -> Result<Float64Array, JsError> {
+    let (x, hidden) = (float32_array("x", &x)?, count("hidden", hidden)?);
     let parsed = parse_layer_options(hidden, &options)?;
     let y = reference::layer_norm(
-        x,
+        &x,
         &parsed.config,
         parsed.gain.as_deref(),
         parsed.bias.as_deref(),

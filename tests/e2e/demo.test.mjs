@@ -85,3 +85,33 @@ test("the page explains how to get WebGPU when the browser has none", { timeout:
   assert.equal(await page.isDisabled("#run"), true);
   assert.deepEqual(problems, []);
 });
+
+test("the API used before init() says what to do", { timeout: 60_000 }, async () => {
+  const { page, problems } = await openPage([...quietFlags, ...webgpuFlags]);
+  // A document of its own, so that the module is loaded fresh and not initialized.
+  await page.goto(new URL("style.css", url).href);
+  const messages = await page.evaluate(async () => {
+    const api = await import("/wgpu-rmsnorm.js");
+    const attempts = [
+      () => api.Normalizer.create(),
+      () => api.referenceRmsNorm(new Float32Array(8), 8),
+      () => api.sampleData(8, 1, 1),
+    ];
+    const out = [];
+    for (const attempt of attempts) {
+      try {
+        await attempt();
+        out.push("no error");
+      } catch (e) {
+        out.push(e.message);
+      }
+    }
+    await api.default();
+    out.push(api.sampleData(4, 1, 1).length);
+    return out;
+  });
+  console.log(`before init(): ${messages.slice(0, 3).join(" / ")}`);
+  for (const m of messages.slice(0, 3)) assert.match(m, /before the module was loaded: await init\(\) first/);
+  assert.equal(messages[3], 4, "after init() the same module works");
+  assert.deepEqual(problems, []);
+});
