@@ -1,0 +1,53 @@
+//! The command-line program checks its arguments before any work: a bad value fails at once
+//! with a message and the usage, and a shape too large for the device is refused before any
+//! allocation.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn cli(args: &[&str]) -> (i32, String, Duration) {
+    let start = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-rmsnorm"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the CLI runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text, start.elapsed())
+}
+
+#[test]
+fn bad_values_fail_before_any_work() {
+    for (args, expected) in [
+        (&["--p", "2"][..], "p = 2"),
+        (&["--p", "nan"], "p = NaN"),
+        (&["--k", "0"], "k = 0"),
+        (&["--hidden", "0"], "hidden size is 0"),
+        (&["--eps", "-1"], "eps = -1"),
+        (&["--eps", "1e-40"], "subnormal"),
+        (&["--rows", "-3"], "not a whole number"),
+        (&["--gain", "big"], "use none, scale or unit-offset"),
+        (&["--nonsense", "1"], "unknown option --nonsense"),
+    ] {
+        let (code, text, elapsed) = cli(args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(expected), "{args:?}: {text}");
+        assert!(text.contains("usage"), "{args:?}: {text}");
+        assert!(elapsed < Duration::from_secs(10), "{args:?} took {elapsed:?}");
+    }
+}
+
+/// 4e9 rows of 4096 would need 64 TiB: refused as too large for the device, at once.
+#[test]
+fn a_huge_shape_is_refused_before_allocating() {
+    let (code, text, elapsed) = cli(&["--rows", "4000000000", "--hidden", "4096"]);
+    if text.contains("no GPU adapter") && std::env::var("REQUIRE_GPU").as_deref() != Ok("1") {
+        eprintln!("*** CLI TEST SKIPPED: no GPU adapter ***");
+        return;
+    }
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("too large a tensor"), "{text}");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}
