@@ -586,3 +586,50 @@ fn device_loss_at_every_entry() {
     assert_matches_reference(&y, &x, &config, Some(&g), None, "after a loss");
     report("device loss", cases + 1);
 }
+
+/// Limits at their edges on a device whose storage bindings hold 64 KiB: the longest row
+/// that fits one binding (with its alignment slack) and one element more, and calls of
+/// exactly one binding's rows and one row more (one dispatch chunk, then two).
+#[test]
+fn binding_limit_edges() {
+    let Some(turn) = gpu() else { return };
+    let shared: &GpuContext = &turn;
+    let limit = 64u32 << 10;
+    let instance = instance_for(shared);
+    let info = shared.adapter_info();
+    let adapter = wgpu_rmsnorm::block_on(instance.enumerate_adapters(info.backend.into()))
+        .into_iter()
+        .find(|a| a.get_info().name == info.name)
+        .expect("the same adapter");
+    let mut limits = adapter.limits();
+    limits.max_storage_buffer_binding_size = u64::from(limit);
+    let (device, queue) = wgpu_rmsnorm::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits.clone(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let gpu = GpuContext::from_device(device, queue, KernelOptions::default());
+    let slack = u64::from(limits.min_storage_buffer_offset_alignment) + 16;
+    let longest = ((u64::from(limit) - slack) / 4) as u32;
+    let mut cases = 0;
+    for (hidden, fits) in [(longest, true), (longest + 1, false)] {
+        let config = RmsNormConfig::new(hidden);
+        let x = data(2 * hidden as usize, 15);
+        match rms(&gpu, &x, &config, Weights::NONE) {
+            Ok(y) if fits => assert_matches_reference(&y, &x, &config, None, None, "longest"),
+            Err(Error::RowExceedsBindingLimit { .. }) if !fits => {}
+            other => panic!("hidden {hidden}: {other:?}"),
+        }
+        cases += 1;
+    }
+    let hidden = 1000u32;
+    let rows_per_binding = ((u64::from(limit) - slack) / (4 * u64::from(hidden))) as usize;
+    for rows in [rows_per_binding - 1, rows_per_binding, rows_per_binding + 1] {
+        let config = RmsNormConfig::new(hidden).with_partial(PartialRms::Count(7));
+        let x = data(rows * hidden as usize, rows as u64);
+        let y = rms(&gpu, &x, &config, Weights::NONE).unwrap();
+        assert_matches_reference(&y, &x, &config, None, None, &format!("{rows} rows"));
+        cases += 1;
+    }
+    report("binding limit edges", cases);
+}

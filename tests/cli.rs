@@ -35,7 +35,10 @@ fn bad_values_fail_before_any_work() {
         assert_eq!(code, 2, "{args:?}: {text}");
         assert!(text.contains(expected), "{args:?}: {text}");
         assert!(text.contains("usage"), "{args:?}: {text}");
-        assert!(elapsed < Duration::from_secs(10), "{args:?} took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "{args:?} took {elapsed:?}"
+        );
     }
 }
 
