@@ -13,16 +13,25 @@
 // Split rows only: per (row, chunk), the sum of squares and the max |x| of its part of k.
 @group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 
-// Sums of squares below 2^-100 (precision lost to f32 underflow) or not finite (f32 x^2
-// overflows above ~1.8e19) take the rescaled path. Tested on the bits: WGSL lets a compiler
-// assume that floats are finite, so `s != s` or `s > MAX` may be folded away.
+// Sums of squares below 2^-64 or not finite (f32 x^2 overflows above ~1.8e19) take the
+// rescaled path: squares of |x| below 2^-63 are subnormal, which GPUs may flush to zero, so
+// a sum under 2^-64 may have lost terms. Tested on the bits: WGSL lets a compiler assume
+// that floats are finite, so `s != s` or `s > MAX` may be folded away.
 fn sum_needs_rescaling(s: f32) -> bool {
     let exponent = (bitcast<u32>(s) >> 23u) & 0xffu;
-    return exponent == 0xffu || exponent < 27u;
+    return exponent == 0xffu || exponent < 63u;
+}
+
+// Whether a rescaled sum of squares is zero or subnormal: a first k of zeros, or of values
+// so small (below 2^-143, subnormal) that even scaled by 2^80 their squares are subnormal.
+// Taken as an all-zero first k (phase 1 of row_scale), never as a scale of inf.
+fn sum_is_zero(s: f32) -> bool {
+    return ((bitcast<u32>(s) >> 23u) & 0xffu) == 0u;
 }
 
 // Rows out of range are summed again with their elements scaled by 2^-e, e = +-80: the
-// squares of |x| <= f32::MAX then stay below 2^96, and those of tiny rows above 2^-100.
+// squares of |x| <= f32::MAX then stay below 2^96, and a tiny row's sum below 2^-64 comes
+// back below 2^96 too.
 const RESCALE_EXPONENT: i32 = 80;
 
 // v * 2^e for |e| <= 252. WGSL leaves ldexp undefined for exponents outside [-126, 127]
@@ -151,8 +160,8 @@ fn rms_norm(
                 pre = ldexp(1.0, -e);
             }
         }
-        if (sumsq == 0.0) {
-            // The first k elements are all zero.
+        if (sum_is_zero(sumsq)) {
+            // The first k elements are all zero (or subnormal).
             phase = 1u;
             pre = 1.0;
         }
@@ -211,7 +220,7 @@ fn rms_norm_cached(
             e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
             pre = ldexp(1.0, -e);
             sumsq = reduce_sum(elem_sum(cache_sum_squares(cache, lane, pre)));
-            if (sumsq == 0.0) {
+            if (sum_is_zero(sumsq)) {
                 phase = 1u;
                 pre = 1.0;
             }
@@ -286,15 +295,18 @@ fn split_scale(
         for (var j = lane; j < params.chunks; j = j + WG) {
             let piece_e = i32(row_partials[first_piece + 2u * j + 1u] - EXPONENT_BIAS);
             let piece_sum = row_partials[first_piece + 2u * j];
-            // Pieces 2^-252 or more below the largest add nothing an f32 keeps.
+            // Pieces 2^-252 or more below the largest add nothing an f32 keeps (and the
+            // exponent stays in ldexp's range in both arms of the select).
             let shift = 2 * (piece_e - e);
-            local_sum = local_sum + select(0.0, ldexp_wide(piece_sum, shift), shift >= -252);
+            let scaled = ldexp_wide(piece_sum, max(shift, -252));
+            local_sum = local_sum + select(0.0, scaled, shift >= -252);
         }
         let sumsq = reduce_sum(local_sum);
         // An all-zero first k: phase 1 of row_scale.
-        let phase = select(2u, 1u, biased == 0.0);
+        let zero = biased == 0.0;
+        let phase = select(2u, 1u, zero);
         let scale = row_scale(sumsq, phase, e);
-        let pre = select(ldexp(1.0, -e), 1.0, biased == 0.0);
+        let pre = select(ldexp(1.0, -clamp(e, -126, 126)), 1.0, zero);
         let begin = (g % params.chunks) * params.chunk_len;
         let end = min(begin + params.chunk_len, params.row_len);
         write_scaled(row, row_start, begin + lane, end, output_factors(pre, scale));

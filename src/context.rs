@@ -120,9 +120,9 @@ struct Scratch {
     /// `max_buffer_size`), and one per call, as the staging buffer is.
     timestamps: wgpu::Buffer,
     weights: wgpu::Buffer,
-    /// The last call's bind groups on these buffers, by kernel (its address in the cache,
-    /// where kernels stay) and rows: a repeated call creates nothing on the GPU.
-    prepared: Option<(usize, u32, PreparedDispatch)>,
+    /// The last call's bind groups on these buffers, by kernel (its unique id) and rows: a
+    /// repeated call creates nothing on the GPU.
+    prepared: Option<(u64, u32, PreparedDispatch)>,
 }
 
 impl GpuContext {
@@ -217,8 +217,8 @@ impl GpuContext {
         &self.adapter_info
     }
 
-    /// The kernel for `config`, planned on first use; its pipelines come from the
-    /// context's cache, so kernels that differ only in eps or k share them.
+    /// A kernel for `config`, planned now; its pipelines come from the context's cache, so
+    /// kernels that differ only in eps or k share them and compile nothing.
     pub fn kernel(&self, config: &RmsNormConfig) -> Result<RmsNorm> {
         RmsNorm::with_cache(&self.pipelines, config, &self.kernel_options)
     }
@@ -410,7 +410,7 @@ impl GpuContext {
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
-        let kernel_id = Arc::as_ptr(kernel) as usize;
+        let kernel_id = kernel.id();
         let prepared = match scratch.prepared.take() {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
             _ => kernel.prepare(&self.device, &buffers, rows)?,

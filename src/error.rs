@@ -26,6 +26,16 @@ pub enum Error {
         limit: u64,
     },
 
+    /// Rows too long for any workgroup of the device to normalize within the loop budget
+    /// that every adapter runs correctly, where they cannot be split.
+    #[error("rows of {hidden} elements cannot run on this device: {reason}")]
+    RowTooLong {
+        /// The hidden size asked for.
+        hidden: u32,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// The input's length is not `rows * hidden`.
     #[error(
         "input has {len} elements, not a multiple of the hidden size {hidden}: pass \

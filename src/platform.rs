@@ -37,8 +37,9 @@ pub(crate) fn device_is_lost(device: &wgpu::Device) -> bool {
 }
 
 /// The value of a future that is already complete, else `None`. Natively wgpu's error
-/// scopes resolve at once, so a synchronous call can read its own scope; in the browser
-/// they resolve later, and this gives `None`.
+/// scopes resolve at once, so a synchronous call can read its own scope (in the browser they
+/// resolve later).
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());

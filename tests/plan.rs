@@ -4,9 +4,8 @@
 //! itself validates what the plan produces. No GPU needed.
 #![cfg(not(target_arch = "wasm32"))] // Native; tests/web.rs runs in the browser.
 
-use wgpu_rmsnorm::kernel::plan::{
-    row_iterations, DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET,
-};
+use wgpu_rmsnorm::kernel::plan::StagePlan;
+use wgpu_rmsnorm::kernel::plan::{DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET};
 use wgpu_rmsnorm::kernel::Norm;
 use wgpu_rmsnorm::shaders::{ReductionKind, ShaderTarget};
 use wgpu_rmsnorm::{
@@ -134,7 +133,7 @@ fn devices() -> Vec<Simulated> {
     ]
 }
 
-const HIDDEN: [u32; 14] = [
+const HIDDEN: [u32; 17] = [
     1,
     3,
     4,
@@ -149,8 +148,11 @@ const HIDDEN: [u32; 14] = [
     65536,
     262147,
     1 << 20,
+    2_795_777,
+    11_183_105,
+    1 << 24,
 ];
-const ROWS: [u32; 6] = [1, 7, 32, 33, 65536, 1_000_000];
+const ROWS: [u32; 7] = [1, 7, 32, 33, 43_690, 65536, 1_000_000];
 
 fn option_sets() -> Vec<KernelOptions> {
     let mut sets = vec![KernelOptions::default()];
@@ -183,6 +185,14 @@ fn option_sets() -> Vec<KernelOptions> {
     });
     sets.push(KernelOptions {
         cpu_adapter: Some(true),
+        ..KernelOptions::default()
+    });
+    // Few workgroups, each looping over many rows, with a subgroup reduction whose loop over
+    // the partials is long.
+    sets.push(KernelOptions {
+        reduction: Reduction::Subgroups,
+        workgroup_size: Some(64),
+        max_workgroups: Some(4),
         ..KernelOptions::default()
     });
     sets
@@ -262,6 +272,43 @@ fn the_emulated_reductions_catch_a_wrong_subgroup_assumption() {
     assert!(!reduction_correct(ReductionKind::SingleSubgroup, 16, 8));
 }
 
+/// Loop iterations of one invocation for one work item, counted from the shaders' loops
+/// (shaders/rmsnorm.wgsl, layernorm.wgsl, reduce_*.wgsl) at the smallest subgroup width the
+/// device may run, written out here apart from the plan's own count.
+fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<u32>) -> u64 {
+    let wg = stage.shape.workgroup_size;
+    let p = pieces.unwrap_or(1);
+    let piece = u64::from(row_len.div_ceil(p).div_ceil(wg));
+    let row = u64::from(row_len.div_ceil(wg));
+    let narrowest = device
+        .runs_subgroups
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(device.caps.subgroup_min_size)
+        .min(device.caps.subgroup_min_size)
+        .max(1);
+    // reduce_subgroup.wgsl walks the partials in steps of the subgroup width; the tree has
+    // one loop iteration per level.
+    let reduce = match stage.shape.reduction {
+        ReductionKind::Subgroups => u64::from(wg.div_ceil(narrowest)),
+        ReductionKind::WorkgroupTree => u64::from(wg.ilog2()),
+        ReductionKind::SingleSubgroup => 0,
+    };
+    let (passes, reductions) = match stage.entry {
+        // rms_norm: the sum, the rescaled sum, the scaling; two reductions at most.
+        Entry::RmsNorm => (3 * row, 2),
+        Entry::RmsNormCached => (0, 2),
+        Entry::LayerNorm => (2 * row, 2),
+        // split_partials: the max and the sum over the piece.
+        Entry::SplitPartials => (2 * piece, 2),
+        // split_scale: two passes over the pieces, then the piece's scaling.
+        Entry::SplitScale => (2 * u64::from(p.div_ceil(wg)) + piece, 2),
+    };
+    // The row loop itself, the rescaling loop's turns.
+    passes + reductions * reduce + 3
+}
+
 fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, what: &str) {
     let caps = &device.caps;
     let mut covered = 0u64;
@@ -290,14 +337,7 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
         );
         let items = u64::from(chunk.rows) * u64::from(launch.split_pieces.unwrap_or(1));
         for stage in &launch.stages {
-            let wg = stage.shape.workgroup_size;
-            let per_item = match (stage.entry, launch.split_pieces) {
-                (Entry::SplitPartials | Entry::SplitScale, Some(p)) => {
-                    row_iterations(stage.entry, row_len.div_ceil(p), wg)
-                        + 2 * u64::from(p.div_ceil(wg))
-                }
-                (entry, _) => row_iterations(entry, row_len, wg),
-            };
+            let per_item = loops_of(device, stage, row_len, launch.split_pieces);
             let per_invocation = items.div_ceil(u64::from(chunk.workgroups)) * per_item;
             assert!(
                 per_invocation <= LOOP_ITERATION_BUDGET,
@@ -351,15 +391,19 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
                     let plan = match Plan::new(&device.caps, norm, &config, &options) {
                         Ok(plan) => plan,
                         Err(e) => {
-                            // Refusals are typed and say what to change; defaults never refuse.
-                            assert_ne!(options, KernelOptions::default(), "{what}: {e}");
+                            // Refusals are typed and say what to change; defaults refuse only
+                            // rows too long for any workgroup that cannot be split.
+                            let defaults = options == KernelOptions::default();
+                            let long_row = matches!(e, Error::RowTooLong { .. });
+                            assert!(!defaults || long_row, "{what}: {e}");
                             assert!(
-                                matches!(
-                                    e,
-                                    Error::UnsupportedOption { .. }
-                                        | Error::InvalidWorkgroupSize { .. }
-                                        | Error::SubgroupsUnsupported { .. }
-                                ),
+                                long_row
+                                    || matches!(
+                                        e,
+                                        Error::UnsupportedOption { .. }
+                                            | Error::InvalidWorkgroupSize { .. }
+                                            | Error::SubgroupsUnsupported { .. }
+                                    ),
                                 "{what}: {e:?}"
                             );
                             refused += 1;
@@ -367,10 +411,17 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
                         }
                     };
                     check_plan(&device, &plan, &what);
-                    for rows in ROWS {
+                    // At most 2^32 elements a call, so that huge rows stay few.
+                    let rows = ROWS
+                        .into_iter()
+                        .filter(|&r| u64::from(r) * u64::from(hidden) <= 1 << 32);
+                    for rows in rows {
                         for vec4 in [true, false] {
-                            let launch = plan.launch(rows, vec4).unwrap();
-                            check_launch(&device, &plan, &launch, rows, &what);
+                            match plan.launch(rows, vec4) {
+                                Ok(launch) => check_launch(&device, &plan, &launch, rows, &what),
+                                // Only unaligned calls of a layout that cannot run.
+                                Err(e) => assert!(!vec4 || plan.vec4.is_none(), "{what}: {e:?}"),
+                            }
                         }
                     }
                     planned += 1;
@@ -564,4 +615,51 @@ fn encode_one<N: wgpu_rmsnorm::kernel::NormKind>(
         .encode(device, &mut encoder, &buffers, rows as u32)
         .expect("encode");
     drop(encoder.finish());
+}
+
+/// Rows of millions of elements plan with the default options on every device that can
+/// split: the whole-row stage is left out where no workgroup keeps a row within the
+/// iteration budget, and every call splits.
+#[test]
+fn long_rows_plan_by_default() {
+    for device in devices() {
+        let splits = device.caps.max_storage_buffers_per_stage >= 5;
+        for hidden in [2_795_777u32, 11_183_105, 1 << 24] {
+            let config = RmsNormConfig::new(hidden);
+            let result = Plan::new(&device.caps, Norm::Rms, &config, &KernelOptions::default());
+            let what = format!("{} n={hidden}", device.name);
+            match (result, splits) {
+                (Ok(plan), _) => {
+                    for (rows, vec4) in [(1, true), (3, false)] {
+                        if let Ok(launch) = plan.launch(rows, vec4) {
+                            check_launch(&device, &plan, &launch, rows, &what);
+                        }
+                    }
+                }
+                (Err(e), false) => assert!(matches!(e, Error::RowTooLong { .. }), "{what}: {e}"),
+                (Err(e), true) => panic!("{what}: {e}"),
+            }
+        }
+    }
+}
+
+/// With the reduction left to the plan, a forced workgroup size is honoured: on lavapipe
+/// (one subgroup of 8) a workgroup of 64 takes the subgroup reduction, not a refusal.
+#[test]
+fn a_forced_workgroup_size_picks_a_reduction_that_fits() {
+    let lavapipe = &devices()[9];
+    let options = KernelOptions {
+        workgroup_size: Some(64),
+        ..KernelOptions::default()
+    };
+    let plan = Plan::new(
+        &lavapipe.caps,
+        Norm::Rms,
+        &RmsNormConfig::new(4096),
+        &options,
+    )
+    .unwrap();
+    let stage = plan.primary_stage();
+    assert_eq!(stage.shape.reduction, ReductionKind::Subgroups);
+    assert_eq!(stage.shape.workgroup_size, 64);
 }

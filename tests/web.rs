@@ -385,6 +385,16 @@ async fn the_js_api_computes_and_rejects_bad_input() {
             "not 8.5",
         ),
         (
+            "eps below f32",
+            normalizer.rms_norm(js(&x), 8.0, options(&[("eps", 1e-50.into())])),
+            "rounds to 0 in f32",
+        ),
+        (
+            "eps subnormal in f32",
+            normalizer.rms_norm(js(&x), 8.0, options(&[("eps", 1e-40.into())])),
+            "subnormal",
+        ),
+        (
             "hidden NaN",
             normalizer.rms_norm(js(&x), f64::NAN, JsValue::UNDEFINED),
             "not NaN",

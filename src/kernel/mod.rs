@@ -231,6 +231,11 @@ impl KernelCore {
         })
     }
 
+    /// Unique per kernel, for checking what a prepared dispatch belongs to.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn prepare(
         &self,
         device: &wgpu::Device,
@@ -243,8 +248,9 @@ impl KernelCore {
         dispatch::check_buffers(&self.config, buffers, rows)?;
         let launch = self.plan.launch(rows, dispatch::vec4_offsets(buffers))?;
         // A buffer wgpu refuses (one of another device) is a validation error: caught here
-        // and returned, natively; in the browser the scope resolves later, and the error
-        // goes to the device's uncaptured-error handler.
+        // and returned, natively. In the browser a scope resolves only later, so none is
+        // pushed: the error goes to the device's uncaptured-error handler.
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_groups = dispatch::bind_groups(
             device,
@@ -254,6 +260,7 @@ impl KernelCore {
             &launch,
             buffers,
         );
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(Some(error)) = platform::ready_now(scope.pop()) {
             return Err(Error::BufferRefused(error.to_string()));
         }
@@ -337,14 +344,15 @@ impl<N: NormKind> NormKernel<N> {
         &self.core.plan
     }
 
-    /// The reduction of whole rows with scalar loads (never [`Reduction::Auto`]).
+    /// The reduction of the plan's primary stage: whole rows with scalar loads where the
+    /// device can run them (never [`Reduction::Auto`]).
     pub fn reduction(&self) -> Reduction {
-        plan::public_reduction(self.core.plan.scalar.rows.shape.reduction)
+        plan::public_reduction(self.core.plan.primary_stage().shape.reduction)
     }
 
-    /// Invocations per workgroup of whole rows with scalar loads.
+    /// Invocations per workgroup of the plan's primary stage (see [`NormKernel::reduction`]).
     pub fn workgroup_size(&self) -> u32 {
-        self.core.plan.scalar.rows.shape.workgroup_size
+        self.core.plan.primary_stage().shape.workgroup_size
     }
 
     /// Whether a call with these buffers would use vec4 loads and stores (hidden size and

@@ -161,6 +161,10 @@ impl PipelineCache {
         }
         let pipeline = Arc::new(self.build(&key));
         let (map, order) = &mut *self.lock();
+        // Another thread may have built it meanwhile: keep one.
+        if let Some(existing) = map.get(&key) {
+            return existing.clone();
+        }
         map.insert(key, pipeline.clone());
         order.push_back(key);
         while order.len() > CACHE_CAPACITY {

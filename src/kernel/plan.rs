@@ -79,6 +79,13 @@ impl DeviceCaps {
         fixed.then_some(self.subgroup_min_size)
     }
 
+    /// The narrowest subgroup to count loop iterations with: the fixed width where there is
+    /// one, else at most 4 (GPUs have run below their reported minimum).
+    pub fn narrowest_subgroup(&self) -> u32 {
+        self.fixed_subgroup_width()
+            .unwrap_or(self.subgroup_min_size.clamp(1, 4))
+    }
+
     /// Invocations per workgroup the kernels may use: the device's limit, at most 1024, and
     /// what the workgroup memory of a reduction (4 bytes an invocation, plus 16) allows.
     fn workgroup_limit(&self) -> u32 {
@@ -141,10 +148,23 @@ pub struct StagePlan {
 /// The pipelines of one element layout: one stage, or two for split rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayoutPlan {
-    /// The kernel for whole rows.
-    pub rows: StagePlan,
+    /// The kernel for whole rows; `None` where no workgroup the device allows keeps a whole
+    /// row within the iteration budget, so that every call splits its rows.
+    pub rows: Option<StagePlan>,
     /// Split rows' two stages, where this kernel splits rows.
     pub split: Option<[StagePlan; 2]>,
+}
+
+impl LayoutPlan {
+    /// The stage a call runs first by default: whole rows, else split rows' first.
+    pub fn first_stage(&self) -> StagePlan {
+        match (self.rows, self.split) {
+            (Some(rows), _) => rows,
+            (None, Some([first, _])) => first,
+            // The planner makes one or the other.
+            (None, None) => unreachable!("a layout plan has whole-row or split stages"),
+        }
+    }
 }
 
 /// Whether calls split few long rows across workgroups.
@@ -172,8 +192,10 @@ pub struct Plan {
     pub cpu: bool,
     /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
     pub vec4: Option<LayoutPlan>,
-    /// Scalar loads, for every call.
-    pub scalar: LayoutPlan,
+    /// Scalar loads, for calls whose offsets rule out vec4; an error where such rows cannot
+    /// run on this device (LayerNorm rows too long for any workgroup), returned by those
+    /// calls' launch.
+    pub scalar: Result<LayoutPlan>,
     /// When calls split rows (only where `split` stages exist).
     pub split_policy: SplitPolicy,
     /// At most this many workgroups per dispatch, each looping over rows (not split rows).
@@ -235,19 +257,45 @@ const GPU_MAX_WORKGROUP: u32 = 256;
 const STORAGE_BUFFERS: u32 = 4;
 const SPLIT_STORAGE_BUFFERS: u32 = 5;
 
-/// Loop iterations of one invocation for one row of `loads` Elems (or one piece) with `wg`
-/// invocations: the passes over the row, plus the row's own loop overhead.
-pub fn row_iterations(entry: Entry, loads: u32, wg: u32) -> u64 {
+/// Loop iterations of one invocation for one work item with `wg` invocations: a row of
+/// `loads` Elems, or for the split stages one piece of `loads` Elems of a row cut in
+/// `pieces`. The passes over the item, the loops of its two reductions (the tree's levels,
+/// or the subgroup reduction's pass over the partials, at subgroups of `subgroup_min`), and
+/// the loops' own overhead. llvmpipe stops every loop past 65535 iterations.
+pub fn item_iterations(
+    entry: Entry,
+    reduction: ReductionKind,
+    wg: u32,
+    loads: u32,
+    pieces: u32,
+    subgroup_min: u32,
+) -> u64 {
     let per_pass = u64::from(loads.div_ceil(wg));
-    match entry {
+    let passes = match entry {
         // The sum, the rescaled sum, the scaling.
-        Entry::RmsNorm => 3 * per_pass + 3,
-        Entry::RmsNormCached => 1,
-        // The sum over the piece and its max.
-        Entry::SplitPartials => 2 * per_pass + 1,
-        // The scaling of a piece (the loops over the pieces are counted by the caller).
-        Entry::SplitScale => per_pass + 1,
-        Entry::LayerNorm => 2 * per_pass + 1,
+        Entry::RmsNorm => 3 * per_pass,
+        Entry::RmsNormCached => 0,
+        // The max and the sum over the piece.
+        Entry::SplitPartials => 2 * per_pass,
+        // The scaling of the piece, after two passes over the row's pieces.
+        Entry::SplitScale => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
+        Entry::LayerNorm => 2 * per_pass,
+    };
+    let per_reduction = match reduction {
+        ReductionKind::WorkgroupTree => u64::from(wg.trailing_zeros()),
+        ReductionKind::Subgroups => u64::from(wg.div_ceil(subgroup_min.max(1))),
+        ReductionKind::SingleSubgroup => 0,
+    };
+    passes + 2 * per_reduction + 3
+}
+
+/// Pieces of a split row of `loads` Elems: pieces of [`SPLIT_PIECE_LOADS`], at least 2, and
+/// at least 8 where every call splits.
+fn split_piece_count(loads: u32, policy: SplitPolicy) -> u32 {
+    let pieces = loads.div_ceil(SPLIT_PIECE_LOADS).max(2.min(loads));
+    match policy {
+        SplitPolicy::Always => pieces.max(8.min(loads)),
+        _ => pieces,
     }
 }
 
@@ -289,15 +337,19 @@ impl Plan {
             norm,
             options,
             cpu,
-            split: split_policy != SplitPolicy::Never,
+            split: split_policy,
         };
         let vec4 = config
             .hidden
             .is_multiple_of(4)
             .then(|| planner.plan(ElemLayout::Vec4, config.hidden / 4))
             .transpose()?;
-        let scalar = planner.plan(ElemLayout::Scalar, config.hidden)?;
-        let tree = scalar.rows.shape.reduction == ReductionKind::WorkgroupTree;
+        let scalar = planner.plan(ElemLayout::Scalar, config.hidden);
+        let primary = match (&scalar, &vec4) {
+            (Ok(layout), _) | (Err(_), Some(layout)) => layout.first_stage(),
+            (Err(e), None) => return Err(e.clone()),
+        };
+        let tree = primary.shape.reduction == ReductionKind::WorkgroupTree;
         Ok(Self {
             norm,
             hidden: config.hidden,
@@ -317,11 +369,20 @@ impl Plan {
     /// Every pipeline this plan can run.
     pub fn stages(&self) -> Vec<StagePlan> {
         let mut stages = Vec::new();
-        for layout in self.vec4.iter().chain([&self.scalar]) {
-            stages.push(layout.rows);
+        for layout in self.vec4.iter().chain(self.scalar.as_ref().ok()) {
+            stages.extend(layout.rows);
             stages.extend(layout.split.iter().flatten());
         }
         stages
+    }
+
+    /// The stage of scalar whole rows where there is one, else the first of another layout:
+    /// what `reduction()` and `workgroup_size()` report.
+    pub fn primary_stage(&self) -> StagePlan {
+        match (&self.scalar, &self.vec4) {
+            (Ok(layout), _) | (Err(_), Some(layout)) => layout.first_stage(),
+            (Err(_), None) => unreachable!("Plan::new refuses a plan with no layout"),
+        }
     }
 
     /// Plans a call of `rows` rows. `vec4_offsets`: whether every buffer offset of the call
@@ -329,16 +390,24 @@ impl Plan {
     pub fn launch(&self, rows: u32, vec4_offsets: bool) -> Result<Launch> {
         let (elem, layout) = match (&self.vec4, vec4_offsets) {
             (Some(layout), true) => (ElemLayout::Vec4, layout),
-            _ => (ElemLayout::Scalar, &self.scalar),
+            _ => (
+                ElemLayout::Scalar,
+                self.scalar.as_ref().map_err(Clone::clone)?,
+            ),
         };
         let row_len = self.hidden / lanes(elem);
-        let pieces = layout.split.and_then(|_| self.split_pieces(rows, row_len));
+        // Split where the layout has no whole-row stage, else by the policy.
+        let pieces = match (layout.rows, layout.split) {
+            (None, Some(_)) => Some(split_piece_count(row_len, self.split_policy)),
+            (Some(_), Some(_)) => self.split_pieces(rows, row_len),
+            _ => None,
+        };
         let stages: Vec<StagePlan> = match (pieces, layout.split) {
             (Some(_), Some(split)) => split.to_vec(),
-            _ => vec![layout.rows],
+            _ => vec![layout.first_stage()],
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
-        let rows_per_chunk = self.rows_per_chunk(per_item, pieces)?;
+        let rows_per_chunk = self.rows_per_chunk(per_item, pieces);
         let mut chunks = Vec::new();
         let mut first_row = 0u64;
         while first_row < u64::from(rows) {
@@ -361,38 +430,34 @@ impl Plan {
         })
     }
 
-    /// Pieces per row when a call of `rows` rows of `row_len` Elems splits them.
+    /// Pieces per row when a call of `rows` rows of `row_len` Elems splits them by the
+    /// policy.
     fn split_pieces(&self, rows: u32, row_len: u32) -> Option<u32> {
-        let pieces = row_len.div_ceil(SPLIT_PIECE_LOADS);
-        let pieces = match self.split_policy {
-            SplitPolicy::Never => return None,
-            SplitPolicy::Always => pieces.max(8.min(row_len)),
-            SplitPolicy::FewLongRows
-                if rows <= SPLIT_MAX_ROWS && row_len >= SPLIT_MIN_ROW_LOADS =>
-            {
-                pieces
-            }
-            SplitPolicy::FewLongRows => return None,
+        let wanted = match self.split_policy {
+            SplitPolicy::Never => false,
+            SplitPolicy::Always => true,
+            SplitPolicy::FewLongRows => rows <= SPLIT_MAX_ROWS && row_len >= SPLIT_MIN_ROW_LOADS,
         };
-        (pieces >= 2).then_some(pieces)
+        let pieces = split_piece_count(row_len, self.split_policy);
+        (wanted && pieces >= 2).then_some(pieces)
     }
 
     /// Loop iterations of one invocation per work item (a row, or a piece of one).
     fn item_iterations(&self, stages: &[StagePlan], row_len: u32, pieces: Option<u32>) -> u64 {
+        let pieces = pieces.unwrap_or(1);
+        let loads = row_len.div_ceil(pieces);
         stages
             .iter()
             .map(|stage| {
-                let wg = stage.shape.workgroup_size;
-                match (stage.entry, pieces) {
-                    (Entry::SplitPartials, Some(p)) => {
-                        row_iterations(stage.entry, row_len.div_ceil(p), wg)
-                    }
-                    (Entry::SplitScale, Some(p)) => {
-                        row_iterations(stage.entry, row_len.div_ceil(p), wg)
-                            + 2 * u64::from(p.div_ceil(wg))
-                    }
-                    (entry, _) => row_iterations(entry, row_len, wg),
-                }
+                let shape = stage.shape;
+                item_iterations(
+                    stage.entry,
+                    shape.reduction,
+                    shape.workgroup_size,
+                    loads,
+                    pieces,
+                    self.caps.narrowest_subgroup(),
+                )
             })
             .max()
             .unwrap_or(1)
@@ -400,7 +465,7 @@ impl Plan {
 
     /// Rows per dispatch: within one binding (x, y, and split rows' partial sums) and within
     /// the iteration budget at the device's most workgroups per dispatch.
-    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> Result<u64> {
+    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> u64 {
         let caps = &self.caps;
         let row_bytes = u64::from(self.hidden) * 4;
         let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
@@ -412,7 +477,7 @@ impl Plan {
         let items = u64::from(caps.max_workgroups_per_dimension) * items_per_workgroup;
         // Each chunk's item count stays a u32 for the shader.
         let items = items.min(u64::from(u32::MAX));
-        Ok(rows.min(items / pieces).max(1))
+        rows.min(items / pieces).max(1)
     }
 
     /// Workgroups for `items` rows (or pieces): one each up to the device's limit, fewer
@@ -488,7 +553,16 @@ struct LayoutPlanner<'a> {
     norm: Norm,
     options: &'a KernelOptions,
     cpu: bool,
-    split: bool,
+    split: SplitPolicy,
+}
+
+/// What a stage computes per work item, for the iteration budget: its entry points, the
+/// Elems of one item, and the pieces of a split row.
+#[derive(Clone, Copy)]
+struct Work<'e> {
+    entries: &'e [Entry],
+    loads: u32,
+    pieces: u32,
 }
 
 impl LayoutPlanner<'_> {
@@ -497,60 +571,118 @@ impl LayoutPlanner<'_> {
             Norm::Rms => Entry::RmsNorm,
             Norm::Layer => Entry::LayerNorm,
         };
-        let (reduction, workgroup_size) = self.reduction(entry, elem, loads)?;
+        let split = match self.split {
+            SplitPolicy::Never => None,
+            policy => Some(self.split_stages(elem, loads, policy)?),
+        };
+        let work = Work {
+            entries: &[entry],
+            loads,
+            pieces: 1,
+        };
+        let rows = match (self.reduction(elem, work)?, split) {
+            (Some((reduction, workgroup_size)), _) => {
+                let shape = ModuleShape {
+                    elem,
+                    reduction,
+                    workgroup_size,
+                    cache_len: 1,
+                };
+                Some(match self.read_once(elem, loads, reduction, workgroup_size)? {
+                    Some((workgroup_size, cache_len)) => StagePlan {
+                        entry: Entry::RmsNormCached,
+                        shape: ModuleShape {
+                            workgroup_size,
+                            cache_len,
+                            ..shape
+                        },
+                    },
+                    None => StagePlan { entry, shape },
+                })
+            }
+            // No workgroup keeps a whole row within the budget: every call splits.
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err(Error::RowTooLong {
+                    hidden: loads * lanes(elem),
+                    reason: format!(
+                        "{} invocations per workgroup would each loop past the {} iterations                          that every adapter runs correctly{}",
+                        self.caps.workgroup_limit(),
+                        LOOP_ITERATION_BUDGET,
+                        match self.norm {
+                            Norm::Layer => "; LayerNorm does not split rows",
+                            Norm::Rms => ", and split_rows is off or this device cannot split",
+                        }
+                    ),
+                })
+            }
+        };
+        Ok(LayoutPlan { rows, split })
+    }
+
+    /// Split rows' two stages, sized for one piece of a row, not for the row.
+    fn split_stages(
+        &self,
+        elem: ElemLayout,
+        loads: u32,
+        policy: SplitPolicy,
+    ) -> Result<[StagePlan; 2]> {
+        let entries = [Entry::SplitPartials, Entry::SplitScale];
+        let work = Work {
+            entries: &entries,
+            loads: SPLIT_PIECE_LOADS.min(loads),
+            pieces: split_piece_count(loads, policy),
+        };
+        let (reduction, workgroup_size) =
+            self.reduction(elem, work)?
+                .ok_or_else(|| Error::RowTooLong {
+                    hidden: loads * lanes(elem),
+                    reason: format!(
+                        "even split into {} pieces its rows would loop past the {} iterations                          that every adapter runs correctly",
+                        work.pieces, LOOP_ITERATION_BUDGET
+                    ),
+                })?;
         let shape = ModuleShape {
             elem,
             reduction,
             workgroup_size,
             cache_len: 1,
         };
-        let rows = match self.read_once(elem, loads, reduction, workgroup_size)? {
-            Some((workgroup_size, cache_len)) => StagePlan {
-                entry: Entry::RmsNormCached,
-                shape: ModuleShape {
-                    workgroup_size,
-                    cache_len,
-                    ..shape
-                },
-            },
-            None => StagePlan { entry, shape },
-        };
-        let split = if self.split {
-            // Sized for one piece of a row, not for the row.
-            let piece = SPLIT_PIECE_LOADS.min(loads);
-            let (reduction, workgroup_size) = self.reduction(Entry::SplitPartials, elem, piece)?;
-            let shape = ModuleShape {
-                elem,
-                reduction,
-                workgroup_size,
-                cache_len: 1,
-            };
-            Some([Entry::SplitPartials, Entry::SplitScale].map(|entry| StagePlan { entry, shape }))
-        } else {
-            None
-        };
-        Ok(LayoutPlan { rows, split })
+        Ok(entries.map(|entry| StagePlan { entry, shape }))
     }
 
-    /// The reduction and workgroup size for rows (or pieces) of `loads` Elems.
-    fn reduction(
-        &self,
-        entry: Entry,
-        elem: ElemLayout,
-        loads: u32,
-    ) -> Result<(ReductionKind, u32)> {
+    /// Loop iterations per invocation of `work` with `wg` invocations and `reduction`.
+    fn iterations(&self, work: Work<'_>, reduction: ReductionKind, wg: u32) -> u64 {
+        work.entries
+            .iter()
+            .map(|&entry| {
+                let min = self.caps.narrowest_subgroup();
+                item_iterations(entry, reduction, wg, work.loads, work.pieces, min)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The reduction and workgroup size for `work`; `None` where the size is the plan's to
+    /// choose and none the device allows keeps an invocation within the iteration budget.
+    fn reduction(&self, elem: ElemLayout, work: Work<'_>) -> Result<Option<(ReductionKind, u32)>> {
         let caps = self.caps;
         let limit = caps.workgroup_limit();
-        // The fewest invocations that keep a row near the iteration target.
+        let forced = self.options.workgroup_size;
+        // The fewest invocations that keep an item near the iteration target (its passes).
         let row_minimum = min_power_of_two(
-            |wg| row_iterations(entry, loads, wg) <= ROW_ITERATION_TARGET,
+            |wg| self.iterations(work, ReductionKind::SingleSubgroup, wg) <= ROW_ITERATION_TARGET,
             limit,
         )
         .unwrap_or(limit);
         let fixed = caps.fixed_subgroup_width();
         let reduction = match self.options.reduction {
             Reduction::Auto => match fixed {
-                Some(width) if self.cpu && row_minimum <= width => ReductionKind::SingleSubgroup,
+                Some(width)
+                    if self.cpu && row_minimum <= width && forced.is_none_or(|s| s <= width) =>
+                {
+                    ReductionKind::SingleSubgroup
+                }
                 _ if caps.subgroups => ReductionKind::Subgroups,
                 _ => ReductionKind::WorkgroupTree,
             },
@@ -565,31 +697,29 @@ impl LayoutPlanner<'_> {
             };
             return Err(Error::SubgroupsUnsupported { reduction: name });
         }
-        let size = match (reduction, self.options.workgroup_size, fixed) {
+        let size = match (reduction, forced, fixed) {
             (_, Some(size), _) => size,
             (ReductionKind::SingleSubgroup, None, Some(width)) => width,
             (ReductionKind::SingleSubgroup, None, None) => 0,
             (_, None, _) if self.cpu => cpu_floor(caps).max(row_minimum).min(limit),
             // GPUs: about 16 elements per invocation.
-            (_, None, _) => (loads * lanes(elem))
+            (_, None, _) => (work.loads * lanes(elem))
                 .div_ceil(16)
                 .next_power_of_two()
                 .clamp(GPU_MIN_WORKGROUP, GPU_MAX_WORKGROUP)
                 .max(row_minimum)
                 .min(limit),
         };
-        self.check_workgroup(entry, loads, reduction, size)?;
-        Ok((reduction, size))
+        let chosen = forced.is_none() && reduction != ReductionKind::SingleSubgroup;
+        if chosen && self.iterations(work, reduction, size) > LOOP_ITERATION_BUDGET {
+            return Ok(None);
+        }
+        self.check_workgroup(work, reduction, size)?;
+        Ok(Some((reduction, size)))
     }
 
     /// Refuses a workgroup size the device or the kernel cannot run correctly.
-    fn check_workgroup(
-        &self,
-        entry: Entry,
-        loads: u32,
-        reduction: ReductionKind,
-        size: u32,
-    ) -> Result<()> {
+    fn check_workgroup(&self, work: Work<'_>, reduction: ReductionKind, size: u32) -> Result<()> {
         let invalid = |reason: String| Err(Error::InvalidWorkgroupSize { size, reason });
         let limit = self.caps.workgroup_limit();
         if reduction == ReductionKind::SingleSubgroup {
@@ -623,17 +753,20 @@ impl LayoutPlanner<'_> {
                  4 bytes of workgroup memory each)"
             ));
         }
-        if row_iterations(entry, loads, size) > LOOP_ITERATION_BUDGET {
+        let iterations = self.iterations(work, reduction, size);
+        if iterations > LOOP_ITERATION_BUDGET {
             let needed = min_power_of_two(
-                |wg| row_iterations(entry, loads, wg) <= LOOP_ITERATION_BUDGET,
-                1 << 31,
-            )
-            .unwrap_or(u32::MAX);
+                |wg| self.iterations(work, reduction, wg) <= LOOP_ITERATION_BUDGET,
+                limit,
+            );
+            let advice = match needed {
+                Some(wg) => format!("use at least {wg} invocations, or split rows"),
+                None => "split rows".into(),
+            };
             return invalid(format!(
-                "rows of {loads} loads would loop {} times per invocation, past the \
-                 {LOOP_ITERATION_BUDGET} that every adapter runs correctly: use at least \
-                 {needed} invocations, or split rows",
-                row_iterations(entry, loads, size)
+                "items of {} loads would loop {iterations} times per invocation, past the \
+                 {LOOP_ITERATION_BUDGET} that every adapter runs correctly: {advice}",
+                work.loads
             ));
         }
         Ok(())

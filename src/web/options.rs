@@ -178,6 +178,12 @@ pub(super) fn parse_options(
     };
     if let Some(eps) = number("eps")? {
         config.eps = eps as f32;
+        // A JS number below f32's range would become 0 (a different convention) silently.
+        if eps != 0.0 && config.eps == 0.0 {
+            return Err(JsError::new(&format!(
+                "option eps = {eps} rounds to 0 in f32: pass 0, or at least 1.1754944e-38"
+            )));
+        }
     }
     config.eps_mode = match get("epsMode").as_string().as_deref() {
         None if get("epsMode").is_undefined() => EpsMode::InsideRoot,
