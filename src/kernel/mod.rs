@@ -17,7 +17,6 @@ pub use pipelines::{
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
-use crate::platform;
 use pipelines::{Layouts, PipelineCache, PipelineKey};
 use plan::{DeviceCaps, Plan, StagePlan};
 use std::collections::HashMap;
@@ -261,7 +260,7 @@ impl KernelCore {
             buffers,
         );
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(Some(error)) = platform::ready_now(scope.pop()) {
+        if let Some(Some(error)) = crate::platform::ready_now(scope.pop()) {
             return Err(Error::BufferRefused(error.to_string()));
         }
         let bind_groups = bind_groups?;
