@@ -259,7 +259,7 @@ fn layer_norm_outliers() {
                     KernelOptions::with_reduction(Reduction::WorkgroupTree),
                 ] {
                     let kernel = LayerNorm::new(gpu.device(), &config, &options).unwrap();
-                    let y = run_layer(gpu, &kernel, &x);
+                    let y = run_made_kernel(gpu, &kernel, hidden, &x, None, None);
                     let expected = reference::layer_norm(&x, &config, None, None).unwrap();
                     assert_close(&y, &expected, &format!("n={hidden} outlier at {position}"));
                     cases += 1;
@@ -268,25 +268,6 @@ fn layer_norm_outliers() {
         }
     }
     report("LayerNorm outliers", cases);
-}
-
-fn run_layer(gpu: &GpuContext, kernel: &LayerNorm, x: &[f32]) -> Vec<f32> {
-    let device = gpu.device();
-    no_gpu_errors(device, || {
-        let xb = storage_buffer(gpu, x);
-        let yb = storage_buffer(gpu, &vec![f32::NAN; x.len()]);
-        let buffers = RmsNormBuffers {
-            input: BufferRegion::whole(&xb),
-            output: BufferRegion::whole(&yb),
-            gain: None,
-            bias: None,
-        };
-        let rows = (x.len() / kernel.config().hidden as usize) as u32;
-        let mut encoder = device.create_command_encoder(&Default::default());
-        kernel.encode(device, &mut encoder, &buffers, rows).unwrap();
-        gpu.queue().submit([encoder.finish()]);
-        read_back(gpu, &yb)
-    })
 }
 
 /// Class 9: a dispatch prepared by one kernel is refused by another.

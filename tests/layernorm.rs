@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use wgpu_rmsnorm::reference;
-use wgpu_rmsnorm::{
-    BufferRegion, Gain, KernelOptions, LayerNorm, LayerNormConfig, RmsNormBuffers, Weights,
-};
+use wgpu_rmsnorm::{Gain, KernelOptions, LayerNorm, LayerNormConfig, Weights};
 
 fn check(
     y: &[f32],
@@ -20,30 +18,15 @@ fn check(
     assert_close(y, &reference::layer_norm(x, config, g, b).unwrap(), what);
 }
 
-/// Through the low-level API, with a given reduction.
+/// Through the low-level API, with the given options.
 fn run(
     gpu: &wgpu_rmsnorm::GpuContext,
     config: &LayerNormConfig,
     options: &KernelOptions,
     x: &[f32],
 ) -> Vec<f32> {
-    let device = gpu.device();
-    no_gpu_errors(device, || {
-        let kernel = LayerNorm::new(device, config, options).unwrap();
-        let x_buffer = storage_buffer(gpu, x);
-        let y_buffer = storage_buffer(gpu, &vec![f32::NAN; x.len()]);
-        let buffers = RmsNormBuffers {
-            input: BufferRegion::whole(&x_buffer),
-            output: BufferRegion::whole(&y_buffer),
-            gain: None,
-            bias: None,
-        };
-        let mut encoder = device.create_command_encoder(&Default::default());
-        let rows = (x.len() / config.hidden as usize) as u32;
-        kernel.encode(device, &mut encoder, &buffers, rows).unwrap();
-        gpu.queue().submit([encoder.finish()]);
-        read_back(gpu, &y_buffer)
-    })
+    let kernel = LayerNorm::new(gpu.device(), config, options).unwrap();
+    run_made_kernel(gpu, &kernel, config.hidden, x, None, None)
 }
 
 #[test]

@@ -3,10 +3,11 @@
 
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use wgpu::util::DeviceExt;
+use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use wgpu_rmsnorm::{
-    block_on, BufferRegion, GpuContext, KernelOptions, Reduction, RmsNorm, RmsNormBuffers,
-    RmsNormConfig,
+    block_on, BufferRegion, GpuContext, KernelOptions, NormKernel, Reduction, RmsNorm,
+    RmsNormBuffers, RmsNormConfig,
 };
 
 /// The shared context, held by one test at a time, or `None` (announced loudly) when there is
@@ -120,9 +121,22 @@ pub fn run_kernel(
     gain: Option<&[f32]>,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    let kernel = RmsNorm::new(gpu.device(), config, options).expect("kernel");
+    run_made_kernel(gpu, &kernel, config.hidden, x, gain, bias)
+}
+
+/// Runs a kernel already made (RMSNorm or LayerNorm) on `x`, rows of `hidden`, and returns y,
+/// failing on any wgpu error.
+pub fn run_made_kernel<N: NormKind>(
+    gpu: &GpuContext,
+    kernel: &NormKernel<N>,
+    hidden: u32,
+    x: &[f32],
+    gain: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let device = gpu.device();
     no_gpu_errors(device, || {
-        let kernel = RmsNorm::new(device, config, options).expect("kernel");
         let x_buffer = storage_buffer(gpu, x);
         let y_buffer = storage_buffer(gpu, &vec![f32::NAN; x.len()]);
         let gain_buffer = gain.map(|g| storage_buffer(gpu, g));
@@ -133,7 +147,7 @@ pub fn run_kernel(
             gain: gain_buffer.as_ref().map(BufferRegion::whole),
             bias: bias_buffer.as_ref().map(BufferRegion::whole),
         };
-        let rows = (x.len() / config.hidden as usize) as u32;
+        let rows = (x.len() / hidden as usize) as u32;
         let mut encoder = device.create_command_encoder(&Default::default());
         kernel
             .encode(device, &mut encoder, &buffers, rows)
