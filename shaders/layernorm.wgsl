@@ -7,8 +7,9 @@
 // The statistics come from one pass: each invocation keeps Welford's running mean and sum
 // of squared deviations of its own elements (per lane of an Elem), and the workgroup merges
 // them by Chan's formula, M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2): every term is >= 0,
-// so nothing cancels, wherever an outlier stands in the row (the shifted sums this replaced
-// lost 5e-4 of relative accuracy when the first element was an outlier). LayerNorm reads x
+// so nothing cancels wherever an outlier stands (the shifted sums this replaced lost 5e-4
+// of relative accuracy when the first element was an outlier). There is no rescaled path:
+// spreads whose squares leave f32's range (beyond ~1e19, below ~1e-19) are out of range. LayerNorm reads x
 // twice like RMSNorm, and pays a second reduction, the subtraction and one division per
 // load.
 //
@@ -24,10 +25,15 @@ fn layer_norm(
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
         let row_start = params.x_base + row * params.row_len;
-        // Statistics of x - K, K the row's first element: x - K is exact for x near K, so a
-        // row far from zero keeps the digits that matter (the mean of x rounded back to x's
-        // magnitude would lose them).
-        let shift = elem_first(x[row_start]);
+        // Statistics of x - K: x - K is exact for x near K, so a row far from zero keeps the
+        // digits that matter (the mean of x rounded back to x's magnitude would lose them).
+        // K is the median of the row's first, middle and last elements, so that one outlier
+        // (anywhere, the first element included) does not become the shift: x - K for the
+        // rest of the row would then be rounded to the outlier's magnitude.
+        let a = elem_first(x[row_start]);
+        let b = elem_first(x[row_start + params.row_len / 2u]);
+        let c = elem_first(x[row_start + params.row_len - 1u]);
+        let shift = max(min(a, b), min(max(a, b), c));
 
         var count = 0.0;
         var local_mean = Elem(0.0);

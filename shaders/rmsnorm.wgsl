@@ -79,18 +79,27 @@ fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
         }
         return 1.0 / eps;
     }
+    // eps is brought to the scaled row's magnitude where that is finite (always for huge
+    // rows); else (tiny rows, eps beyond 2^127 times their mean square) eps dominates, and
+    // the mean is brought to eps's instead, where flushing it to zero costs nothing.
     let mean = sumsq / params.k_f32;
     if (EPS_INSIDE_ROOT) {
-        if (e >= 0 || eps == 0.0) {
-            return inverseSqrt(mean + ldexp_wide(eps, -2 * e));
+        let eps_scaled = ldexp_wide(eps, -2 * e);
+        if (!is_infinite(eps_scaled)) {
+            return inverseSqrt(mean + eps_scaled);
         }
-        // Tiny rows with eps > 0: mean * 2^(2e) underflows only where eps dominates it.
         return inverseSqrt(ldexp_wide(mean, 2 * e) + eps) * ldexp(1.0, e);
     }
-    if (e >= 0 || eps == 0.0) {
-        return 1.0 / (sqrt(mean) + ldexp(eps, -e));
+    let eps_scaled = ldexp(eps, -e);
+    if (!is_infinite(eps_scaled)) {
+        return 1.0 / (sqrt(mean) + eps_scaled);
     }
     return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
+}
+
+// Whether a finite-or-overflowed value is inf, on the bits (see sum_needs_rescaling).
+fn is_infinite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) == 0x7f800000u;
 }
 
 // The two factors of y = (x * f.x) * f.y for a row whose elements scaled by `pre` have the
@@ -129,7 +138,7 @@ fn rms_norm(
         let row_start = params.x_base + row * params.row_len;
 
         // Pass 1 over the first k elements: the sum of squares. A row whose sum overflows
-        // (|x| beyond ~1e19) or underflows (below 2^-100) takes it once more with its
+        // (|x| beyond ~1e19) or underflows (below 2^-64) takes it once more with its
         // elements scaled by 2^-80 or 2^80, exactly: every row of normal f32 then sums in
         // range, and what the scaling flushes is negligible next to what it keeps. One loop
         // serves both, so the common path carries no extra loop (software adapters pay for

@@ -291,22 +291,34 @@ impl GpuContext {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let kernel = self.cached_kernel(norm, config)?;
         let bytes = x.len() as u64 * 4;
-        // Any error wgpu raises for this call comes back as Error::Gpu (an out-of-memory
-        // device, or a bug here), not through the device's uncaptured-error handler.
+        // Any error wgpu raises for this call (its pipelines included) comes back as
+        // Error::Gpu (an out-of-memory device, or a bug here), not through the device's
+        // uncaptured-error handler.
         let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut scratch = self.take_scratch(bytes, WeightsLayout::new(config.hidden).bytes);
-        let submitted = self.submit_call(&kernel, &mut scratch, x, config, weights, rows);
+        // The weights buffer only as large as the call's weights need (4 bytes without).
+        let weight_bytes = match (weights.gain, weights.bias) {
+            (None, None) => 4,
+            _ => WeightsLayout::new(config.hidden).bytes,
+        };
+        let submitted = self.cached_kernel(norm, config).map(|kernel| {
+            let mut scratch = self.take_scratch(bytes, weight_bytes);
+            let submitted = self.submit_call(&kernel, &mut scratch, x, config, weights, rows);
+            (scratch, submitted)
+        });
         // Both popped (innermost first) before any await: the guards are not Send.
         let validation = validation.pop();
         let out_of_memory = out_of_memory.pop();
         let gpu_error = validation.await.or(out_of_memory.await);
-        let result = match (submitted, gpu_error) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(e)) => Err(Error::Gpu(e.to_string())),
-            (Ok(()), None) => self.read_output(&scratch, bytes).await,
+        let (scratch, submitted) = match (submitted, gpu_error) {
+            (Err(e), _) => return Err(self.classify_failure(e)),
+            (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),
+            (Ok(pair), None) => pair,
+        };
+        let result = match submitted {
+            Ok(()) => self.read_output(&scratch, bytes).await,
+            Err(e) => Err(e),
         };
         match result {
             Ok(y) => {
@@ -435,9 +447,12 @@ impl GpuContext {
             .map_err(|e| Error::Readback(e.to_string()))
             .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
         scratch.staging.unmap();
-        if let Some(t) = &self.call_timer {
+        // The timestamps are best effort: a failure there loses the time, not the output.
+        if let (Some(t), Ok(_)) = (&self.call_timer, &output) {
             let slice = scratch.timestamps.slice(..);
-            platform::map_read(&self.device, slice).await?;
+            if platform::map_read(&self.device, slice).await.is_err() {
+                return output;
+            }
             if let Ok(view) = slice.get_mapped_range() {
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
                 let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;

@@ -663,3 +663,30 @@ fn a_forced_workgroup_size_picks_a_reduction_that_fits() {
     assert_eq!(stage.shape.reduction, ReductionKind::Subgroups);
     assert_eq!(stage.shape.workgroup_size, 64);
 }
+
+/// A split row too long for one dispatch's workgroups within the loop budget (a 4 GiB
+/// binding, one scalar row of 2^30 - 73 elements: 2^19 pieces) is refused, not run past it.
+#[test]
+fn a_row_beyond_one_dispatch_is_refused() {
+    let device = Simulated {
+        name: "a GPU with 4 GiB bindings",
+        caps: DeviceCaps {
+            max_storage_binding: 4 << 30,
+            max_buffer_size: 8 << 30,
+            ..gpu(32, 32)
+        },
+        runs_subgroups: &[32],
+    };
+    let hidden = (1u32 << 30) - 73;
+    let plan = Plan::new(
+        &device.caps,
+        Norm::Rms,
+        &RmsNormConfig::new(hidden),
+        &KernelOptions::default(),
+    )
+    .unwrap();
+    match plan.launch(1, false) {
+        Ok(launch) => check_launch(&device, &plan, &launch, 1, device.name),
+        Err(e) => assert!(matches!(e, Error::RowTooLong { .. }), "{e:?}"),
+    }
+}

@@ -407,7 +407,7 @@ impl Plan {
             _ => vec![layout.first_stage()],
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
-        let rows_per_chunk = self.rows_per_chunk(per_item, pieces);
+        let rows_per_chunk = self.rows_per_chunk(per_item, pieces)?;
         let mut chunks = Vec::new();
         let mut first_row = 0u64;
         while first_row < u64::from(rows) {
@@ -465,7 +465,7 @@ impl Plan {
 
     /// Rows per dispatch: within one binding (x, y, and split rows' partial sums) and within
     /// the iteration budget at the device's most workgroups per dispatch.
-    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> u64 {
+    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> Result<u64> {
         let caps = &self.caps;
         let row_bytes = u64::from(self.hidden) * 4;
         let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
@@ -477,7 +477,17 @@ impl Plan {
         let items = u64::from(caps.max_workgroups_per_dimension) * items_per_workgroup;
         // Each chunk's item count stays a u32 for the shader.
         let items = items.min(u64::from(u32::MAX));
-        rows.min(items / pieces).max(1)
+        if items < pieces {
+            return Err(Error::RowTooLong {
+                hidden: self.hidden,
+                reason: format!(
+                    "its {pieces} pieces need more workgroups than one dispatch has ({}) \
+                     within the loop budget",
+                    caps.max_workgroups_per_dimension
+                ),
+            });
+        }
+        Ok(rows.min(items / pieces).max(1))
     }
 
     /// Workgroups for `items` rows (or pieces): one each up to the device's limit, fewer
@@ -588,17 +598,19 @@ impl LayoutPlanner<'_> {
                     workgroup_size,
                     cache_len: 1,
                 };
-                Some(match self.read_once(elem, loads, reduction, workgroup_size)? {
-                    Some((workgroup_size, cache_len)) => StagePlan {
-                        entry: Entry::RmsNormCached,
-                        shape: ModuleShape {
-                            workgroup_size,
-                            cache_len,
-                            ..shape
+                Some(
+                    match self.read_once(elem, loads, reduction, workgroup_size)? {
+                        Some((workgroup_size, cache_len)) => StagePlan {
+                            entry: Entry::RmsNormCached,
+                            shape: ModuleShape {
+                                workgroup_size,
+                                cache_len,
+                                ..shape
+                            },
                         },
+                        None => StagePlan { entry, shape },
                     },
-                    None => StagePlan { entry, shape },
-                })
+                )
             }
             // No workgroup keeps a whole row within the budget: every call splits.
             (None, Some(_)) => None,
@@ -606,7 +618,8 @@ impl LayoutPlanner<'_> {
                 return Err(Error::RowTooLong {
                     hidden: loads * lanes(elem),
                     reason: format!(
-                        "{} invocations per workgroup would each loop past the {} iterations                          that every adapter runs correctly{}",
+                        "{} invocations per workgroup would each loop past the {} iterations \
+                         that every adapter runs correctly{}",
                         self.caps.workgroup_limit(),
                         LOOP_ITERATION_BUDGET,
                         match self.norm {
@@ -638,7 +651,8 @@ impl LayoutPlanner<'_> {
                 .ok_or_else(|| Error::RowTooLong {
                     hidden: loads * lanes(elem),
                     reason: format!(
-                        "even split into {} pieces its rows would loop past the {} iterations                          that every adapter runs correctly",
+                        "even split into {} pieces its rows would loop past the {} iterations \
+                         that every adapter runs correctly",
                         work.pieces, LOOP_ITERATION_BUDGET
                     ),
                 })?;
