@@ -51,7 +51,8 @@ pub struct GpuContext {
     kernel_options: KernelOptions,
     /// Pipelines by what is compiled into them, shared by every kernel below.
     pipelines: PipelineCache,
-    /// Kernels by config, at most [`KERNEL_CACHE_CAPACITY`] (the oldest go first).
+    /// Kernels by config, at most [`KERNEL_CACHE_CAPACITY`] (the least recently used go
+    /// first).
     kernels: Mutex<Vec<(KernelKey, Arc<KernelCore>)>>,
     scratch: Mutex<Option<Scratch>>,
     /// Timestamp queries for every call, where the device has them.
@@ -243,8 +244,12 @@ impl GpuContext {
             bias: config.bias,
         };
         let mut kernels = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, kernel)) = kernels.iter().find(|(k, _)| *k == key) {
-            return Ok(kernel.clone());
+        // Least recently used last out: a hit moves to the back.
+        if let Some(at) = kernels.iter().position(|(k, _)| *k == key) {
+            let entry = kernels.remove(at);
+            let kernel = entry.1.clone();
+            kernels.push(entry);
+            return Ok(kernel);
         }
         let kernel = Arc::new(KernelCore::new(
             &self.pipelines,
