@@ -38,6 +38,14 @@ fn gpu(subgroup_min: u32, subgroup_max: u32) -> DeviceCaps {
     }
 }
 
+/// The simulated device whose name starts with `prefix`.
+fn simulated(prefix: &str) -> Simulated {
+    devices()
+        .into_iter()
+        .find(|d| d.name.starts_with(prefix))
+        .expect("a simulated device of that name")
+}
+
 fn devices() -> Vec<Simulated> {
     let webgpu_default = wgpu::Limits::defaults();
     let downlevel = wgpu::Limits::downlevel_defaults();
@@ -447,8 +455,7 @@ fn single_subgroup_only_where_provable() {
 
 #[test]
 fn forced_options_are_honoured_or_refused() {
-    let lavapipe = &devices()[9];
-    assert!(lavapipe.name.starts_with("lavapipe"));
+    let lavapipe = &simulated("lavapipe");
     // A workgroup of 1 cannot cover a row of 262147 within the iteration budget.
     let tiny = KernelOptions {
         workgroup_size: Some(1),
@@ -463,7 +470,7 @@ fn forced_options_are_honoured_or_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("at least 32 invocations"), "{e}");
     // Split rows need 5 storage buffers.
-    let downlevel = &devices()[8];
+    let downlevel = &simulated("WebGPU compatibility");
     let split = KernelOptions {
         split_rows: Some(true),
         ..KernelOptions::default()
@@ -647,7 +654,7 @@ fn long_rows_plan_by_default() {
 /// (one subgroup of 8) a workgroup of 64 takes the subgroup reduction, not a refusal.
 #[test]
 fn a_forced_workgroup_size_picks_a_reduction_that_fits() {
-    let lavapipe = &devices()[9];
+    let lavapipe = &simulated("lavapipe");
     let options = KernelOptions {
         workgroup_size: Some(64),
         ..KernelOptions::default()
