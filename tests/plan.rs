@@ -38,6 +38,11 @@ fn gpu(subgroup_min: u32, subgroup_max: u32) -> DeviceCaps {
     }
 }
 
+/// RMSNorm over rows of `hidden` planned for `caps`.
+fn rms_plan(caps: &DeviceCaps, hidden: u32, options: &KernelOptions) -> Result<Plan, Error> {
+    Plan::new(caps, Norm::Rms, &RmsNormConfig::new(hidden), options)
+}
+
 /// The simulated device whose name starts with `prefix`.
 fn simulated(prefix: &str) -> Simulated {
     devices()
@@ -445,7 +450,7 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
 fn single_subgroup_only_where_provable() {
     for device in devices() {
         let options = KernelOptions::with_reduction(Reduction::SingleSubgroup);
-        let result = Plan::new(&device.caps, Norm::Rms, &RmsNormConfig::new(256), &options);
+        let result = rms_plan(&device.caps, 256, &options);
         match device.caps.fixed_subgroup_width() {
             Some(_) => assert!(result.is_ok(), "{}", device.name),
             None => assert!(result.is_err(), "{}", device.name),
@@ -461,13 +466,7 @@ fn forced_options_are_honoured_or_refused() {
         workgroup_size: Some(1),
         ..KernelOptions::default()
     };
-    let e = Plan::new(
-        &lavapipe.caps,
-        Norm::Rms,
-        &RmsNormConfig::new(262147),
-        &tiny,
-    )
-    .unwrap_err();
+    let e = rms_plan(&lavapipe.caps, 262147, &tiny).unwrap_err();
     assert!(e.to_string().contains("at least 32 invocations"), "{e}");
     // Split rows need 5 storage buffers.
     let downlevel = &simulated("WebGPU compatibility");
@@ -475,13 +474,7 @@ fn forced_options_are_honoured_or_refused() {
         split_rows: Some(true),
         ..KernelOptions::default()
     };
-    let e = Plan::new(
-        &downlevel.caps,
-        Norm::Rms,
-        &RmsNormConfig::new(4096),
-        &split,
-    )
-    .unwrap_err();
+    let e = rms_plan(&downlevel.caps, 4096, &split).unwrap_err();
     assert!(
         matches!(
             e,
@@ -493,13 +486,7 @@ fn forced_options_are_honoured_or_refused() {
         "{e}"
     );
     // ... and by default are simply not planned there.
-    let plan = Plan::new(
-        &downlevel.caps,
-        Norm::Rms,
-        &RmsNormConfig::new(1 << 20),
-        &KernelOptions::default(),
-    )
-    .unwrap();
+    let plan = rms_plan(&downlevel.caps, 1 << 20, &KernelOptions::default()).unwrap();
     assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
 }
 
@@ -509,13 +496,7 @@ fn plan_table() {
     for device in devices() {
         let mut line = format!("| {} |", device.name);
         for (rows, hidden) in [(4096, 128), (4096, 4096), (64, 4097), (1, 1 << 20)] {
-            let plan = Plan::new(
-                &device.caps,
-                Norm::Rms,
-                &RmsNormConfig::new(hidden),
-                &KernelOptions::default(),
-            )
-            .unwrap();
+            let plan = rms_plan(&device.caps, hidden, &KernelOptions::default()).unwrap();
             let launch = plan.launch(rows, true).unwrap();
             line.push_str(&format!(" {} |", plan.variant_name(&launch)));
         }
@@ -659,13 +640,7 @@ fn a_forced_workgroup_size_picks_a_reduction_that_fits() {
         workgroup_size: Some(64),
         ..KernelOptions::default()
     };
-    let plan = Plan::new(
-        &lavapipe.caps,
-        Norm::Rms,
-        &RmsNormConfig::new(4096),
-        &options,
-    )
-    .unwrap();
+    let plan = rms_plan(&lavapipe.caps, 4096, &options).unwrap();
     let stage = plan.primary_stage();
     assert_eq!(stage.shape.reduction, ReductionKind::Subgroups);
     assert_eq!(stage.shape.workgroup_size, 64);
@@ -685,13 +660,7 @@ fn a_row_beyond_one_dispatch_is_refused() {
         runs_subgroups: &[32],
     };
     let hidden = (1u32 << 30) - 73;
-    let plan = Plan::new(
-        &device.caps,
-        Norm::Rms,
-        &RmsNormConfig::new(hidden),
-        &KernelOptions::default(),
-    )
-    .unwrap();
+    let plan = rms_plan(&device.caps, hidden, &KernelOptions::default()).unwrap();
     match plan.launch(1, false) {
         Ok(launch) => check_launch(&device, &plan, &launch, 1, device.name),
         Err(e) => assert!(matches!(e, Error::RowTooLong { .. }), "{e:?}"),
