@@ -7,6 +7,8 @@ mod shader_check;
 #[allow(dead_code)]
 mod shaders;
 
+use shaders::{ModuleShape, ReductionKind, Storage, TensorIo};
+
 fn main() {
     println!("cargo:rerun-if-changed=shaders");
     println!("cargo:rerun-if-changed=src/shaders.rs");
@@ -18,26 +20,50 @@ fn main() {
             std::process::exit(1);
         }
     }
-    // Every kernel, layout and reduction, at the smallest and a typical workgroup and cache.
-    for kernel in shaders::KERNELS {
-        for elem in shaders::ELEM_LAYOUTS {
-            for reduction in shaders::REDUCTIONS {
-                for (workgroup_size, cache_len) in [(1, 1), (256, 8)] {
-                    let shape = shaders::ModuleShape {
-                        elem,
-                        reduction,
-                        workgroup_size,
-                        cache_len,
+    for elem in shaders::ELEM_LAYOUTS {
+        // Every reduction, at the smallest and a typical workgroup and cache.
+        for reduction in shaders::REDUCTIONS {
+            for (workgroup_size, cache_len) in [(1, 1), (256, 8)] {
+                check(&ModuleShape {
+                    elem,
+                    reduction,
+                    workgroup_size,
+                    cache_len,
+                    io: TensorIo::F32,
+                });
+            }
+        }
+        // Every storage format of activations and weights with every residual form.
+        for activations in Storage::ALL {
+            for weights in Storage::ALL {
+                for residual in shaders::RESIDUALS {
+                    let io = TensorIo {
+                        activations,
+                        weights,
+                        gain: true,
+                        bias: activations == weights,
+                        residual,
                     };
-                    let composed = shaders::compose(kernel, &shape, shaders::ShaderTarget::Native);
-                    if let Err(message) =
-                        shader_check::validate(&composed, reduction.uses_subgroups())
-                    {
-                        eprintln!("invalid WGSL ({shape:?}):\n{message}");
-                        std::process::exit(1);
-                    }
+                    check(&ModuleShape {
+                        elem,
+                        reduction: ReductionKind::WorkgroupTree,
+                        workgroup_size: 64,
+                        cache_len: 4,
+                        io,
+                    });
                 }
             }
+        }
+    }
+}
+
+/// Every kernel file composed with `shape`, validated.
+fn check(shape: &ModuleShape) {
+    for kernel in shaders::KERNELS {
+        let composed = shaders::compose(kernel, shape, shaders::ShaderTarget::Native);
+        if let Err(message) = shader_check::validate(&composed, shape.reduction.uses_subgroups()) {
+            eprintln!("invalid WGSL ({shape:?}):\n{message}");
+            std::process::exit(1);
         }
     }
 }

@@ -13,8 +13,9 @@
 // twice like RMSNorm, and pays a second reduction, the subtraction and one division per
 // load.
 //
-// The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*) and
-// norm_common.wgsl (Params, the options, bindings, store).
+// The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*),
+// norm_common.wgsl (Params, the options, load_input with the residual add, store) and the
+// tensors' accessors for the call's storage formats.
 
 @compute @workgroup_size(WG)
 fn layer_norm(
@@ -24,22 +25,22 @@ fn layer_norm(
 ) {
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_start = params.x_base + row * params.row_len;
+        let row_offset = row * params.row_len;
         // Statistics of x - K: x - K is exact for x near K, so a row far from zero keeps the
         // digits that matter (the mean of x rounded back to x's magnitude would lose them).
         // K is the median of the row's first, middle and last elements, so that one outlier
         // (anywhere, the first element included) does not become the shift: x - K for the
         // rest of the row would then be rounded to the outlier's magnitude.
-        let a = elem_first(x[row_start]);
-        let b = elem_first(x[row_start + params.row_len / 2u]);
-        let c = elem_first(x[row_start + params.row_len - 1u]);
+        let a = elem_first(load_input(row_offset));
+        let b = elem_first(load_input(row_offset + params.row_len / 2u));
+        let c = elem_first(load_input(row_offset + params.row_len - 1u));
         let shift = max(min(a, b), min(max(a, b), c));
 
         var count = 0.0;
         var local_mean = Elem(0.0);
         var local_m2 = Elem(0.0);
         for (var i = lane; i < params.row_len; i = i + WG) {
-            let v = x[row_start + i] - shift;
+            let v = load_input(row_offset + i) - shift;
             count = count + 1.0;
             let delta = v - local_mean;
             local_mean = local_mean + delta * (1.0 / count);
@@ -53,9 +54,9 @@ fn layer_norm(
         let denominator = variance + params.eps;
         let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
 
-        let out_start = params.y_base + row * params.row_len;
         for (var i = lane; i < params.row_len; i = i + WG) {
-            store(out_start, i, ((x[row_start + i] - shift) - mean) * scale);
+            let h = load_input(row_offset + i);
+            store(row_offset, i, h, ((h - shift) - mean) * scale);
         }
     }
 }

@@ -1,6 +1,7 @@
 // What both normalization kernels share: the parameter block, the fixed options, the
-// bindings and the final store. Composed after the element layout and the reduction, before
-// rmsnorm.wgsl or layernorm.wgsl, so that both run on one host path.
+// input (with the fused residual add) and the final store. Composed after the element
+// layout and the reduction, before rmsnorm.wgsl or layernorm.wgsl, so that both run on one
+// host path.
 
 struct Params {
     // Rows in this dispatch.
@@ -18,6 +19,9 @@ struct Params {
     y_base: u32,
     gain_base: u32,
     bias_base: u32,
+    // The residual r and the stored sum h = x + r (r_base again when h is written over r).
+    r_base: u32,
+    sum_base: u32,
     // Split rows (RMSNorm) only: workgroups per row, and the Elems each covers of the first k
     // (k_chunk_len) and of the whole row (chunk_len).
     chunks: u32,
@@ -26,24 +30,37 @@ struct Params {
 }
 
 // Fixed per pipeline.
-override HAS_GAIN: bool = false;
 // y = x / rms * (1 + g) instead of x / rms * g.
 override GAIN_PLUS_ONE: bool = false;
-override HAS_BIAS: bool = false;
 // true: y = x / sqrt(mean + eps). false: y = x / (sqrt(mean) + eps). (LayerNorm: always.)
 override EPS_INSIDE_ROOT: bool = true;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<Elem>;
-// Without gain or bias the host binds x here again: the bindings are never read then.
-@group(0) @binding(2) var<storage, read> gain: array<Elem>;
-@group(0) @binding(3) var<storage, read> bias: array<Elem>;
-@group(0) @binding(4) var<storage, read_write> y: array<Elem>;
-// Element i of a row's output from its normalized value: gain, bias, store.
-fn store(out_start: u32, i: u32, normalized: Elem) {
+
+// The tensors are reached through accessors the host writes for each module from the
+// call's storage formats (src/shaders.rs, `tensor_code`): `x_load`, `r_load`, `gain_load`,
+// `bias_load` (Elem i of the binding, converted exactly to f32), `y_store`, `sum_store`
+// (rounded once to the stored format), `act_round` (an Elem rounded to the activations'
+// format), and the constants HAS_GAIN, HAS_BIAS, HAS_RESIDUAL, STORES_SUM. Tensors a module
+// does not have are not declared at all, so they are never bound.
+
+// Elem `at` of the normalized input (`at` counts from row 0 of the dispatch): x, or with the
+// residual h = x + r, added in f32 and rounded to the activations' format, so that the
+// fused kernel normalizes exactly the h an add kernel would have stored.
+fn load_input(at: u32) -> Elem {
+    let x_value = x_load(params.x_base + at);
+    if (HAS_RESIDUAL) {
+        return act_round(x_value + r_load(params.r_base + at));
+    }
+    return x_value;
+}
+
+// Element i of a row's output (the row's Elems start at `row_offset`) from its input h and
+// normalized value: gain, bias, store; and h itself where the call stores the sum.
+fn store(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
     var v = normalized;
     if (HAS_GAIN) {
-        let g = gain[params.gain_base + i];
+        let g = gain_load(params.gain_base + i);
         if (GAIN_PLUS_ONE) {
             v = v * (g + 1.0);
         } else {
@@ -51,7 +68,10 @@ fn store(out_start: u32, i: u32, normalized: Elem) {
         }
     }
     if (HAS_BIAS) {
-        v = v + bias[params.bias_base + i];
+        v = v + bias_load(params.bias_base + i);
     }
-    y[out_start + i] = v;
+    y_store(params.y_base + row_offset + i, v);
+    if (STORES_SUM) {
+        sum_store(params.sum_base + row_offset + i, h);
+    }
 }

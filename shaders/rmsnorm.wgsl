@@ -5,8 +5,9 @@
 //   y = x / rms_k(x) * g + b,   rms_k(x) = sqrt(sum_{i<k} x_i^2 / k)   (k = n: RMSNorm)
 //
 // The host prepends an element layout (elem_vec4.wgsl or elem_scalar.wgsl: Elem, LANES), a
-// reduction (reduce_*.wgsl: WG, reduce_setup, reduce_sum, reduce_max) and norm_common.wgsl
-// (Params, the options, bindings 0-4, store). Invocation t handles
+// reduction (reduce_*.wgsl: WG, reduce_setup, reduce_sum, reduce_max), norm_common.wgsl
+// (Params, the options, load_input, store) and the tensors' accessors for the call's
+// storage formats (f32, f16, bf16; sums are f32 on every path). Invocation t handles
 // elements t, t + WG, t + 2 WG, ... of a row, so neighbouring invocations touch neighbouring
 // memory. Sums are f32; the scale is applied in f32 and rounded once per multiply.
 
@@ -56,9 +57,9 @@ fn scale_from_sum(sumsq: f32) -> f32 {
     return 1.0 / (sqrt(mean) + params.eps);
 }
 
-// Element i (an Elem index) of the row starting at `row_start`, with lanes at or past k zeroed.
-fn load_first_k(row_start: u32, i: u32) -> Elem {
-    return elem_keep_below(x[row_start + i], i * LANES, params.k);
+// Elem i of the row whose Elems start at `row_offset`, with lanes at or past k zeroed.
+fn load_first_k(row_offset: u32, i: u32) -> Elem {
+    return elem_keep_below(load_input(row_offset + i), i * LANES, params.k);
 }
 
 // The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
@@ -117,10 +118,10 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
 }
 
 // y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row.
-fn write_scaled(row: u32, row_start: u32, first: u32, end: u32, f: vec2<f32>) {
-    let out_start = params.y_base + row * params.row_len;
+fn write_scaled(row_offset: u32, first: u32, end: u32, f: vec2<f32>) {
     for (var i = first; i < end; i = i + WG) {
-        store(out_start, i, (x[row_start + i] * f.x) * f.y);
+        let h = load_input(row_offset + i);
+        store(row_offset, i, h, (h * f.x) * f.y);
     }
 }
 
@@ -135,7 +136,7 @@ fn rms_norm(
     let k_whole = params.k / LANES;
     let k_straddles = k_whole * LANES < params.k;
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_start = params.x_base + row * params.row_len;
+        let row_offset = row * params.row_len;
 
         // Pass 1 over the first k elements: the sum of squares. A row whose sum overflows
         // (|x| beyond ~1e19) or underflows (below 2^-64) takes it once more with its
@@ -154,11 +155,11 @@ fn rms_norm(
         while (summing) {
             var acc = Elem(0.0);
             for (var i = lane; i < k_whole; i = i + WG) {
-                let v = x[row_start + i] * pre;
+                let v = load_input(row_offset + i) * pre;
                 acc = acc + v * v;
             }
             if (k_straddles && lane == k_whole % WG) {
-                let v = load_first_k(row_start, k_whole) * pre;
+                let v = load_first_k(row_offset, k_whole) * pre;
                 acc = acc + v * v;
             }
             sumsq = reduce_sum(elem_sum(acc));
@@ -176,7 +177,7 @@ fn rms_norm(
         }
         let scale = row_scale(sumsq, phase, e);
 
-        write_scaled(row, row_start, lane, params.row_len, output_factors(pre, scale));
+        write_scaled(row_offset, lane, params.row_len, output_factors(pre, scale));
     }
 }
 
@@ -187,11 +188,11 @@ fn rms_norm(
 // `cache_store` from the helpers below, so no compiler has to unroll a loop over a private
 // array for the cache to stay out of memory.
 
-// Elem i of the row at `row_start`, or zero past the row's end.
-fn load_in_row(row_start: u32, i: u32) -> Elem {
+// Elem i of the row whose Elems start at `row_offset`, or zero past the row's end.
+fn load_in_row(row_offset: u32, i: u32) -> Elem {
     var v = Elem(0.0);
     if (i < params.row_len) {
-        v = x[row_start + i];
+        v = load_input(row_offset + i);
     }
     return v;
 }
@@ -202,10 +203,10 @@ fn square_first_k(v: Elem, i: u32) -> Elem {
     return first_k * first_k;
 }
 
-// Stores Elem i of a row, if the row has it.
-fn store_in_row(out_start: u32, i: u32, normalized: Elem) {
+// Stores Elem i of a row from its input h and normalized value, if the row has it.
+fn store_in_row(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
     if (i < params.row_len) {
-        store(out_start, i, normalized);
+        store(row_offset, i, h, normalized);
     }
 }
 
@@ -217,8 +218,8 @@ fn rms_norm_cached(
 ) {
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_start = params.x_base + row * params.row_len;
-        let cache = cache_load(row_start, lane);
+        let row_offset = row * params.row_len;
+        let cache = cache_load(row_offset, lane);
         var sumsq = reduce_sum(elem_sum(cache_sum_squares(cache, lane, 1.0)));
         // Out-of-range sums are redone from the cache, scaled as in rms_norm.
         var pre = 1.0;
@@ -236,7 +237,7 @@ fn rms_norm_cached(
         }
         let scale = row_scale(sumsq, phase, e);
         let f = output_factors(pre, scale);
-        cache_store(cache, params.y_base + row * params.row_len, lane, f);
+        cache_store(cache, row_offset, lane, f);
     }
 }
 
@@ -258,18 +259,18 @@ fn split_partials(
     reduce_setup(lane);
     let k_len = (params.k + LANES - 1u) / LANES;
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
-        let row_start = params.x_base + (g / params.chunks) * params.row_len;
+        let row_offset = (g / params.chunks) * params.row_len;
         let begin = (g % params.chunks) * params.k_chunk_len;
         let end = min(begin + params.k_chunk_len, k_len);
         var local_max = 0.0;
         for (var i = begin + lane; i < end; i = i + WG) {
-            local_max = max(local_max, elem_abs_max(load_first_k(row_start, i)));
+            local_max = max(local_max, elem_abs_max(load_first_k(row_offset, i)));
         }
         // The piece is small enough to be in cache for the second look.
         let e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
         var acc = Elem(0.0);
         for (var i = begin + lane; i < end; i = i + WG) {
-            let v = elem_ldexp(load_first_k(row_start, i), -e);
+            let v = elem_ldexp(load_first_k(row_offset, i), -e);
             acc = acc + v * v;
         }
         let sum = reduce_sum(elem_sum(acc));
@@ -291,7 +292,7 @@ fn split_scale(
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row = g / params.chunks;
-        let row_start = params.x_base + row * params.row_len;
+        let row_offset = row * params.row_len;
         let first_piece = 2u * row * params.chunks;
         var local_max = 0.0;
         for (var j = lane; j < params.chunks; j = j + WG) {
@@ -318,6 +319,6 @@ fn split_scale(
         let pre = select(ldexp(1.0, -clamp(e, -126, 126)), 1.0, zero);
         let begin = (g % params.chunks) * params.chunk_len;
         let end = min(begin + params.chunk_len, params.row_len);
-        write_scaled(row, row_start, begin + lane, end, output_factors(pre, scale));
+        write_scaled(row_offset, begin + lane, end, output_factors(pre, scale));
     }
 }

@@ -87,12 +87,10 @@ pub async fn bench_shape(
     };
     let x_buffer = storage(wgpu::BufferUsages::COPY_SRC);
     let y_buffer = storage(wgpu::BufferUsages::COPY_DST);
-    let buffers = RmsNormBuffers {
-        input: BufferRegion::whole(&x_buffer),
-        output: BufferRegion::whole(&y_buffer),
-        gain: None,
-        bias: None,
-    };
+    let buffers = RmsNormBuffers::new(
+        BufferRegion::whole(&x_buffer),
+        BufferRegion::whole(&y_buffer),
+    );
 
     // Every contestant checked first, then prepared so that timing records work only.
     let copies: Vec<(u32, CopyKernel)> = [8u32, 64, 256]

@@ -1,5 +1,7 @@
-//! What to compute: hidden size, pRMSNorm's k, eps and its convention, gain and bias.
+//! What to compute: hidden size, pRMSNorm's k, eps and its convention, gain and bias,
+//! element types, and the fused residual add.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// How many leading elements of each row the RMS is estimated from.
@@ -37,10 +39,40 @@ pub enum Gain {
     UnitOffset,
 }
 
+/// The residual add fused before the normalization, as in a pre-norm transformer:
+/// `h = x + r` is added in f32 and rounded to the activations' type, and that rounded h is
+/// normalized (so the fused kernel computes exactly what an add kernel followed by the
+/// normalization computes). pRMSNorm's k applies to h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Residual {
+    /// No residual: `y = norm(x)`.
+    #[default]
+    None,
+    /// `y = norm(x + r)`; h is not stored.
+    Add,
+    /// `y = norm(x + r)`, and h stored to a buffer of its own (the next layer's residual).
+    AddStoreSum,
+    /// `y = norm(x + r)`, and h stored over r, as vLLM's `fused_add_rms_norm` does.
+    AddStoreSumInPlace,
+}
+
+impl Residual {
+    /// Whether there is a residual input.
+    pub fn is_some(self) -> bool {
+        self != Residual::None
+    }
+
+    /// Whether h is stored (to its own buffer or over r).
+    pub fn stores_sum(self) -> bool {
+        matches!(self, Residual::AddStoreSum | Residual::AddStoreSumInPlace)
+    }
+}
+
 /// The default eps, used by [`RmsNormConfig::new`].
 pub const DEFAULT_EPS: f32 = 1e-6;
 
-/// A complete description of one RMSNorm or pRMSNorm operation over rows of `hidden` f32.
+/// A complete description of one RMSNorm or pRMSNorm operation over rows of `hidden`
+/// elements.
 ///
 /// ```
 /// use wgpu_rmsnorm::{EpsMode, Gain, PartialRms, RmsNormConfig};
@@ -67,11 +99,17 @@ pub struct RmsNormConfig {
     pub gain: Gain,
     /// Whether a bias vector is added after the gain.
     pub bias: bool,
+    /// Element type of x, the residual, the output and the stored sum.
+    pub dtype: DType,
+    /// Element type of the gain and bias.
+    pub weight_dtype: DType,
+    /// The fused residual add, if any.
+    pub residual: Residual,
 }
 
 impl RmsNormConfig {
-    /// RMSNorm over rows of `hidden` elements, eps = [`DEFAULT_EPS`] inside the root, no gain,
-    /// no bias.
+    /// RMSNorm over rows of `hidden` f32 elements, eps = [`DEFAULT_EPS`] inside the root, no
+    /// gain, no bias, no residual.
     pub fn new(hidden: u32) -> Self {
         Self {
             hidden,
@@ -80,7 +118,30 @@ impl RmsNormConfig {
             eps_mode: EpsMode::InsideRoot,
             gain: Gain::None,
             bias: false,
+            dtype: DType::F32,
+            weight_dtype: DType::F32,
+            residual: Residual::None,
         }
+    }
+
+    /// Sets the element type of every tensor, activations and weights (then
+    /// [`RmsNormConfig::with_weight_dtype`] for weights of another type).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.weight_dtype = dtype;
+        self
+    }
+
+    /// Sets the element type of the gain and bias alone.
+    pub fn with_weight_dtype(mut self, dtype: DType) -> Self {
+        self.weight_dtype = dtype;
+        self
+    }
+
+    /// Sets the fused residual add.
+    pub fn with_residual(mut self, residual: Residual) -> Self {
+        self.residual = residual;
+        self
     }
 
     /// Sets how many leading elements the RMS is taken over.
@@ -206,18 +267,46 @@ pub struct LayerNormConfig {
     pub gain: Gain,
     /// Whether a bias vector is added after the gain.
     pub bias: bool,
+    /// Element type of x, the residual, the output and the stored sum.
+    pub dtype: DType,
+    /// Element type of the gain and bias.
+    pub weight_dtype: DType,
+    /// The fused residual add, if any.
+    pub residual: Residual,
 }
 
 impl LayerNormConfig {
-    /// LayerNorm over rows of `hidden` elements, eps = [`DEFAULT_LAYER_NORM_EPS`], no gain,
-    /// no bias.
+    /// LayerNorm over rows of `hidden` f32 elements, eps = [`DEFAULT_LAYER_NORM_EPS`], no
+    /// gain, no bias, no residual.
     pub fn new(hidden: u32) -> Self {
         Self {
             hidden,
             eps: DEFAULT_LAYER_NORM_EPS,
             gain: Gain::None,
             bias: false,
+            dtype: DType::F32,
+            weight_dtype: DType::F32,
+            residual: Residual::None,
         }
+    }
+
+    /// Sets the element type of every tensor (see [`RmsNormConfig::with_dtype`]).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.weight_dtype = dtype;
+        self
+    }
+
+    /// Sets the element type of the gain and bias alone.
+    pub fn with_weight_dtype(mut self, dtype: DType) -> Self {
+        self.weight_dtype = dtype;
+        self
+    }
+
+    /// Sets the fused residual add.
+    pub fn with_residual(mut self, residual: Residual) -> Self {
+        self.residual = residual;
+        self
     }
 
     /// Sets eps.
@@ -244,6 +333,9 @@ impl LayerNormConfig {
             .with_eps(self.eps)
             .with_gain(self.gain)
             .with_bias(self.bias)
+            .with_dtype(self.dtype)
+            .with_weight_dtype(self.weight_dtype)
+            .with_residual(self.residual)
     }
 
     /// Checks every field.

@@ -1,7 +1,8 @@
 //! The high-level API: slices in, `Vec` out, on a device it picks or one you bring.
 
 use crate::adapter::{self, AdapterChoice};
-use crate::config::{LayerNormConfig, RmsNormConfig};
+use crate::config::{LayerNormConfig, Residual, RmsNormConfig};
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::kernel::pipelines::PipelineCache;
 use crate::kernel::{
@@ -11,21 +12,85 @@ use crate::platform;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Optional gain and bias vectors for a high-level call; each present exactly when the
-/// config asks for it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Weights<'a> {
+/// config asks for it, of the config's `weight_dtype` (`f32`, [`f16`](crate::f16) or
+/// [`bf16`](crate::bf16)).
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a, W: Element = f32> {
     /// `hidden` gains.
-    pub gain: Option<&'a [f32]>,
+    pub gain: Option<&'a [W]>,
     /// `hidden` biases.
-    pub bias: Option<&'a [f32]>,
+    pub bias: Option<&'a [W]>,
 }
 
-impl Weights<'_> {
+impl<W: Element> Default for Weights<'_, W> {
+    fn default() -> Self {
+        Self {
+            gain: None,
+            bias: None,
+        }
+    }
+}
+
+impl Weights<'static, f32> {
     /// No gain, no bias.
-    pub const NONE: Weights<'static> = Weights {
+    pub const NONE: Weights<'static, f32> = Weights {
         gain: None,
         bias: None,
     };
+}
+
+/// What a high-level call with a residual add returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidualOutput<T> {
+    /// The normalized output y.
+    pub output: Vec<T>,
+    /// The sum h = x + r (rounded to the activations' type), where the config stores it
+    /// ([`Residual::AddStoreSum`] or [`Residual::AddStoreSumInPlace`]).
+    pub sum: Option<Vec<T>>,
+}
+
+/// A high-level call's data as bytes, checked against the config.
+#[derive(Debug, Clone, Copy)]
+struct CallData<'a> {
+    x: &'a [u8],
+    residual: Option<&'a [u8]>,
+    gain: Option<&'a [u8]>,
+    bias: Option<&'a [u8]>,
+}
+
+impl<'a> CallData<'a> {
+    /// Checks the element types against `config`; lengths are checked later.
+    fn new<T: Element, W: Element>(
+        config: &RmsNormConfig,
+        x: &'a [T],
+        residual: Option<&'a [T]>,
+        weights: Weights<'a, W>,
+    ) -> Result<Self> {
+        if T::DTYPE != config.dtype {
+            return Err(Error::DTypeMismatch {
+                which: "input",
+                expected: config.dtype,
+                given: T::DTYPE,
+                fix: "pass elements of the config's dtype, or set it with with_dtype",
+            });
+        }
+        if (weights.gain.is_some() || weights.bias.is_some()) && W::DTYPE != config.weight_dtype {
+            return Err(Error::DTypeMismatch {
+                which: "gain or bias",
+                expected: config.weight_dtype,
+                given: W::DTYPE,
+                fix: "pass weights of the config's weight_dtype, or set it with \
+                      with_weight_dtype",
+            });
+        }
+        let bytes = |v: &'a [W]| bytemuck::cast_slice::<W, u8>(v);
+        Ok(Self {
+            x: bytemuck::cast_slice(x),
+            residual: residual.map(bytemuck::cast_slice),
+            gain: weights.gain.map(bytes),
+            bias: weights.bias.map(bytes),
+        })
+    }
 }
 
 /// The features the context asks for when the adapter has them.
@@ -88,6 +153,9 @@ struct KernelKey {
     eps_mode: crate::EpsMode,
     gain: crate::Gain,
     bias: bool,
+    dtype: DType,
+    weight_dtype: DType,
+    residual: Residual,
 }
 
 /// Where the high-level API keeps a call's gain and bias in its weights buffer: gain at 0,
@@ -100,8 +168,9 @@ struct WeightsLayout {
 }
 
 impl WeightsLayout {
-    fn new(hidden: u32) -> Self {
-        let vector_bytes = u64::from(hidden) * 4;
+    fn new(config: &RmsNormConfig) -> Self {
+        let vector_bytes =
+            (u64::from(config.hidden) * config.weight_dtype.bytes()).next_multiple_of(4);
         let bias_offset = vector_bytes.next_multiple_of(256);
         Self {
             bias_offset,
@@ -110,11 +179,23 @@ impl WeightsLayout {
     }
 }
 
+/// What a call needs of the reusable buffers, in bytes (tensors rounded up to whole words).
+#[derive(Debug, Clone, Copy)]
+struct ScratchSizes {
+    tensor: u64,
+    weights: u64,
+    residual: bool,
+}
+
 /// Buffers reused by every call, grown when a larger call comes.
 #[derive(Debug)]
 struct Scratch {
     input: wgpu::Buffer,
     output: wgpu::Buffer,
+    /// The residual and the stored sum (4 bytes each when no call had a residual yet).
+    residual: wgpu::Buffer,
+    sum: wgpu::Buffer,
+    /// The output, and behind it the sum where the call stores one.
     staging: wgpu::Buffer,
     /// The call's two timestamps are copied here and mapped with the output: a buffer of
     /// its own, so that the staging buffer is exactly the tensor (which may be as large as
@@ -242,6 +323,9 @@ impl GpuContext {
             eps_mode: config.eps_mode,
             gain: config.gain,
             bias: config.bias,
+            dtype: config.dtype,
+            weight_dtype: config.weight_dtype,
+            residual: config.residual,
         };
         let mut kernels = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
         // Least recently used last out: a hit moves to the back.
@@ -264,52 +348,95 @@ impl GpuContext {
         Ok(kernel)
     }
 
-    /// RMSNorm or pRMSNorm (by `config.partial`) of `x`, `rows * config.hidden` elements.
-    pub async fn rms_norm(
+    /// RMSNorm or pRMSNorm (by `config.partial`) of `x`, `rows * config.hidden` elements
+    /// of `config.dtype` (`f32`, [`f16`](crate::f16) or [`bf16`](crate::bf16)).
+    pub async fn rms_norm<T: Element, W: Element>(
         &self,
-        x: &[f32],
+        x: &[T],
         config: &RmsNormConfig,
-        weights: Weights<'_>,
-    ) -> Result<Vec<f32>> {
-        self.normalize(Norm::Rms, x, config, weights).await
+        weights: Weights<'_, W>,
+    ) -> Result<Vec<T>> {
+        without_residual(config)?;
+        let data = CallData::new(config, x, None, weights)?;
+        let (output, _) = self.normalize(Norm::Rms, data, config).await?;
+        Ok(output)
     }
 
     /// LayerNorm of `x`, `rows * config.hidden` elements: the baseline, on the same path.
-    pub async fn layer_norm(
+    pub async fn layer_norm<T: Element, W: Element>(
         &self,
-        x: &[f32],
+        x: &[T],
         config: &LayerNormConfig,
-        weights: Weights<'_>,
-    ) -> Result<Vec<f32>> {
-        self.normalize(Norm::Layer, x, &config.as_rms_config(), weights)
-            .await
+        weights: Weights<'_, W>,
+    ) -> Result<Vec<T>> {
+        let config = config.as_rms_config();
+        without_residual(&config)?;
+        let data = CallData::new(&config, x, None, weights)?;
+        let (output, _) = self.normalize(Norm::Layer, data, &config).await?;
+        Ok(output)
     }
 
-    async fn normalize(
+    /// RMSNorm or pRMSNorm of `h = x + r` in one kernel (`config.residual` says whether h is
+    /// returned too): `x` and `residual` are `rows * config.hidden` elements each.
+    pub async fn rms_norm_residual<T: Element, W: Element>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        config: &RmsNormConfig,
+        weights: Weights<'_, W>,
+    ) -> Result<ResidualOutput<T>> {
+        with_residual(config, x, residual)?;
+        let data = CallData::new(config, x, Some(residual), weights)?;
+        let (output, sum) = self.normalize(Norm::Rms, data, config).await?;
+        Ok(ResidualOutput { output, sum })
+    }
+
+    /// LayerNorm of `h = x + r` in one kernel, like [`GpuContext::rms_norm_residual`].
+    pub async fn layer_norm_residual<T: Element, W: Element>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        config: &LayerNormConfig,
+        weights: Weights<'_, W>,
+    ) -> Result<ResidualOutput<T>> {
+        let config = config.as_rms_config();
+        with_residual(&config, x, residual)?;
+        let data = CallData::new(&config, x, Some(residual), weights)?;
+        let (output, sum) = self.normalize(Norm::Layer, data, &config).await?;
+        Ok(ResidualOutput { output, sum })
+    }
+
+    /// The output (and the stored sum) of one call, as elements of `T`.
+    async fn normalize<T: Element>(
         &self,
         norm: Norm,
-        x: &[f32],
+        data: CallData<'_>,
         config: &RmsNormConfig,
-        weights: Weights<'_>,
-    ) -> Result<Vec<f32>> {
-        let rows = self.check_call(x, config, weights)?;
+    ) -> Result<(Vec<T>, Option<Vec<T>>)> {
+        let rows = self.check_call(&data, config)?;
         if rows == 0 {
-            return Ok(Vec::new());
+            let sum = config.residual.stores_sum().then(Vec::new);
+            return Ok((Vec::new(), sum));
         }
-        let bytes = x.len() as u64 * 4;
+        let bytes = data.x.len() as u64;
         // Any error wgpu raises for this call (its pipelines included) comes back as
         // Error::Gpu (an out-of-memory device, or a bug here), not through the device's
         // uncaptured-error handler.
         let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         // The weights buffer only as large as the call's weights need (4 bytes without).
-        let weight_bytes = match (weights.gain, weights.bias) {
+        let weight_bytes = match (data.gain, data.bias) {
             (None, None) => 4,
-            _ => WeightsLayout::new(config.hidden).bytes,
+            _ => WeightsLayout::new(config).bytes,
+        };
+        let sizes = ScratchSizes {
+            tensor: bytes.next_multiple_of(4),
+            weights: weight_bytes,
+            residual: config.residual.is_some(),
         };
         let submitted = self.cached_kernel(norm, config).map(|kernel| {
-            let mut scratch = self.take_scratch(bytes, weight_bytes);
-            let submitted = self.submit_call(&kernel, &mut scratch, x, config, weights, rows);
+            let mut scratch = self.take_scratch(sizes);
+            let submitted = self.submit_call(&kernel, &mut scratch, data, config, rows);
             (scratch, submitted)
         });
         // Both popped (innermost first) before any await: the guards are not Send.
@@ -321,14 +448,20 @@ impl GpuContext {
             (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),
             (Ok(pair), None) => pair,
         };
+        let outputs = if config.residual.stores_sum() { 2 } else { 1 };
         let result = match submitted {
-            Ok(()) => self.read_output(&scratch, bytes).await,
+            Ok(()) => self.read_output(&scratch, sizes.tensor, outputs).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok(y) => {
+            Ok(read) => {
                 self.return_scratch(scratch);
-                Ok(y)
+                let elements =
+                    |b: &[u8]| bytemuck::pod_collect_to_vec::<u8, T>(&b[..bytes as usize]);
+                let tensor = sizes.tensor as usize;
+                let output = elements(&read[..tensor]);
+                let sum = (outputs == 2).then(|| elements(&read[tensor..]));
+                Ok((output, sum))
             }
             // Buffers of a failed call are not kept for the next one; a failure on a device
             // that is gone is reported as such, and every later call says so at once.
@@ -356,7 +489,7 @@ impl GpuContext {
     }
 
     /// Checks a high-level call; returns its row count.
-    fn check_call(&self, x: &[f32], config: &RmsNormConfig, weights: Weights<'_>) -> Result<u32> {
+    fn check_call(&self, data: &CallData<'_>, config: &RmsNormConfig) -> Result<u32> {
         config.validate()?;
         if let Some(reason) = self
             .lost
@@ -366,17 +499,18 @@ impl GpuContext {
         {
             return Err(Error::DeviceLost(reason));
         }
-        let rows = config.rows_in(x.len())?;
+        let elements = |bytes: &[u8], dtype: DType| bytes.len() / dtype.bytes() as usize;
+        let rows = config.rows_in(elements(data.x, config.dtype))?;
         config.check_weights(
-            weights.gain.map(<[f32]>::len),
-            weights.bias.map(<[f32]>::len),
+            data.gain.map(|g| elements(g, config.weight_dtype)),
+            data.bias.map(|b| elements(b, config.weight_dtype)),
         )?;
         let too_large = Error::TooManyRows {
             rows: rows as u64,
             hidden: config.hidden,
         };
         let rows = u32::try_from(rows).map_err(|_| too_large.clone())?;
-        if x.len() as u64 * 4 > self.device.limits().max_buffer_size {
+        if data.x.len() as u64 > self.device.limits().max_buffer_size {
             return Err(too_large);
         }
         Ok(rows)
@@ -388,22 +522,21 @@ impl GpuContext {
         &self,
         kernel: &Arc<KernelCore>,
         scratch: &mut Scratch,
-        x: &[f32],
+        data: CallData<'_>,
         config: &RmsNormConfig,
-        weights: Weights<'_>,
         rows: u32,
     ) -> Result<()> {
-        let bytes = x.len() as u64 * 4;
-        let bias_offset = WeightsLayout::new(config.hidden).bias_offset;
-        self.queue
-            .write_buffer(&scratch.input, 0, bytemuck::cast_slice(x));
-        if let Some(gain) = weights.gain {
-            self.queue
-                .write_buffer(&scratch.weights, 0, bytemuck::cast_slice(gain));
+        let tensor = (data.x.len() as u64).next_multiple_of(4);
+        let bias_offset = WeightsLayout::new(config).bias_offset;
+        self.upload(&scratch.input, 0, data.x);
+        if let Some(residual) = data.residual {
+            self.upload(&scratch.residual, 0, residual);
         }
-        if let Some(bias) = weights.bias {
-            self.queue
-                .write_buffer(&scratch.weights, bias_offset, bytemuck::cast_slice(bias));
+        if let Some(gain) = data.gain {
+            self.upload(&scratch.weights, 0, gain);
+        }
+        if let Some(bias) = data.bias {
+            self.upload(&scratch.weights, bias_offset, bias);
         }
         let mut encoder = self
             .device
@@ -413,11 +546,16 @@ impl GpuContext {
         let buffers = RmsNormBuffers {
             input: BufferRegion::whole(&scratch.input),
             output: BufferRegion::whole(&scratch.output),
-            gain: weights.gain.map(|_| BufferRegion::whole(&scratch.weights)),
-            bias: weights.bias.map(|_| BufferRegion {
+            gain: data.gain.map(|_| BufferRegion::whole(&scratch.weights)),
+            bias: data.bias.map(|_| BufferRegion {
                 buffer: &scratch.weights,
                 offset: bias_offset,
             }),
+            residual: data
+                .residual
+                .map(|_| BufferRegion::whole(&scratch.residual)),
+            sum: (config.residual == Residual::AddStoreSum)
+                .then(|| BufferRegion::whole(&scratch.sum)),
         };
         let timestamp_writes = self
             .call_timer
@@ -434,7 +572,15 @@ impl GpuContext {
         };
         kernel.record(&prepared, &mut encoder, timestamp_writes)?;
         scratch.prepared = Some((kernel_id, rows, prepared));
-        encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(&scratch.output, 0, &scratch.staging, 0, tensor);
+        let sum = match config.residual {
+            Residual::AddStoreSum => Some(&scratch.sum),
+            Residual::AddStoreSumInPlace => Some(&scratch.residual),
+            _ => None,
+        };
+        if let Some(sum) = sum {
+            encoder.copy_buffer_to_buffer(sum, 0, &scratch.staging, tensor, tensor);
+        }
         if let Some(t) = &self.call_timer {
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &scratch.timestamps, 0, TIMESTAMP_BYTES);
@@ -443,14 +589,30 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Maps the staging buffer and reads `bytes` of output (and the call's timestamps).
-    async fn read_output(&self, scratch: &Scratch, bytes: u64) -> Result<Vec<f32>> {
-        let slice = scratch.staging.slice(..bytes);
+    /// Writes `bytes` at `offset` (a multiple of 4): whole words directly, a trailing
+    /// partial word (an odd count of 16-bit elements) padded with zeros.
+    fn upload(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        let whole = bytes.len() & !3;
+        if whole > 0 {
+            self.queue.write_buffer(buffer, offset, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue
+                .write_buffer(buffer, offset + whole as u64, &tail);
+        }
+    }
+
+    /// Maps the staging buffer and reads `outputs` tensors of `tensor` bytes each (and the
+    /// call's timestamps).
+    async fn read_output(&self, scratch: &Scratch, tensor: u64, outputs: u64) -> Result<Vec<u8>> {
+        let slice = scratch.staging.slice(..tensor * outputs);
         platform::map_read(&self.device, slice).await?;
         let output = slice
             .get_mapped_range()
             .map_err(|e| Error::Readback(e.to_string()))
-            .map(|view| bytemuck::pod_collect_to_vec::<u8, f32>(&view));
+            .map(|view| view.to_vec());
         scratch.staging.unmap();
         // The timestamps are best effort: a failure there loses the time, not the output.
         if let (Some(t), Ok(_)) = (&self.call_timer, &output) {
@@ -472,21 +634,28 @@ impl GpuContext {
     }
 
     /// Takes the reusable buffers out (so no lock is held across an await), grown to fit.
-    fn take_scratch(&self, tensor_bytes: u64, weight_bytes: u64) -> Scratch {
+    fn take_scratch(&self, sizes: ScratchSizes) -> Scratch {
         let taken = self
             .scratch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let fits = |s: &Scratch| s.input.size() >= tensor_bytes && s.weights.size() >= weight_bytes;
+        let residual_bytes = if sizes.residual { sizes.tensor } else { 4 };
+        let fits = |s: &Scratch| {
+            s.input.size() >= sizes.tensor
+                && s.weights.size() >= sizes.weights
+                && s.residual.size() >= residual_bytes
+        };
         match taken {
             Some(s) if fits(&s) => s,
             previous => {
-                let (old_tensor, old_weights) =
-                    previous.map_or((0, 0), |s| (s.input.size(), s.weights.size()));
+                let (old_tensor, old_weights, old_residual) = previous.map_or((0, 0, 0), |s| {
+                    (s.input.size(), s.weights.size(), s.residual.size())
+                });
                 // Exactly what is asked (at most max_buffer_size), never rounded past it.
-                let tensor = tensor_bytes.max(old_tensor);
-                let weights = weight_bytes.max(old_weights);
+                let tensor = sizes.tensor.max(old_tensor);
+                let weights = sizes.weights.max(old_weights);
+                let residual = residual_bytes.max(old_residual);
                 let buffer = |label, size, usage| {
                     self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(label),
@@ -496,10 +665,15 @@ impl GpuContext {
                     })
                 };
                 use wgpu::BufferUsages as U;
+                let readable = U::STORAGE | U::COPY_DST | U::COPY_SRC;
+                // The staging buffer holds the output, and the sum where there is a residual.
+                let staging = if residual > 4 { 2 * tensor } else { tensor };
                 Scratch {
                     input: buffer("rmsnorm input", tensor, U::STORAGE | U::COPY_DST),
                     output: buffer("rmsnorm output", tensor, U::STORAGE | U::COPY_SRC),
-                    staging: buffer("rmsnorm staging", tensor, U::MAP_READ | U::COPY_DST),
+                    residual: buffer("rmsnorm residual", residual, readable),
+                    sum: buffer("rmsnorm sum", residual, U::STORAGE | U::COPY_SRC),
+                    staging: buffer("rmsnorm staging", staging, U::MAP_READ | U::COPY_DST),
                     timestamps: buffer(
                         "rmsnorm call timestamps",
                         TIMESTAMP_BYTES,
@@ -531,14 +705,20 @@ impl GpuContext {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// GPU bytes held between calls (input, output, staging and weight buffers).
+    /// GPU bytes held between calls (input, output, residual, sum, staging and weight
+    /// buffers).
     pub fn scratch_bytes(&self) -> u64 {
         self.scratch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map_or(0, |s| {
-                s.input.size() + s.output.size() + s.staging.size() + s.weights.size()
+                s.input.size()
+                    + s.output.size()
+                    + s.residual.size()
+                    + s.sum.size()
+                    + s.staging.size()
+                    + s.weights.size()
             })
     }
 }
@@ -551,24 +731,75 @@ impl GpuContext {
     }
 
     /// [`GpuContext::layer_norm`], blocking.
-    pub fn layer_norm_blocking(
+    pub fn layer_norm_blocking<T: Element, W: Element>(
         &self,
-        x: &[f32],
+        x: &[T],
         config: &LayerNormConfig,
-        weights: Weights<'_>,
-    ) -> Result<Vec<f32>> {
+        weights: Weights<'_, W>,
+    ) -> Result<Vec<T>> {
         platform::block_on(self.layer_norm(x, config, weights))
     }
 
     /// [`GpuContext::rms_norm`], blocking.
-    pub fn rms_norm_blocking(
+    pub fn rms_norm_blocking<T: Element, W: Element>(
         &self,
-        x: &[f32],
+        x: &[T],
         config: &RmsNormConfig,
-        weights: Weights<'_>,
-    ) -> Result<Vec<f32>> {
+        weights: Weights<'_, W>,
+    ) -> Result<Vec<T>> {
         platform::block_on(self.rms_norm(x, config, weights))
     }
+
+    /// [`GpuContext::rms_norm_residual`], blocking.
+    pub fn rms_norm_residual_blocking<T: Element, W: Element>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        config: &RmsNormConfig,
+        weights: Weights<'_, W>,
+    ) -> Result<ResidualOutput<T>> {
+        platform::block_on(self.rms_norm_residual(x, residual, config, weights))
+    }
+
+    /// [`GpuContext::layer_norm_residual`], blocking.
+    pub fn layer_norm_residual_blocking<T: Element, W: Element>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        config: &LayerNormConfig,
+        weights: Weights<'_, W>,
+    ) -> Result<ResidualOutput<T>> {
+        platform::block_on(self.layer_norm_residual(x, residual, config, weights))
+    }
+}
+
+/// The calls without a residual refuse a config that has one.
+fn without_residual(config: &RmsNormConfig) -> Result<()> {
+    if config.residual.is_some() {
+        return Err(Error::ResidualMismatch {
+            which: "the config has a residual add but the call passes no residual",
+            fix: "call rms_norm_residual or layer_norm_residual, or set residual to \
+                  Residual::None",
+        });
+    }
+    Ok(())
+}
+
+/// The calls with a residual need a config that has one, and r as long as x.
+fn with_residual<T>(config: &RmsNormConfig, x: &[T], residual: &[T]) -> Result<()> {
+    if !config.residual.is_some() {
+        return Err(Error::ResidualMismatch {
+            which: "a residual was passed but the config has no residual add",
+            fix: "set residual to Residual::Add, AddStoreSum or AddStoreSumInPlace",
+        });
+    }
+    if residual.len() != x.len() {
+        return Err(Error::ResidualMismatch {
+            which: "the residual is not as long as the input",
+            fix: "pass a residual of exactly rows * hidden elements, like x",
+        });
+    }
+    Ok(())
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

@@ -118,13 +118,19 @@ pub enum Error {
         which: &'static str,
     },
 
-    /// A byte offset that is not a multiple of 4.
-    #[error("the {which} offset {offset} is not a multiple of 4 bytes: align it to an f32")]
+    /// A byte offset that is not a whole number of elements (4 bytes for f32, 2 for f16
+    /// and bf16).
+    #[error(
+        "the {which} offset {offset} is not a multiple of {element_bytes} bytes: align it to \
+         an element"
+    )]
     MisalignedOffset {
         /// Which buffer.
         which: &'static str,
         /// The offset given, in bytes.
         offset: u64,
+        /// Bytes per element of that buffer.
+        element_bytes: u64,
     },
 
     /// A buffer region that does not fit in its buffer.
@@ -144,14 +150,52 @@ pub enum Error {
         size: u64,
     },
 
-    /// The output buffer is also one of the inputs.
+    /// A buffer the call writes (the output, the stored sum, or the residual written in
+    /// place) is also bound for another tensor.
     #[error(
-        "the output buffer is also the {other} buffer: WebGPU forbids writing a buffer that \
-         the same dispatch reads, so pass a separate output buffer"
+        "the {written} buffer is also the {other} buffer: WebGPU forbids a dispatch writing \
+         a buffer it binds for anything else, so pass a separate {written} buffer"
     )]
     AliasedOutput {
-        /// The input it aliases.
+        /// The buffer written.
+        written: &'static str,
+        /// The other tensor it aliases.
         other: &'static str,
+    },
+
+    /// More storage buffers than the device allows per shader stage.
+    #[error(
+        "the call binds {needed} storage buffers (x, y, gain, bias, residual, sum) and this \
+         device allows {limit} per shader stage: drop the bias or the stored sum, or run the \
+         residual add as a kernel of its own before the normalization"
+    )]
+    TooManyStorageBuffers {
+        /// Storage buffers the config needs.
+        needed: u32,
+        /// The device's `max_storage_buffers_per_shader_stage`.
+        limit: u32,
+    },
+
+    /// A tensor of another element type than the config's.
+    #[error("the {which} is {given} but the config says {expected}: {fix}")]
+    DTypeMismatch {
+        /// Which tensor.
+        which: &'static str,
+        /// The config's element type for it.
+        expected: crate::dtype::DType,
+        /// The type given.
+        given: crate::dtype::DType,
+        /// What to change.
+        fix: &'static str,
+    },
+
+    /// A residual or stored-sum buffer that the config does not call for, or that is missing.
+    #[error("{which}: {fix}")]
+    ResidualMismatch {
+        /// What is wrong.
+        which: &'static str,
+        /// What to change.
+        fix: &'static str,
     },
 
     /// A workgroup size the device or the kernel cannot use.

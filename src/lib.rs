@@ -5,6 +5,7 @@ mod adapter;
 pub mod bench;
 pub mod config;
 pub mod context;
+pub mod dtype;
 pub mod error;
 pub mod kernel;
 mod platform;
@@ -14,9 +15,11 @@ pub mod timing;
 
 pub use adapter::AdapterChoice;
 pub use config::{
-    EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig, DEFAULT_EPS, DEFAULT_LAYER_NORM_EPS,
+    EpsMode, Gain, LayerNormConfig, PartialRms, Residual, RmsNormConfig, DEFAULT_EPS,
+    DEFAULT_LAYER_NORM_EPS,
 };
 pub use context::{GpuContext, Weights};
+pub use dtype::{bf16, f16, DType, Element};
 pub use error::{Error, Result};
 pub use kernel::plan::{DeviceCaps, Plan};
 pub use kernel::{

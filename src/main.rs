@@ -13,8 +13,9 @@ mod cli {
     use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
     use wgpu_rmsnorm::timing::GpuTimer;
     use wgpu_rmsnorm::{
-        block_on, AdapterChoice, BufferRegion, EpsMode, Gain, GpuContext, KernelOptions,
-        PartialRms, Reduction, RmsNormBuffers, RmsNormConfig, Weights,
+        bf16, block_on, f16, AdapterChoice, BufferRegion, DType, Element, EpsMode, Gain,
+        GpuContext, KernelOptions, PartialRms, Reduction, Residual, RmsNormBuffers, RmsNormConfig,
+        Weights,
     };
 
     const USAGE: &str = "\
@@ -27,6 +28,9 @@ usage: wgpu-rmsnorm [options]
   --eps-mode MODE      inside (x / sqrt(mean + eps), default) or add (x / (rms + eps))
   --gain MODE          none (default), scale (y * g) or unit-offset (y * (1 + g))
   --bias               add a bias vector
+  --dtype T            element type of x, y and the residual: f32 (default), f16 or bf16
+  --weight-dtype T     element type of gain and bias, default: the --dtype
+  --residual           fuse the residual add: y = norm(x + r), the sum stored too
   --reduction R        auto (default), tree, subgroups or single-subgroup
   --workgroup-size W   invocations per workgroup (power of two)
   --samples S          timing samples (median taken), default 10
@@ -49,12 +53,17 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             samples: 10,
         };
         let mut it = std::env::args().skip(1);
+        let mut weight_dtype = None;
         while let Some(flag) = it.next() {
             if flag == "--help" || flag == "-h" {
                 return Err(String::new());
             }
             if flag == "--bias" {
                 args.config.bias = true;
+                continue;
+            }
+            if flag == "--residual" {
+                args.config.residual = Residual::AddStoreSum;
                 continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -92,10 +101,21 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
                     }
                 }
                 "--workgroup-size" => args.options.workgroup_size = Some(count(&value)?),
+                "--dtype" | "--weight-dtype" => {
+                    let dtype =
+                        DType::from_name(&value).ok_or_else(|| bad("use f32, f16 or bf16"))?;
+                    if flag == "--dtype" {
+                        args.config.dtype = dtype;
+                        weight_dtype.get_or_insert(dtype);
+                    } else {
+                        weight_dtype = Some(dtype);
+                    }
+                }
                 "--samples" => args.samples = count(&value)?.max(1) as usize,
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
+        args.config.weight_dtype = weight_dtype.unwrap_or(args.config.dtype);
         // Every value checked before any work: a bad --p fails here, not after a run.
         args.config
             .with_partial(args.partial)
@@ -126,65 +146,135 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
     }
 
     async fn run(args: &Args) -> wgpu_rmsnorm::Result<bool> {
+        use DType::{Bf16, F16, F32};
+        match (args.config.dtype, args.config.weight_dtype) {
+            (F32, F32) => run_typed::<f32, f32>(args).await,
+            (F32, F16) => run_typed::<f32, f16>(args).await,
+            (F32, Bf16) => run_typed::<f32, bf16>(args).await,
+            (F16, F32) => run_typed::<f16, f32>(args).await,
+            (F16, F16) => run_typed::<f16, f16>(args).await,
+            (F16, Bf16) => run_typed::<f16, bf16>(args).await,
+            (Bf16, F32) => run_typed::<bf16, f32>(args).await,
+            (Bf16, F16) => run_typed::<bf16, f16>(args).await,
+            (Bf16, Bf16) => run_typed::<bf16, bf16>(args).await,
+        }
+    }
+
+    /// The data of a run, as elements of their types.
+    struct Data<T, W> {
+        x: Vec<T>,
+        residual: Option<Vec<T>>,
+        gain: Option<Vec<W>>,
+        bias: Option<Vec<W>>,
+    }
+
+    impl<T: Element, W: Element> Data<T, W> {
+        fn new(args: &Args) -> Self {
+            let (len, n) = (
+                args.rows as usize * args.config.hidden as usize,
+                args.config.hidden as usize,
+            );
+            let act = |seed, amplitude| {
+                let values = reference::sample_data(len, seed, amplitude);
+                values.into_iter().map(T::from_f32).collect::<Vec<T>>()
+            };
+            let weight = |seed| {
+                let values = reference::sample_data(n, seed, 4.0);
+                values.into_iter().map(W::from_f32).collect::<Vec<W>>()
+            };
+            let config = &args.config;
+            Self {
+                x: act(1, 4.0),
+                residual: config.residual.is_some().then(|| act(4, 2.0)),
+                gain: (config.gain != Gain::None).then(|| weight(2)),
+                bias: config.bias.then(|| weight(3)),
+            }
+        }
+
+        fn weights(&self) -> Weights<'_, W> {
+            Weights {
+                gain: self.gain.as_deref(),
+                bias: self.bias.as_deref(),
+            }
+        }
+    }
+
+    /// Values widened to f32.
+    fn widen<T: Element>(v: &[T]) -> Vec<f32> {
+        v.iter().map(|&e| e.to_f32()).collect()
+    }
+
+    async fn run_typed<T: Element, W: Element>(args: &Args) -> wgpu_rmsnorm::Result<bool> {
         let gpu = GpuContext::with_adapter_choice(&AdapterChoice::from_env(), args.options).await?;
         let device = gpu.device();
         let timer = GpuTimer::new(device, gpu.queue());
         print_setup(&gpu, &timer, args);
         let (rows, n) = (args.rows, args.config.hidden);
         // Checked before any allocation: the tensor must fit one buffer of this device.
-        if u64::from(rows) * u64::from(n) * 4 > device.limits().max_buffer_size {
+        let tensor_bytes = u64::from(rows) * u64::from(n) * args.config.dtype.bytes();
+        if tensor_bytes > device.limits().max_buffer_size {
             return Err(wgpu_rmsnorm::Error::TooManyRows {
                 rows: u64::from(rows),
                 hidden: n,
             });
         }
-        let len = rows as usize * n as usize;
-        let x = reference::sample_data(len, 1, 4.0);
-        let gain =
-            (args.config.gain != Gain::None).then(|| reference::sample_data(n as usize, 2, 4.0));
-        let bias = args
-            .config
-            .bias
-            .then(|| reference::sample_data(n as usize, 3, 4.0));
-        let weights = Weights {
-            gain: gain.as_deref(),
-            bias: bias.as_deref(),
-        };
+        let data = Data::<T, W>::new(args);
 
-        // Timing buffers, separate from the context's: x in, y out, weights.
+        // Timing buffers, separate from the context's: x and r in, y and the sum out, weights.
         use wgpu::util::DeviceExt;
-        let storage = |label, contents: &[f32]| {
+        let storage = |label, contents: &[u8]| {
             device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
-                contents: bytemuck::cast_slice(contents),
+                contents,
                 usage: wgpu::BufferUsages::STORAGE,
             })
         };
-        let x_buffer = storage("x", &x);
-        let y_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("y"),
-            size: (len as u64 * 4).max(4),
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        let gain_buffer = gain.as_deref().map(|g| storage("gain", g));
-        let bias_buffer = bias.as_deref().map(|b| storage("bias", b));
+        let output = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: tensor_bytes.next_multiple_of(4).max(4),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let x_buffer = storage("x", bytemuck::cast_slice(&data.x));
+        let y_buffer = output("y");
+        let residual = data.residual.as_deref();
+        let r_buffer = residual.map(|r| storage("residual", bytemuck::cast_slice(r)));
+        let sum_buffer = residual.map(|_| output("sum"));
+        let gain_buffer = data
+            .gain
+            .as_deref()
+            .map(|g| storage("gain", bytemuck::cast_slice(g)));
+        let bias_buffer = data
+            .bias
+            .as_deref()
+            .map(|b| storage("bias", bytemuck::cast_slice(b)));
         let buffers = RmsNormBuffers {
             input: BufferRegion::whole(&x_buffer),
             output: BufferRegion::whole(&y_buffer),
             gain: gain_buffer.as_ref().map(BufferRegion::whole),
             bias: bias_buffer.as_ref().map(BufferRegion::whole),
+            residual: r_buffer.as_ref().map(BufferRegion::whole),
+            sum: sum_buffer.as_ref().map(BufferRegion::whole),
         };
 
         println!(
-            "{:<9} {:>8} {:<28} {:>11} {:>11} {:>6} {:>10} {:>8}",
-            "kernel", "k", "variant", "max abs err", "max rel err", "check", "GPU ms", "GB/s"
+            "{:<9} {:>8} {:<40} {:>11} {:>11} {:>6} {:>6} {:>10} {:>8}",
+            "kernel",
+            "k",
+            "variant",
+            "max abs err",
+            "max rel err",
+            "ulps",
+            "check",
+            "GPU ms",
+            "GB/s"
         );
         let mut all_pass = true;
         for (name, partial) in [("RMSNorm", PartialRms::Full), ("pRMSNorm", args.partial)] {
             let config = args.config.with_partial(partial);
-            all_pass &=
-                check_and_time(&gpu, &timer, args, &x, &config, weights, &buffers, name).await?;
+            all_pass &= check_and_time(&gpu, &timer, args, &data, &config, &buffers, name).await?;
         }
         Ok(all_pass)
     }
@@ -213,34 +303,63 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             EpsMode::InsideRoot => "inside the root",
             EpsMode::AddedToRms => "added to the RMS",
         };
+        let config = &args.config;
         println!(
-            "shape: {rows} x {n} f32 ({:.1} MiB), eps {:e} {eps_mode}, gain {:?}, bias {}",
-            f64::from(rows) * f64::from(n) * 4.0 / (1 << 20) as f64,
-            args.config.eps,
-            args.config.gain,
-            args.config.bias
+            "shape: {rows} x {n} {} ({:.1} MiB), weights {}, eps {:e} {eps_mode}, gain {:?}, \
+             bias {}, residual {:?}",
+            config.dtype,
+            f64::from(rows) * f64::from(n) * config.dtype.bytes() as f64 / (1 << 20) as f64,
+            config.weight_dtype,
+            config.eps,
+            config.gain,
+            config.bias,
+            config.residual
         );
     }
 
-    /// One kernel: checked against the reference through the high-level API, timed through
+    /// One kernel: checked against the reference through the high-level API (the output to
+    /// within a rounding of the f32 tolerance, the stored sum bit for bit), timed through
     /// the low-level one on `buffers`, reported as a table row. Returns whether it passed.
-    #[allow(clippy::too_many_arguments)]
-    async fn check_and_time(
+    async fn check_and_time<T: Element, W: Element>(
         gpu: &GpuContext,
         timer: &GpuTimer,
         args: &Args,
-        x: &[f32],
+        data: &Data<T, W>,
         config: &RmsNormConfig,
-        weights: Weights<'_>,
         buffers: &RmsNormBuffers<'_>,
         name: &str,
     ) -> wgpu_rmsnorm::Result<bool> {
         let device = gpu.device();
         let rows = args.rows;
-        let y = gpu.rms_norm(x, config, weights).await?;
-        let expected = reference::rms_norm(x, config, weights.gain, weights.bias)?;
-        let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
-        let pass = stats.failures == 0;
+        let x = widen(&data.x);
+        let (y, input, sum_ok) = match &data.residual {
+            Some(r) => {
+                let out = gpu
+                    .rms_norm_residual(&data.x, r, config, data.weights())
+                    .await?;
+                let h = reference::residual_sum(&x, &widen(r), config.dtype);
+                let sum_ok = out.sum.is_some_and(|sum| widen(&sum) == h);
+                (out.output, h, sum_ok)
+            }
+            None => (
+                gpu.rms_norm(&data.x, config, data.weights()).await?,
+                x,
+                true,
+            ),
+        };
+        let (gain, bias) = (
+            data.gain.as_deref().map(widen),
+            data.bias.as_deref().map(widen),
+        );
+        let expected = reference::rms_norm(&input, config, gain.as_deref(), bias.as_deref())?;
+        let stats = reference::compare_rounded(
+            &widen(&y),
+            &expected,
+            config.dtype,
+            F32_ABS_TOL,
+            F32_REL_TOL,
+        );
+        let pass = stats.failures == 0 && sum_ok;
         let kernel = gpu.kernel(config)?;
         let seconds = timer
             .median(device, gpu.queue(), args.samples, 0.01, |encoder, ts| {
@@ -248,16 +367,20 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             })
             .await?;
         // Bytes moved: x read (k elements twice where the row is re-read: counted once),
-        // y written, gain and bias read once per call.
-        let vectors = weights.gain.is_some() as u64 + weights.bias.is_some() as u64;
-        let bytes = 2 * x.len() as u64 * 4 + 4 * u64::from(config.hidden) * vectors;
+        // y written, with the residual r read and the sum written, gain and bias read once
+        // per call.
+        let tensors = if data.residual.is_some() { 4 } else { 2 };
+        let vectors = data.gain.is_some() as u64 + data.bias.is_some() as u64;
+        let bytes = tensors * (data.x.len() as u64) * config.dtype.bytes()
+            + u64::from(config.hidden) * config.weight_dtype.bytes() * vectors;
         println!(
-            "{:<9} {:>8} {:<28} {:>11.3e} {:>11.3e} {:>6} {:>10.3} {:>8.2}",
+            "{:<9} {:>8} {:<40} {:>11.3e} {:>11.3e} {:>6.2} {:>6} {:>10.3} {:>8.2}",
             name,
             kernel.rms_count(),
             kernel.variant_name(buffers, rows),
             stats.max_abs,
             stats.max_rel,
+            stats.max_ulps,
             if pass { "PASS" } else { "FAIL" },
             seconds * 1e3,
             bytes as f64 / seconds / 1e9

@@ -5,6 +5,7 @@
 //! to at most ~1.2e77.
 
 use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
+use crate::dtype::DType;
 use crate::error::Result;
 
 /// The scale `1 / rms_k` (with eps) applied to the row `row`, by the config's conventions.
@@ -142,8 +143,11 @@ pub struct ErrorStats {
     /// is the larger term (|expected| >= abs_tol / rel_tol): near zero a relative error says
     /// nothing, and the absolute tolerance applies.
     pub max_rel: f64,
-    /// Elements outside `abs_tol + rel_tol * |expected|` (NaN counts as outside).
+    /// Elements outside `abs_tol + rel_tol * |expected|` (NaN counts as outside); for a
+    /// 16-bit output, elements that are not a rounding of a value within that tolerance.
     pub failures: usize,
+    /// max |actual - expected| in units in the last place of the output type at `expected`.
+    pub max_ulps: f64,
 }
 
 /// Compares element by element with tolerance `abs_tol + rel_tol * |expected|`.
@@ -164,11 +168,63 @@ pub fn compare(actual: &[f32], expected: &[f64], abs_tol: f64, rel_tol: f64) -> 
             continue;
         }
         stats.max_abs = stats.max_abs.max(err);
+        stats.max_ulps = stats.max_ulps.max(err / DType::F32.ulp(e));
         if e != 0.0 && e.abs() * rel_tol >= abs_tol {
             stats.max_rel = stats.max_rel.max(err / e.abs());
         }
     }
     stats
+}
+
+/// Compares outputs of `dtype` (widened to f32) with the f64 results: each must be a
+/// rounding to `dtype` (nearest, ties to even) of some value within `abs_tol + rel_tol *
+/// |expected|` of the exact result, i.e. lie between the roundings of the interval's ends:
+/// at most 1 ulp of `dtype` from the correctly rounded result, and exactly it except where
+/// the f32 computation's own error crosses a rounding boundary. An exact result beyond the
+/// type's range rounds to inf, so inf is then the expected output. For f32 this is
+/// [`compare`].
+pub fn compare_rounded(
+    actual: &[f32],
+    expected: &[f64],
+    dtype: DType,
+    abs_tol: f64,
+    rel_tol: f64,
+) -> ErrorStats {
+    if dtype == DType::F32 {
+        return compare(actual, expected, abs_tol, rel_tol);
+    }
+    let mut stats = ErrorStats::default();
+    if actual.len() != expected.len() {
+        stats.failures = actual.len().max(expected.len());
+        return stats;
+    }
+    for (&a, &e) in actual.iter().zip(expected) {
+        let a = f64::from(a);
+        let tol = abs_tol + rel_tol * e.abs();
+        let (lo, hi) = (dtype.round_f64(e - tol), dtype.round_f64(e + tol));
+        if !(lo <= a && a <= hi) {
+            stats.failures += 1;
+        }
+        let err = (a - e).abs();
+        if err.is_nan() {
+            stats.max_abs = f64::NAN;
+            continue;
+        }
+        if err.is_finite() {
+            stats.max_abs = stats.max_abs.max(err);
+            stats.max_ulps = stats.max_ulps.max(err / dtype.ulp(e));
+            if e != 0.0 && e.abs() * rel_tol >= abs_tol {
+                stats.max_rel = stats.max_rel.max(err / e.abs());
+            }
+        }
+    }
+    stats
+}
+
+/// The normalized input of a call with a residual add, as the kernels compute it: `x + r`
+/// added in f32 and rounded to `dtype` (the values of 16-bit tensors widened to f32).
+pub fn residual_sum(x: &[f32], r: &[f32], dtype: DType) -> Vec<f32> {
+    x.iter().zip(r).map(|(&a, &b)| dtype.round(a + b)).collect()
 }
 
 /// The tolerance the f32 kernels are held to: relative 1e-5, absolute 1e-6.

@@ -4,7 +4,8 @@
 use crate::shaders::ComposedShader;
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 
-/// Validates `shader` against WebGPU's baseline capabilities, plus subgroups when asked.
+/// Validates `shader` against WebGPU's baseline capabilities, plus subgroups when asked and
+/// f16 where the module enables it.
 pub fn validate(shader: &ComposedShader, subgroups: bool) -> Result<naga::Module, String> {
     let src = &shader.source;
     let locate = |location: Option<naga::SourceLocation>| match location {
@@ -16,11 +17,13 @@ pub fn validate(shader: &ComposedShader, subgroups: bool) -> Result<naga::Module
     };
     let module = naga::front::wgsl::parse_str(src)
         .map_err(|e| format!("{}: {}", locate(e.location(src)), e.emit_to_string(src)))?;
-    let capabilities = if subgroups {
-        Capabilities::SUBGROUP
-    } else {
-        Capabilities::empty()
-    };
+    let mut capabilities = Capabilities::empty();
+    if subgroups {
+        capabilities |= Capabilities::SUBGROUP;
+    }
+    if src.starts_with("enable f16;") {
+        capabilities |= Capabilities::SHADER_FLOAT16;
+    }
     let mut validator = Validator::new(ValidationFlags::all(), capabilities);
     if subgroups {
         validator

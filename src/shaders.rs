@@ -52,6 +52,129 @@ impl ShaderTarget {
     };
 }
 
+/// How one tensor's elements are stored, as a module reads or writes them. Arithmetic is f32
+/// on every path; 16-bit elements are converted exactly to f32 on load and rounded to
+/// nearest, ties to even, on store (`shaders/formats.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// f32.
+    F32,
+    /// WGSL's own `f16` type (needs `enable f16;` and the device's `SHADER_F16`).
+    F16,
+    /// f16 bits, two per u32 word: every device.
+    PackedF16,
+    /// bf16 bits, two per u32 word (WGSL has no bf16 type).
+    PackedBf16,
+}
+
+impl Storage {
+    /// Every storage format.
+    pub const ALL: [Storage; 4] = [
+        Storage::F32,
+        Storage::F16,
+        Storage::PackedF16,
+        Storage::PackedBf16,
+    ];
+
+    /// Bytes per element.
+    pub fn element_bytes(self) -> u64 {
+        match self {
+            Storage::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    /// The function of `shaders/formats.wgsl` that rounds an f32 to this format (`None`:
+    /// f32 itself).
+    fn round_function(self) -> Option<&'static str> {
+        match self {
+            Storage::F32 => None,
+            Storage::F16 | Storage::PackedF16 => Some("f16_round"),
+            Storage::PackedBf16 => Some("bf16_round"),
+        }
+    }
+}
+
+/// The fused residual add `h = x + r`, as a module sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResidualIo {
+    /// No residual: the input is x.
+    None,
+    /// h is normalized and not stored.
+    Add,
+    /// h is stored to a buffer of its own.
+    StoreSum,
+    /// h is stored over r (r is then one read-write binding).
+    StoreSumInPlace,
+}
+
+/// Every residual form.
+pub const RESIDUALS: [ResidualIo; 4] = [
+    ResidualIo::None,
+    ResidualIo::Add,
+    ResidualIo::StoreSum,
+    ResidualIo::StoreSumInPlace,
+];
+
+/// The tensors of a module: their storage and which of them exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TensorIo {
+    /// x, r, y and h.
+    pub activations: Storage,
+    /// gain and bias.
+    pub weights: Storage,
+    /// Whether the module reads a gain.
+    pub gain: bool,
+    /// Whether the module reads a bias.
+    pub bias: bool,
+    /// The residual add.
+    pub residual: ResidualIo,
+}
+
+impl TensorIo {
+    /// f32 x and y, no gain, no bias, no residual.
+    pub const F32: TensorIo = TensorIo {
+        activations: Storage::F32,
+        weights: Storage::F32,
+        gain: false,
+        bias: false,
+        residual: ResidualIo::None,
+    };
+
+    /// Whether the module needs `enable f16;`.
+    pub fn uses_f16(&self) -> bool {
+        self.activations == Storage::F16
+            || (self.weights == Storage::F16 && (self.gain || self.bias))
+    }
+
+    /// Storage buffers bound (split rows' partial sums not counted).
+    pub fn storage_buffers(&self) -> u32 {
+        let residual = match self.residual {
+            ResidualIo::None => 0,
+            ResidualIo::Add | ResidualIo::StoreSumInPlace => 1,
+            ResidualIo::StoreSum => 2,
+        };
+        2 + u32::from(self.gain) + u32::from(self.bias) + residual
+    }
+}
+
+/// `@binding` of the parameters (uniform).
+pub const BINDING_PARAMS: u32 = 0;
+/// `@binding` of x.
+pub const BINDING_X: u32 = 1;
+/// `@binding` of the gain.
+pub const BINDING_GAIN: u32 = 2;
+/// `@binding` of the bias.
+pub const BINDING_BIAS: u32 = 3;
+/// `@binding` of y.
+pub const BINDING_Y: u32 = 4;
+/// `@binding` of split rows' partial sums (`shaders/rmsnorm.wgsl`).
+pub const BINDING_PARTIALS: u32 = 5;
+/// `@binding` of the residual r.
+pub const BINDING_RESIDUAL: u32 = 6;
+/// `@binding` of the stored sum h (when not written over r).
+pub const BINDING_SUM: u32 = 7;
+
 /// One source file of `shaders/`.
 #[derive(Debug, Clone, Copy)]
 pub struct ShaderFile {
@@ -83,6 +206,7 @@ pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
 pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
 const NORM_COMMON: ShaderFile = shader_file!("norm_common.wgsl");
+const FORMATS: ShaderFile = shader_file!("formats.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
 const ELEM_SCALAR: ShaderFile = shader_file!("elem_scalar.wgsl");
 const REDUCE_TREE: ShaderFile = shader_file!("reduce_workgroup_tree.wgsl");
@@ -116,6 +240,8 @@ pub struct ModuleShape {
     /// `CACHE_LEN`: the Elems each invocation keeps of a row in the read-once kernel
     /// (`rms_norm_cached`), at least 1.
     pub cache_len: u32,
+    /// The tensors: storage formats, gain, bias, residual.
+    pub io: TensorIo,
 }
 
 /// A composed module: its text, and which lines came from which file.
@@ -163,6 +289,9 @@ pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) ->
         ReductionKind::SingleSubgroup => REDUCE_SINGLE,
     };
     let mut source = String::new();
+    if shape.io.uses_f16() {
+        source.push_str("enable f16;\n");
+    }
     if shape.reduction.uses_subgroups() && target == ShaderTarget::Browser {
         source.push_str("enable subgroups;\n");
     }
@@ -170,8 +299,9 @@ pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) ->
     if kernel.row_cache {
         source.push_str(&row_cache_code(shape.cache_len.max(1)));
     }
+    source.push_str(&tensor_code(&shape.io, shape.elem));
     let mut parts = vec![(1, "<prelude>")];
-    for file in [elem, reduce, NORM_COMMON, kernel] {
+    for file in [elem, reduce, FORMATS, NORM_COMMON, kernel] {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);
         if !source.ends_with('\n') {
@@ -181,17 +311,156 @@ pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) ->
     ComposedShader { source, parts }
 }
 
+/// The tensors' bindings and accessors for `io` (see `shaders/norm_common.wgsl`): what
+/// exists is declared with its storage type; what does not is a constant `false` and an
+/// accessor that is never called, so that it is never bound.
+fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
+    let act = io.activations;
+    let weights = io.weights;
+    let flag = |name: &str, on: bool| format!("const {name}: bool = {on};\n");
+    let residual = io.residual != ResidualIo::None;
+    let stores_sum = matches!(
+        io.residual,
+        ResidualIo::StoreSum | ResidualIo::StoreSumInPlace
+    );
+    let mut code = String::new();
+    code.push_str(&flag("HAS_GAIN", io.gain));
+    code.push_str(&flag("HAS_BIAS", io.bias));
+    code.push_str(&flag("HAS_RESIDUAL", residual));
+    code.push_str(&flag("STORES_SUM", stores_sum));
+    code.push_str(&tensor("x", BINDING_X, act, elem, Access::Load));
+    code.push_str(&tensor("y", BINDING_Y, act, elem, Access::Store));
+    for (name, binding, present) in [
+        ("gain", BINDING_GAIN, io.gain),
+        ("bias", BINDING_BIAS, io.bias),
+    ] {
+        code.push_str(&if present {
+            tensor(name, binding, weights, elem, Access::Load)
+        } else {
+            format!("fn {name}_load(i: u32) -> Elem {{\n    return Elem(0.0);\n}}\n")
+        });
+    }
+    let absent_r = "fn r_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n";
+    let absent_sum = "fn sum_store(i: u32, v: Elem) {}\n";
+    code.push_str(&match io.residual {
+        ResidualIo::None => format!("{absent_r}{absent_sum}"),
+        ResidualIo::Add => tensor("r", BINDING_RESIDUAL, act, elem, Access::Load) + absent_sum,
+        ResidualIo::StoreSum => {
+            tensor("r", BINDING_RESIDUAL, act, elem, Access::Load)
+                + &tensor("sum", BINDING_SUM, act, elem, Access::Store)
+        }
+        ResidualIo::StoreSumInPlace => {
+            tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStore)
+                + "fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
+        }
+    });
+    let rounded = match act.round_function() {
+        Some(f) => elem_map(elem, f, "v"),
+        None => "v".to_string(),
+    };
+    code.push_str(&format!(
+        "fn act_round(v: Elem) -> Elem {{\n    return {rounded};\n}}\n"
+    ));
+    code
+}
+
+/// How a module uses one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Load,
+    Store,
+    LoadStore,
+}
+
+/// `f` applied to each f32 of the Elem `v`.
+fn elem_map(elem: ElemLayout, f: &str, v: &str) -> String {
+    match elem {
+        ElemLayout::Vec4 => format!("Elem({f}({v}.x), {f}({v}.y), {f}({v}.z), {f}({v}.w))"),
+        ElemLayout::Scalar => format!("{f}({v})"),
+    }
+}
+
+/// The binding `name` and its `name_load(i)` / `name_store(i, v)` (Elem i of the binding).
+/// Packed 16-bit tensors with one element per Elem share words between neighbouring
+/// elements, so neighbouring rows and regions outside the tensor may share a word: those
+/// are written with atomic and/or on the element's own half, never a read-modify-write.
+fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: Access) -> String {
+    let writes = access != Access::Load;
+    let scalar = elem == ElemLayout::Scalar;
+    let array = match (storage, elem) {
+        (Storage::F32, _) => "Elem",
+        (Storage::F16, ElemLayout::Vec4) => "vec4<f16>",
+        (Storage::F16, ElemLayout::Scalar) => "f16",
+        (_, ElemLayout::Vec4) => "vec2<u32>",
+        (_, ElemLayout::Scalar) if writes => "atomic<u32>",
+        (_, ElemLayout::Scalar) => "u32",
+    };
+    let mode = if writes { "read_write" } else { "read" };
+    let mut code =
+        format!("@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{array}>;\n");
+    let (to_f32, from_f32) = match storage {
+        Storage::PackedBf16 => ("bf16_to_f32", "f32_to_bf16"),
+        _ => ("f16_to_f32", "f32_to_f16"),
+    };
+    if access != Access::Store {
+        let body = match storage {
+            Storage::F32 => format!("return {name}[i];"),
+            Storage::F16 if scalar => format!("return f32({name}[i]);"),
+            Storage::F16 => format!("return vec4<f32>({name}[i]);"),
+            _ if scalar => {
+                let word = if writes {
+                    format!("atomicLoad(&{name}[i >> 1u])")
+                } else {
+                    format!("{name}[i >> 1u]")
+                };
+                format!("return {to_f32}(({word} >> ((i & 1u) * 16u)) & 0xffffu);")
+            }
+            _ => format!(
+                "let w = {name}[i];\n    return Elem({to_f32}(w.x & 0xffffu), {to_f32}(w.x >> 16u), \
+                 {to_f32}(w.y & 0xffffu), {to_f32}(w.y >> 16u));"
+            ),
+        };
+        code.push_str(&format!(
+            "fn {name}_load(i: u32) -> Elem {{\n    {body}\n}}\n"
+        ));
+    }
+    if writes {
+        let body = match storage {
+            Storage::F32 => format!("{name}[i] = v;"),
+            // Rounded to the nearest f16 first, so that the conversion is exact.
+            Storage::F16 if scalar => format!("{name}[i] = f16(f16_round(v));"),
+            Storage::F16 => format!(
+                "{name}[i] = vec4<f16>({});",
+                elem_map(elem, "f16_round", "v")
+            ),
+            _ if scalar => format!(
+                "let shift = (i & 1u) * 16u;\n    \
+                 atomicAnd(&{name}[i >> 1u], ~(0xffffu << shift));\n    \
+                 atomicOr(&{name}[i >> 1u], {from_f32}(v) << shift);"
+            ),
+            _ => format!(
+                "{name}[i] = vec2<u32>({from_f32}(v.x) | ({from_f32}(v.y) << 16u), \
+                 {from_f32}(v.z) | ({from_f32}(v.w) << 16u));"
+            ),
+        };
+        code.push_str(&format!(
+            "fn {name}_store(i: u32, v: Elem) {{\n    {body}\n}}\n"
+        ));
+    }
+    code
+}
+
 /// The read-once kernel's cache of `len` Elems, unrolled: a struct with one field per Elem
 /// and the three functions over it that `rms_norm_cached` calls (see `shaders/rmsnorm.wgsl`).
 fn row_cache_code(len: u32) -> String {
     let fields: Vec<String> = (0..len).map(|j| format!("c{j}: Elem")).collect();
     let index = |j: u32| format!("lane + {j}u * WG");
     let loads: Vec<String> = (0..len)
-        .map(|j| format!("load_in_row(row_start, {})", index(j)))
+        .map(|j| format!("load_in_row(row_offset, {})", index(j)))
         .collect();
     let mut code = format!(
         "struct RowCache {{ {} }}\n\
-         fn cache_load(row_start: u32, lane: u32) -> RowCache {{\n    return RowCache({});\n}}\n\
+         fn cache_load(row_offset: u32, lane: u32) -> RowCache {{\n    return RowCache({});\n}}\n\
          fn cache_sum_squares(c: RowCache, lane: u32, pre: f32) -> Elem {{\n    var s = Elem(0.0);\n",
         fields.join(", "),
         loads.join(", ")
@@ -204,11 +473,11 @@ fn row_cache_code(len: u32) -> String {
     }
     code.push_str(
         "    return s;\n}\n\
-         fn cache_store(c: RowCache, out_start: u32, lane: u32, f: vec2<f32>) {\n",
+         fn cache_store(c: RowCache, row_offset: u32, lane: u32, f: vec2<f32>) {\n",
     );
     for j in 0..len {
         code.push_str(&format!(
-            "    store_in_row(out_start, {}, (c.c{j} * f.x) * f.y);\n",
+            "    store_in_row(row_offset, {}, c.c{j}, (c.c{j} * f.x) * f.y);\n",
             index(j)
         ));
     }

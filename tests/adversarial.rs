@@ -82,6 +82,8 @@ fn odd_buffer_sizes_and_regions() {
             output: BufferRegion::whole(&yb),
             gain: None,
             bias: None,
+            residual: None,
+            sum: None,
         };
         let result = no_gpu_errors(device, || {
             let mut encoder = device.create_command_encoder(&Default::default());
@@ -306,6 +308,8 @@ fn prepared_dispatch_of_another_kernel() {
         output: BufferRegion::whole(&y),
         gain: Some(BufferRegion::whole(&g)),
         bias: None,
+        residual: None,
+        sum: None,
     };
     let prepared = a.prepare(device, &buffers, 1).unwrap();
     let mut encoder = device.create_command_encoder(&Default::default());
@@ -523,6 +527,8 @@ fn foreign_devices() {
             output: BufferRegion::whole(output),
             gain: None,
             bias: None,
+            residual: None,
+            sum: None,
         };
         let e = no_gpu_errors(device, || kernel.prepare(device, &buffers, 1)).unwrap_err();
         assert!(matches!(e, Error::BufferRefused(_)), "{e:?}");
@@ -533,6 +539,8 @@ fn foreign_devices() {
         output: BufferRegion::whole(&y),
         gain: None,
         bias: None,
+        residual: None,
+        sum: None,
     };
     let mut encoder = other.create_command_encoder(&Default::default());
     let e = kernel
@@ -574,6 +582,8 @@ fn device_loss_at_every_entry() {
         output: BufferRegion::whole(&yb),
         gain: Some(BufferRegion::whole(&gb)),
         bias: None,
+        residual: None,
+        sum: None,
     };
     let prepared = kernel.prepare(&device, &buffers, 4).unwrap();
 

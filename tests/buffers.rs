@@ -53,6 +53,8 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
             buffer: &b_buffer,
             offset: bo,
         }),
+        residual: None,
+        sum: None,
     };
     let y_all = no_gpu_errors(device, || {
         let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
@@ -245,6 +247,8 @@ fn a_prepared_dispatch_is_recorded_again_with_new_data() {
         output: BufferRegion::whole(&y_buffer),
         gain: None,
         bias: None,
+        residual: None,
+        sum: None,
     };
     let prepared = kernel.prepare(device, &buffers, 5).unwrap();
     for step in 0..3 {

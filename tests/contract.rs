@@ -10,8 +10,8 @@ mod shaders {
 
 use shaders::*;
 use wgpu_rmsnorm::kernel::{
-    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_X, BINDING_Y,
-    PARAMS_FIELDS, PARAMS_SIZE,
+    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
+    BINDING_X, BINDING_Y, PARAMS_FIELDS, PARAMS_SIZE,
 };
 
 fn module() -> naga::Module {
@@ -20,6 +20,14 @@ fn module() -> naga::Module {
         reduction: ReductionKind::WorkgroupTree,
         workgroup_size: 64,
         cache_len: 1,
+        // Every tensor present, so that every binding is declared.
+        io: TensorIo {
+            activations: Storage::PackedF16,
+            weights: Storage::F32,
+            gain: true,
+            bias: true,
+            residual: ResidualIo::StoreSum,
+        },
     };
     shader_check::validate(&compose(RMSNORM, &shape, ShaderTarget::Native), false).unwrap()
 }
@@ -66,6 +74,8 @@ fn binding_indices_match_the_wgsl_globals() {
         ("bias", BINDING_BIAS),
         ("y", BINDING_Y),
         ("row_partials", BINDING_PARTIALS),
+        ("r", BINDING_RESIDUAL),
+        ("sum", BINDING_SUM),
     ] {
         assert_eq!(binding(name), (0, index), "{name}");
     }

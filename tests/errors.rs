@@ -260,6 +260,8 @@ fn bad_buffers() {
         output: (&y).into(),
         gain: Some((&gain).into()),
         bias: None,
+        residual: None,
+        sum: None,
     };
     type Check = fn(&Error) -> bool;
     let cases: Vec<(&str, RmsNormBuffers<'_>, Check)> = vec![
@@ -290,7 +292,8 @@ fn bad_buffers() {
                     e,
                     Error::MisalignedOffset {
                         which: "input",
-                        offset: 2
+                        offset: 2,
+                        element_bytes: 4
                     }
                 )
             },
@@ -306,7 +309,8 @@ fn bad_buffers() {
                     e,
                     Error::MisalignedOffset {
                         which: "output",
-                        offset: 6
+                        offset: 6,
+                        element_bytes: 4
                     }
                 )
             },
@@ -322,7 +326,8 @@ fn bad_buffers() {
                     e,
                     Error::MisalignedOffset {
                         which: "gain",
-                        offset: 1
+                        offset: 1,
+                        element_bytes: 4
                     }
                 )
             },
@@ -393,7 +398,15 @@ fn bad_buffers() {
                 output: region(&x, 0),
                 ..ok
             },
-            |e| matches!(e, Error::AliasedOutput { other: "input" }),
+            |e| {
+                matches!(
+                    e,
+                    Error::AliasedOutput {
+                        written: "output",
+                        other: "input"
+                    }
+                )
+            },
         ),
         (
             "output is gain",
@@ -405,7 +418,10 @@ fn bad_buffers() {
             |e| {
                 matches!(
                     e,
-                    Error::AliasedOutput { other: "gain" } | Error::BufferTooSmall { .. }
+                    Error::AliasedOutput {
+                        written: "output",
+                        other: "gain"
+                    } | Error::BufferTooSmall { .. }
                 )
             },
         ),
@@ -416,7 +432,15 @@ fn bad_buffers() {
                 gain: Some(region(&big, bytes)),
                 ..ok
             },
-            |e| matches!(e, Error::AliasedOutput { other: "gain" }),
+            |e| {
+                matches!(
+                    e,
+                    Error::AliasedOutput {
+                        written: "output",
+                        other: "gain"
+                    }
+                )
+            },
         ),
     ];
     for (what, buffers, expected) in cases {

@@ -314,7 +314,7 @@ fn empty_batch_is_a_no_op() {
     let Some(turn) = gpu() else { return };
     let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let y = gpu
-        .rms_norm_blocking(&[], &RmsNormConfig::new(64), Weights::NONE)
+        .rms_norm_blocking::<f32, f32>(&[], &RmsNormConfig::new(64), Weights::NONE)
         .unwrap();
     assert!(y.is_empty());
 }
@@ -380,6 +380,8 @@ fn variant_rule() {
         output: (&y).into(),
         gain: None,
         bias: None,
+        residual: None,
+        sum: None,
     };
     assert_eq!(choose(100, Some(false)), (gpu_reduction, 64));
     assert_eq!(
@@ -432,6 +434,8 @@ fn check_variant(
                 output: (&probe).into(),
                 gain: None,
                 bias: None,
+                residual: None,
+                sum: None,
             };
             let rows = (x.len() / config.hidden as usize) as u32;
             let variant = kernel.variant_name(&buffers, rows);

@@ -7,10 +7,10 @@
 use wgpu_rmsnorm::kernel::plan::StagePlan;
 use wgpu_rmsnorm::kernel::plan::{DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET};
 use wgpu_rmsnorm::kernel::Norm;
-use wgpu_rmsnorm::shaders::{ReductionKind, ShaderTarget};
+use wgpu_rmsnorm::shaders::{ReductionKind, ShaderTarget, Storage};
 use wgpu_rmsnorm::{
-    BufferRegion, Error, GpuContext, KernelOptions, LayerNorm, PartialRms, Reduction, RmsNorm,
-    RmsNormBuffers, RmsNormConfig,
+    BufferRegion, DType, Error, Gain, GpuContext, KernelOptions, LayerNorm, PartialRms, Reduction,
+    Residual, RmsNorm, RmsNormBuffers, RmsNormConfig,
 };
 
 /// A simulated device: a name, its capabilities, and the subgroup sizes it may really run.
@@ -25,6 +25,7 @@ fn gpu(subgroup_min: u32, subgroup_max: u32) -> DeviceCaps {
         device_type: wgpu::DeviceType::DiscreteGpu,
         backend: wgpu::Backend::Vulkan,
         subgroups: true,
+        shader_f16: true,
         subgroup_min_size: subgroup_min,
         subgroup_max_size: subgroup_max,
         max_invocations: 1024,
@@ -384,9 +385,12 @@ fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
                 shape.reduction
             );
         }
-        if matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale) {
-            assert!(caps.max_storage_buffers_per_stage >= 5, "{what}: split");
-        }
+        let split = matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale);
+        let buffers = shape.io.storage_buffers() + u32::from(split);
+        assert!(
+            buffers <= caps.max_storage_buffers_per_stage,
+            "{what}: {buffers} storage buffers"
+        );
     }
 }
 
@@ -468,13 +472,16 @@ fn forced_options_are_honoured_or_refused() {
     };
     let e = rms_plan(&lavapipe.caps, 262147, &tiny).unwrap_err();
     assert!(e.to_string().contains("at least 32 invocations"), "{e}");
-    // Split rows need 5 storage buffers.
+    // Split rows bind their partial sums besides x, y, gain and bias: 5 storage buffers.
     let downlevel = &simulated("WebGPU compatibility");
     let split = KernelOptions {
         split_rows: Some(true),
         ..KernelOptions::default()
     };
-    let e = rms_plan(&downlevel.caps, 4096, &split).unwrap_err();
+    let weighted = RmsNormConfig::new(4096)
+        .with_gain(Gain::Scale)
+        .with_bias(true);
+    let e = Plan::new(&downlevel.caps, Norm::Rms, &weighted, &split).unwrap_err();
     assert!(
         matches!(
             e,
@@ -485,9 +492,77 @@ fn forced_options_are_honoured_or_refused() {
         ),
         "{e}"
     );
-    // ... and by default are simply not planned there.
-    let plan = rms_plan(&downlevel.caps, 1 << 20, &KernelOptions::default()).unwrap();
+    // ... and by default are simply not planned there; without weights (3 buffers) they are.
+    let long = RmsNormConfig {
+        hidden: 1 << 20,
+        ..weighted
+    };
+    let plan = Plan::new(&downlevel.caps, Norm::Rms, &long, &KernelOptions::default()).unwrap();
     assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
+    let plan = rms_plan(&downlevel.caps, 1 << 20, &KernelOptions::default()).unwrap();
+    assert!(plan.launch(1, true).unwrap().split_pieces.is_some());
+}
+
+/// f16 is WGSL's type where the device has SHADER_F16 and packed words elsewhere; forcing
+/// the type without the feature is refused. A residual add with gain, bias and the stored
+/// sum binds 6 storage buffers: more than downlevel devices allow, a typed error there.
+#[test]
+fn formats_and_residual_are_planned_by_the_device() {
+    let f16 = RmsNormConfig::new(4096).with_dtype(DType::F16);
+    let default = KernelOptions::default();
+    let nvidia = simulated("NVIDIA (Vulkan, subgroup 32)");
+    let plan = Plan::new(&nvidia.caps, Norm::Rms, &f16, &default).unwrap();
+    assert_eq!(plan.io.activations, Storage::F16);
+    let webgpu = simulated("WebGPU defaults");
+    assert!(!webgpu.caps.shader_f16);
+    let plan = Plan::new(&webgpu.caps, Norm::Rms, &f16, &default).unwrap();
+    assert_eq!(plan.io.activations, Storage::PackedF16);
+    let forced = KernelOptions {
+        native_f16: Some(true),
+        ..default
+    };
+    let e = Plan::new(&webgpu.caps, Norm::Rms, &f16, &forced).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedOption {
+                option: "native_f16",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let bf16 = f16.with_dtype(DType::Bf16);
+    let plan = Plan::new(&nvidia.caps, Norm::Rms, &bf16, &default).unwrap();
+    assert_eq!(plan.io.activations, Storage::PackedBf16);
+
+    let fused = f16
+        .with_gain(Gain::Scale)
+        .with_bias(true)
+        .with_residual(Residual::AddStoreSum);
+    let downlevel = simulated("WebGPU compatibility");
+    let e = Plan::new(&downlevel.caps, Norm::Layer, &fused, &default).unwrap_err();
+    assert_eq!(
+        e,
+        Error::TooManyStorageBuffers {
+            needed: 6,
+            limit: 4
+        }
+    );
+    // In place, without a bias: x, r, y and the gain fit.
+    let in_place = fused
+        .with_bias(false)
+        .with_residual(Residual::AddStoreSumInPlace);
+    let plan = Plan::new(&downlevel.caps, Norm::Rms, &in_place, &default).unwrap();
+    check_plan(&downlevel, &plan, "in place on downlevel");
+    let plan = Plan::new(&nvidia.caps, Norm::Rms, &fused, &default).unwrap();
+    check_plan(&nvidia, &plan, "fused on NVIDIA");
+    let launch = plan.launch(1, true).unwrap();
+    assert!(
+        plan.variant_name(&launch).ends_with("f16 +residual"),
+        "{}",
+        plan.variant_name(&launch)
+    );
 }
 
 /// What the plan picks for a few shapes on each simulated device (the README's table).
@@ -597,6 +672,8 @@ fn encode_one<N: wgpu_rmsnorm::kernel::NormKind>(
         output: BufferRegion::whole(&y),
         gain: None,
         bias: None,
+        residual: None,
+        sum: None,
     };
     let mut encoder = device.create_command_encoder(&Default::default());
     kernel

@@ -20,6 +20,7 @@ fn every_module_validates() {
                     reduction,
                     workgroup_size: 64,
                     cache_len: 8,
+                    io: TensorIo::F32,
                 };
                 let native = compose(kernel, &shape, ShaderTarget::Native);
                 let module = shader_check::validate(&native, reduction.uses_subgroups())
@@ -73,6 +74,7 @@ fn errors_point_at_the_shader_file_and_line() {
         reduction: ReductionKind::WorkgroupTree,
         workgroup_size: 8,
         cache_len: 1,
+        io: TensorIo::F32,
     };
     let composed = compose(RMSNORM, &shape, ShaderTarget::Native);
     let kernel_start = composed.source.find("fn rms_norm(").unwrap();

@@ -1,11 +1,12 @@
 //! A call's buffers checked, bound and recorded as the plan's launch says.
 
 use super::pipelines::{
-    Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_X, BINDING_Y,
+    BindingSet, Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS,
+    BINDING_RESIDUAL, BINDING_SUM, BINDING_X, BINDING_Y,
 };
 use super::plan::{lanes, DeviceCaps, Launch, Plan};
 use super::{BufferRegion, RmsNormBuffers};
-use crate::config::RmsNormConfig;
+use crate::config::{Residual, RmsNormConfig};
 use crate::error::{Error, Result};
 
 /// The uniform block of `shaders/norm_common.wgsl` (`struct Params`); `tests/contract.rs`
@@ -22,6 +23,8 @@ pub(crate) struct Params {
     y_base: u32,
     gain_base: u32,
     bias_base: u32,
+    r_base: u32,
+    sum_base: u32,
     chunks: u32,
     k_chunk_len: u32,
     chunk_len: u32,
@@ -32,7 +35,7 @@ pub const PARAMS_SIZE: usize = std::mem::size_of::<Params>();
 
 /// Each field of `Params` (the uniform block of `shaders/norm_common.wgsl`) by name and byte
 /// offset, for the test that checks the Rust and WGSL sides against each other.
-pub const PARAMS_FIELDS: [(&str, usize); 12] = [
+pub const PARAMS_FIELDS: [(&str, usize); 14] = [
     ("rows", std::mem::offset_of!(Params, rows)),
     ("row_len", std::mem::offset_of!(Params, row_len)),
     ("k", std::mem::offset_of!(Params, k)),
@@ -42,6 +45,8 @@ pub const PARAMS_FIELDS: [(&str, usize); 12] = [
     ("y_base", std::mem::offset_of!(Params, y_base)),
     ("gain_base", std::mem::offset_of!(Params, gain_base)),
     ("bias_base", std::mem::offset_of!(Params, bias_base)),
+    ("r_base", std::mem::offset_of!(Params, r_base)),
+    ("sum_base", std::mem::offset_of!(Params, sum_base)),
     ("chunks", std::mem::offset_of!(Params, chunks)),
     ("k_chunk_len", std::mem::offset_of!(Params, k_chunk_len)),
     ("chunk_len", std::mem::offset_of!(Params, chunk_len)),
@@ -56,23 +61,49 @@ pub struct PreparedDispatch {
     pub(crate) bind_groups: Vec<wgpu::BindGroup>,
 }
 
-/// The buffers of a call with their names, input and output first.
-pub(crate) fn regions<'a, 'b>(
-    buffers: &'b RmsNormBuffers<'a>,
-) -> impl Iterator<Item = (&'static str, BufferRegion<'a>)> + 'b {
-    [
-        ("input", Some(buffers.input)),
-        ("output", Some(buffers.output)),
-        ("gain", buffers.gain),
-        ("bias", buffers.bias),
-    ]
-    .into_iter()
-    .filter_map(|(which, region)| region.map(|r| (which, r)))
+/// One tensor of a call: its buffer region, its name for errors, and what it holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tensor<'a> {
+    pub which: &'static str,
+    pub region: BufferRegion<'a>,
+    pub element_bytes: u64,
+    /// `hidden` elements (gain, bias) rather than `rows * hidden`.
+    pub vector: bool,
+    /// Whether the call writes it.
+    pub writes: bool,
 }
 
-/// Whether every offset of the call allows vec4 loads.
-pub(crate) fn vec4_offsets(buffers: &RmsNormBuffers<'_>) -> bool {
-    regions(buffers).all(|(_, region)| region.offset % 16 == 0)
+/// The tensors of a call, input and output first.
+pub(crate) fn tensors<'a>(config: &RmsNormConfig, buffers: &RmsNormBuffers<'a>) -> Vec<Tensor<'a>> {
+    let act = config.dtype.bytes();
+    let weights = config.weight_dtype.bytes();
+    let in_place = config.residual == Residual::AddStoreSumInPlace;
+    [
+        ("input", Some(buffers.input), act, false, false),
+        ("output", Some(buffers.output), act, false, true),
+        ("gain", buffers.gain, weights, true, false),
+        ("bias", buffers.bias, weights, true, false),
+        ("residual", buffers.residual, act, false, in_place),
+        ("sum", buffers.sum, act, false, true),
+    ]
+    .into_iter()
+    .filter_map(|(which, region, element_bytes, vector, writes)| {
+        region.map(|region| Tensor {
+            which,
+            region,
+            element_bytes,
+            vector,
+            writes,
+        })
+    })
+    .collect()
+}
+
+/// Whether every offset of the call allows vec4 loads (4 elements).
+pub(crate) fn vec4_offsets(config: &RmsNormConfig, buffers: &RmsNormBuffers<'_>) -> bool {
+    tensors(config, buffers)
+        .iter()
+        .all(|t| t.region.offset % (4 * t.element_bytes) == 0)
 }
 
 /// Everything wgpu would refuse, and what the config requires, as typed errors.
@@ -85,23 +116,29 @@ pub(crate) fn check_buffers(
         buffers.gain.map(|_| config.hidden as usize),
         buffers.bias.map(|_| config.hidden as usize),
     )?;
-    let tensor_bytes = u64::from(rows) * u64::from(config.hidden) * 4;
-    let vector_bytes = u64::from(config.hidden) * 4;
-    for (which, region) in regions(buffers) {
+    check_residual_buffers(config, buffers)?;
+    let tensors = tensors(config, buffers);
+    for t in &tensors {
+        let (which, region) = (t.which, t.region);
         if !region.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::MissingStorageUsage { which });
         }
-        if region.offset % 4 != 0 {
+        if region.offset % t.element_bytes != 0 {
             return Err(Error::MisalignedOffset {
                 which,
                 offset: region.offset,
+                element_bytes: t.element_bytes,
             });
         }
-        let needed = match which {
-            "input" | "output" => tensor_bytes,
-            _ => vector_bytes,
+        let elements = if t.vector {
+            u64::from(config.hidden)
+        } else {
+            u64::from(rows) * u64::from(config.hidden)
         };
-        // WebGPU binds whole 4-byte words: a trailing partial word is not usable.
+        // WebGPU binds whole 4-byte words: the word holding a 16-bit tensor's last element
+        // must be in the buffer, and a trailing partial word is not usable.
+        let needed = (region.offset % 4 + elements * t.element_bytes).next_multiple_of(4)
+            - region.offset % 4;
         let size = region.buffer.size() & !3;
         if region.offset > size || size - region.offset < needed {
             return Err(Error::BufferTooSmall {
@@ -112,15 +149,52 @@ pub(crate) fn check_buffers(
             });
         }
     }
-    for (other, region) in regions(buffers).skip(2) {
-        if region.buffer == buffers.output.buffer {
-            return Err(Error::AliasedOutput { other });
+    for written in tensors.iter().filter(|t| t.writes) {
+        for other in &tensors {
+            if other.which != written.which && other.region.buffer == written.region.buffer {
+                return Err(Error::AliasedOutput {
+                    written: written.which,
+                    other: other.which,
+                });
+            }
         }
     }
-    if buffers.input.buffer == buffers.output.buffer {
-        return Err(Error::AliasedOutput { other: "input" });
-    }
     Ok(())
+}
+
+/// The residual and sum buffers are passed exactly when the config's residual add needs them.
+fn check_residual_buffers(config: &RmsNormConfig, buffers: &RmsNormBuffers<'_>) -> Result<()> {
+    let mismatch = |which, fix| Err(Error::ResidualMismatch { which, fix });
+    match (config.residual.is_some(), buffers.residual.is_some()) {
+        (true, false) => {
+            return mismatch(
+                "the config has a residual add but no residual buffer was passed",
+                "pass the residual r, or set residual to Residual::None",
+            )
+        }
+        (false, true) => {
+            return mismatch(
+                "a residual buffer was passed but the config has no residual add",
+                "set residual to Residual::Add (or AddStoreSum, AddStoreSumInPlace), or pass none",
+            )
+        }
+        _ => {}
+    }
+    match (
+        config.residual == Residual::AddStoreSum,
+        buffers.sum.is_some(),
+    ) {
+        (true, false) => mismatch(
+            "the config stores the sum x + r but no sum buffer was passed",
+            "pass a sum buffer, or set residual to Residual::Add or AddStoreSumInPlace",
+        ),
+        (false, true) => mismatch(
+            "a sum buffer was passed but the config does not store the sum to its own buffer",
+            "set residual to Residual::AddStoreSum, or pass none (AddStoreSumInPlace writes \
+             the sum over the residual)",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A binding of part of a buffer: the offset aligned down to the device's alignment, the
@@ -134,8 +208,15 @@ struct Bound<'a> {
 }
 
 impl<'a> Bound<'a> {
-    /// The binding for `len` bytes at `region.offset + start`.
-    fn new(caps: &DeviceCaps, region: BufferRegion<'a>, start: u64, len: u64) -> Self {
+    /// The binding for `len` bytes at `region.offset + start`, of elements of
+    /// `element_bytes`.
+    fn new(
+        caps: &DeviceCaps,
+        region: BufferRegion<'a>,
+        start: u64,
+        len: u64,
+        element_bytes: u64,
+    ) -> Self {
         let begin = region.offset + start;
         let aligned = begin - begin % caps.storage_offset_alignment;
         // Rounded up to whole vec4s where the buffer allows: a vec4 array binding of a size
@@ -147,7 +228,7 @@ impl<'a> Bound<'a> {
             buffer: region.buffer,
             offset: aligned,
             size: end - aligned,
-            base_elements: ((begin - aligned) / 4) as u32,
+            base_elements: ((begin - aligned) / element_bytes) as u32,
         }
     }
 
@@ -176,17 +257,25 @@ pub(crate) fn bind_groups(
     let lanes = lanes(launch.elem);
     let row_len = plan.hidden / lanes;
     let k_len = plan.k.div_ceil(lanes);
-    let row_bytes = u64::from(plan.hidden) * 4;
+    let (act, weight) = (config.dtype.bytes(), config.weight_dtype.bytes());
+    let row_bytes = u64::from(plan.hidden) * act;
+    let vector_bytes = u64::from(plan.hidden) * weight;
     let caps = &plan.caps;
     launch
         .chunks
         .iter()
         .map(|chunk| {
+            let start = chunk.first_row * row_bytes;
             let bytes = u64::from(chunk.rows) * row_bytes;
-            let x = Bound::new(caps, buffers.input, chunk.first_row * row_bytes, bytes);
-            let y = Bound::new(caps, buffers.output, chunk.first_row * row_bytes, bytes);
-            let gain = buffers.gain.map(|g| Bound::new(caps, g, 0, row_bytes));
-            let bias = buffers.bias.map(|b| Bound::new(caps, b, 0, row_bytes));
+            let tensor = |region| Bound::new(caps, region, start, bytes, act);
+            let x = tensor(buffers.input);
+            let y = tensor(buffers.output);
+            let r = buffers.residual.map(tensor);
+            let sum = buffers.sum.map(tensor);
+            let vector = |region| Bound::new(caps, region, 0, vector_bytes, weight);
+            let gain = buffers.gain.map(vector);
+            let bias = buffers.bias.map(vector);
+            let base = |b: Option<Bound<'_>>| b.map_or(0, |b| b.base_elements / lanes);
             let pieces = launch.split_pieces;
             let params = Params {
                 rows: chunk.rows,
@@ -196,25 +285,34 @@ pub(crate) fn bind_groups(
                 eps: config.eps,
                 x_base: x.base_elements / lanes,
                 y_base: y.base_elements / lanes,
-                gain_base: gain.map_or(0, |g| g.base_elements / lanes),
-                bias_base: bias.map_or(0, |b| b.base_elements / lanes),
+                gain_base: base(gain),
+                bias_base: base(bias),
+                r_base: base(r),
+                // Written over r in place: the sum's base is r's.
+                sum_base: base(sum.or(r)),
                 chunks: pieces.unwrap_or(0),
                 k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
                 chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
             };
             let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
-            // Without gain or bias, x is bound in their place: the shader never reads them.
-            let (gain, bias) = (gain.unwrap_or(x), bias.unwrap_or(x));
             let mut entries = vec![
                 wgpu::BindGroupEntry {
                     binding: BINDING_PARAMS,
                     resource: params_buffer.as_entire_binding(),
                 },
                 x.entry(BINDING_X),
-                gain.entry(BINDING_GAIN),
-                bias.entry(BINDING_BIAS),
                 y.entry(BINDING_Y),
             ];
+            for (binding, bound) in [
+                (BINDING_GAIN, &gain),
+                (BINDING_BIAS, &bias),
+                (BINDING_RESIDUAL, &r),
+                (BINDING_SUM, &sum),
+            ] {
+                if let Some(bound) = bound {
+                    entries.push(bound.entry(binding));
+                }
+            }
             let partials = (chunk.scratch_bytes > 0).then(|| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("rmsnorm split partials"),
@@ -229,12 +327,10 @@ pub(crate) fn bind_groups(
                     resource: partials.as_entire_binding(),
                 });
             }
+            let layout = layouts.get(BindingSet::new(&plan.io, partials.is_some()));
             Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("rmsnorm bind group"),
-                layout: match (&partials, &layouts.split) {
-                    (Some(_), Some(split)) => split,
-                    _ => &layouts.rows,
-                },
+                layout: &layout.group,
                 entries: &entries,
             }))
         })

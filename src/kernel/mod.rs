@@ -12,7 +12,8 @@ pub use dispatch::PreparedDispatch;
 pub use dispatch::{PARAMS_FIELDS, PARAMS_SIZE};
 #[doc(hidden)]
 pub use pipelines::{
-    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_X, BINDING_Y,
+    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
+    BINDING_X, BINDING_Y,
 };
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
@@ -64,6 +65,10 @@ pub struct KernelOptions {
     /// invocations); `Some(true)`: wherever it is at most 128 loads per invocation, else a
     /// typed error; `Some(false)`: never.
     pub read_once: Option<bool>,
+    /// Whether f16 tensors use WGSL's `f16` type (needs `Features::SHADER_F16`) rather than
+    /// f16 bits packed two per u32 word (every device). `None`: the f16 type where the device
+    /// has it. Both round alike (to nearest, ties to even); bf16 is always packed.
+    pub native_f16: Option<bool>,
     /// At most this many workgroups per dispatch, each looping over several rows (not for
     /// split rows). `None`: 1024 on CPU adapters that use the workgroup tree (SwiftShader in
     /// browsers, where each workgroup costs much: 3.5x faster on 16384 x 128), else one
@@ -104,18 +109,42 @@ impl<'a> From<&'a wgpu::Buffer> for BufferRegion<'a> {
     }
 }
 
-/// The buffers of one [`RmsNorm::encode`] call. `output` must be a different buffer from the
-/// others (WebGPU forbids a dispatch writing a buffer it also reads).
+/// The buffers of one [`RmsNorm::encode`] call, each holding elements of the config's type
+/// (`dtype` for activations, `weight_dtype` for gain and bias). A buffer the call writes
+/// must be bound for nothing else (WebGPU forbids a dispatch writing a buffer it binds
+/// twice); regions of 16-bit elements may start at any even byte offset and may share their
+/// first and last 4-byte words with data around them, which is left intact.
 #[derive(Debug, Clone, Copy)]
 pub struct RmsNormBuffers<'a> {
-    /// `rows * hidden` f32, read.
+    /// `rows * hidden` elements of x, read.
     pub input: BufferRegion<'a>,
-    /// `rows * hidden` f32, written; nothing outside the region is touched.
+    /// `rows * hidden` elements, written; nothing outside the region is touched.
     pub output: BufferRegion<'a>,
-    /// `hidden` f32, exactly when the config has a gain.
+    /// `hidden` elements, exactly when the config has a gain.
     pub gain: Option<BufferRegion<'a>>,
-    /// `hidden` f32, exactly when the config has a bias.
+    /// `hidden` elements, exactly when the config has a bias.
     pub bias: Option<BufferRegion<'a>>,
+    /// `rows * hidden` elements of the residual r, exactly when the config has a residual
+    /// add; written with the sum x + r when the residual is
+    /// [`Residual::AddStoreSumInPlace`](crate::Residual::AddStoreSumInPlace).
+    pub residual: Option<BufferRegion<'a>>,
+    /// `rows * hidden` elements, written with the sum x + r, exactly when the residual is
+    /// [`Residual::AddStoreSum`](crate::Residual::AddStoreSum).
+    pub sum: Option<BufferRegion<'a>>,
+}
+
+impl<'a> RmsNormBuffers<'a> {
+    /// Input and output alone: no gain, bias or residual.
+    pub fn new(input: BufferRegion<'a>, output: BufferRegion<'a>) -> Self {
+        Self {
+            input,
+            output,
+            gain: None,
+            bias: None,
+            residual: None,
+            sum: None,
+        }
+    }
 }
 
 /// Which normalization a kernel computes.
@@ -169,7 +198,7 @@ impl NormKind for Layer {
 /// use wgpu_rmsnorm::{KernelOptions, RmsNorm, RmsNormBuffers, RmsNormConfig};
 /// let kernel = RmsNorm::new(device, &RmsNormConfig::new(4096), &KernelOptions::default())?;
 /// let mut encoder = device.create_command_encoder(&Default::default());
-/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None };
+/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None, residual: None, sum: None };
 /// kernel.encode(device, &mut encoder, &buffers, 64)?;
 /// queue.submit([encoder.finish()]);
 /// # Ok(()) }
@@ -245,7 +274,9 @@ impl KernelCore {
             return Err(Error::WrongDevice);
         }
         dispatch::check_buffers(&self.config, buffers, rows)?;
-        let launch = self.plan.launch(rows, dispatch::vec4_offsets(buffers))?;
+        let launch = self
+            .plan
+            .launch(rows, dispatch::vec4_offsets(&self.config, buffers))?;
         // A buffer wgpu refuses (one of another device) is a validation error: caught here
         // and returned, natively. In the browser a scope resolves only later, so none is
         // pushed: the error goes to the device's uncaptured-error handler.
@@ -357,21 +388,25 @@ impl<N: NormKind> NormKernel<N> {
     /// Whether a call with these buffers would use vec4 loads and stores (hidden size and
     /// every offset a multiple of 4 elements) rather than scalar ones.
     pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
-        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(buffers)
+        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(&self.core.config, buffers)
     }
 
     /// Whether a call of `rows` rows with these buffers splits its rows across workgroups.
     pub fn splits_rows(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> bool {
         self.core
             .plan
-            .launch(rows, dispatch::vec4_offsets(buffers))
+            .launch(rows, dispatch::vec4_offsets(&self.core.config, buffers))
             .is_ok_and(|launch| launch.split_pieces.is_some())
     }
 
     /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4",
     /// "Subgroups wg=256 vec4 read-once" or "split x128 Subgroups wg=256 scalar": for reports.
     pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
-        match self.core.plan.launch(rows, dispatch::vec4_offsets(buffers)) {
+        match self
+            .core
+            .plan
+            .launch(rows, dispatch::vec4_offsets(&self.core.config, buffers))
+        {
             Ok(launch) => self.core.plan.variant_name(&launch),
             Err(e) => format!("not launchable: {e}"),
         }

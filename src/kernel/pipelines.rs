@@ -4,35 +4,27 @@
 use super::plan::{Entry, StagePlan};
 use super::Norm;
 use crate::config::{EpsMode, Gain, RmsNormConfig};
-use crate::shaders::{self, ShaderTarget};
+use crate::shaders::{self, ResidualIo, ShaderTarget, TensorIo};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// `@binding` of `params` in `shaders/norm_common.wgsl`.
-pub const BINDING_PARAMS: u32 = 0;
-/// `@binding` of `x`.
-pub const BINDING_X: u32 = 1;
-/// `@binding` of `gain`.
-pub const BINDING_GAIN: u32 = 2;
-/// `@binding` of `bias`.
-pub const BINDING_BIAS: u32 = 3;
-/// `@binding` of `y`.
-pub const BINDING_Y: u32 = 4;
-/// `@binding` of `row_partials` in `shaders/rmsnorm.wgsl` (split rows only).
-pub const BINDING_PARTIALS: u32 = 5;
+pub use crate::shaders::{
+    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
+    BINDING_X, BINDING_Y,
+};
 
 /// Pipelines a cache keeps; the oldest beyond this are dropped (kernels that use them keep
 /// theirs alive).
 const CACHE_CAPACITY: usize = 64;
 
 /// Everything compiled into one pipeline: eps, k and the shape of a call are not (they
-/// travel in the uniform buffer), so a new eps or k compiles nothing.
+/// travel in the uniform buffer), so a new eps or k compiles nothing. The stage's module
+/// shape holds the tensors (storage formats, gain, bias, residual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
     norm: Norm,
     stage: StagePlan,
-    gain: Gain,
-    bias: bool,
+    gain_plus_one: bool,
     eps_inside_root: bool,
 }
 
@@ -41,30 +33,74 @@ impl PipelineKey {
         Self {
             norm,
             stage,
-            gain: config.gain,
-            bias: config.bias,
+            gain_plus_one: config.gain == Gain::UnitOffset,
             eps_inside_root: config.eps_mode == EpsMode::InsideRoot,
         }
     }
 
     /// Whether the stage binds split rows' partial sums.
     pub fn is_split(&self) -> bool {
-        matches!(self.stage.entry, Entry::SplitPartials | Entry::SplitScale)
+        stage_is_split(&self.stage)
     }
 }
 
-/// The two bind group layouts: bindings 0-4, and 0-5 for split rows where the device
-/// allows 5 storage buffers per stage (the plan splits rows only there).
+/// Whether a stage binds split rows' partial sums.
+pub fn stage_is_split(stage: &StagePlan) -> bool {
+    matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale)
+}
+
+/// What a bind group holds: the bindings a module declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BindingSet {
+    gain: bool,
+    bias: bool,
+    residual: ResidualIo,
+    split: bool,
+}
+
+impl BindingSet {
+    pub fn new(io: &TensorIo, split: bool) -> Self {
+        Self {
+            gain: io.gain,
+            bias: io.bias,
+            residual: io.residual,
+            split,
+        }
+    }
+}
+
+/// A bind group layout and the pipeline layout made of it.
+#[derive(Debug)]
+pub struct Layout {
+    pub group: wgpu::BindGroupLayout,
+    pipeline: wgpu::PipelineLayout,
+}
+
+/// The layouts of one device by [`BindingSet`], made on first use (a handful per device).
 #[derive(Debug)]
 pub struct Layouts {
-    pub rows: wgpu::BindGroupLayout,
-    pub split: Option<wgpu::BindGroupLayout>,
-    rows_pipeline: wgpu::PipelineLayout,
-    split_pipeline: Option<wgpu::PipelineLayout>,
+    device: wgpu::Device,
+    layouts: Mutex<HashMap<BindingSet, Arc<Layout>>>,
 }
 
 impl Layouts {
     fn new(device: &wgpu::Device) -> Self {
+        Self {
+            device: device.clone(),
+            layouts: Mutex::default(),
+        }
+    }
+
+    /// The layout for `set`.
+    pub fn get(&self, set: BindingSet) -> Arc<Layout> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(PoisonError::into_inner);
+        layouts
+            .entry(set)
+            .or_insert_with(|| Arc::new(self.build(set)))
+            .clone()
+    }
+
+    fn build(&self, set: BindingSet) -> Layout {
         use wgpu::BufferBindingType::{Storage, Uniform};
         let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
             binding,
@@ -76,39 +112,45 @@ impl Layouts {
             },
             count: None,
         };
+        let read = Storage { read_only: true };
+        let write = Storage { read_only: false };
         let mut entries = vec![
             entry(BINDING_PARAMS, Uniform),
-            entry(BINDING_X, Storage { read_only: true }),
-            entry(BINDING_GAIN, Storage { read_only: true }),
-            entry(BINDING_BIAS, Storage { read_only: true }),
-            entry(BINDING_Y, Storage { read_only: false }),
+            entry(BINDING_X, read),
+            entry(BINDING_Y, write),
         ];
-        let layout = |label, entries: &[wgpu::BindGroupLayoutEntry]| {
-            let group = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(label),
-                entries,
+        if set.gain {
+            entries.push(entry(BINDING_GAIN, read));
+        }
+        if set.bias {
+            entries.push(entry(BINDING_BIAS, read));
+        }
+        match set.residual {
+            ResidualIo::None => {}
+            ResidualIo::Add => entries.push(entry(BINDING_RESIDUAL, read)),
+            ResidualIo::StoreSum => {
+                entries.push(entry(BINDING_RESIDUAL, read));
+                entries.push(entry(BINDING_SUM, write));
+            }
+            ResidualIo::StoreSumInPlace => entries.push(entry(BINDING_RESIDUAL, write)),
+        }
+        if set.split {
+            entries.push(entry(BINDING_PARTIALS, write));
+        }
+        let group = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("rmsnorm"),
+                entries: &entries,
             });
-            let pipeline = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
+        let pipeline = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("rmsnorm"),
                 bind_group_layouts: &[Some(&group)],
                 immediate_size: 0,
             });
-            (group, pipeline)
-        };
-        let (rows, rows_pipeline) = layout("rmsnorm", &entries);
-        entries.push(entry(BINDING_PARTIALS, Storage { read_only: false }));
-        let (split, split_pipeline) = if device.limits().max_storage_buffers_per_shader_stage >= 5 {
-            let (group, pipeline) = layout("rmsnorm split rows", &entries);
-            (Some(group), Some(pipeline))
-        } else {
-            (None, None)
-        };
-        Self {
-            rows,
-            split,
-            rows_pipeline,
-            split_pipeline,
-        }
+        Layout { group, pipeline }
     }
 }
 
@@ -189,19 +231,16 @@ impl PipelineCache {
             });
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
         let constants = [
-            ("HAS_GAIN", flag(key.gain != Gain::None)),
-            ("GAIN_PLUS_ONE", flag(key.gain == Gain::UnitOffset)),
-            ("HAS_BIAS", flag(key.bias)),
+            ("GAIN_PLUS_ONE", flag(key.gain_plus_one)),
             ("EPS_INSIDE_ROOT", flag(key.eps_inside_root)),
         ];
-        let layout = match &self.layouts.split_pipeline {
-            Some(split) if key.is_split() => split,
-            _ => &self.layouts.rows_pipeline,
-        };
+        let layout = self
+            .layouts
+            .get(BindingSet::new(&key.stage.shape.io, key.is_split()));
         self.device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(key.stage.entry.name()),
-                layout: Some(layout),
+                layout: Some(&layout.pipeline),
                 module: &module,
                 entry_point: Some(key.stage.entry.name()),
                 compilation_options: wgpu::PipelineCompilationOptions {

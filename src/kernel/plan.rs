@@ -4,9 +4,13 @@
 //! and `variant_name` read the plan and derive nothing themselves.
 
 use super::{KernelOptions, Norm, Reduction};
+use crate::config::Residual;
 use crate::config::RmsNormConfig;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::shaders::{ElemLayout, ModuleShape, ReductionKind, ShaderTarget};
+use crate::shaders::{
+    ElemLayout, ModuleShape, ReductionKind, ResidualIo, ShaderTarget, Storage, TensorIo,
+};
 
 /// What the plan needs to know of a device. Built from a real device with
 /// [`DeviceCaps::from_device`], or written by hand for a device that is not here.
@@ -18,6 +22,8 @@ pub struct DeviceCaps {
     pub backend: wgpu::Backend,
     /// Whether the device has `Features::SUBGROUP`.
     pub subgroups: bool,
+    /// Whether the device has `Features::SHADER_F16` (WGSL's f16 type).
+    pub shader_f16: bool,
     /// The smallest subgroup size the adapter reports. Used for speed only, never for
     /// correctness: adapters have run below it.
     pub subgroup_min_size: u32,
@@ -53,6 +59,7 @@ impl DeviceCaps {
             device_type: info.device_type,
             backend: info.backend,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             max_invocations: limits
@@ -188,6 +195,9 @@ pub struct Plan {
     pub hidden: u32,
     /// Leading elements in the RMS (`hidden` for RMSNorm and LayerNorm).
     pub k: u32,
+    /// The tensors: storage formats (f16 as WGSL's type or packed words), gain, bias and
+    /// the residual add.
+    pub io: TensorIo,
     /// Whether the device was treated as a CPU adapter.
     pub cpu: bool,
     /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
@@ -253,9 +263,6 @@ const CPU_MAX_WORKGROUPS: u32 = 1024;
 const GPU_MIN_WORKGROUP: u32 = 64;
 /// GPUs: the most invocations per workgroup by default (about 16 elements each).
 const GPU_MAX_WORKGROUP: u32 = 256;
-/// Storage buffers a kernel binds: x, gain, bias, y; split rows add their partial sums.
-const STORAGE_BUFFERS: u32 = 4;
-const SPLIT_STORAGE_BUFFERS: u32 = 5;
 
 /// Loop iterations of one invocation for one work item with `wg` invocations: a row of
 /// `loads` Elems, or for the split stages one piece of `loads` Elems of a row cut in
@@ -310,17 +317,14 @@ impl Plan {
     ) -> Result<Self> {
         config.validate()?;
         let k = config.rms_count()?;
-        if caps.max_storage_buffers_per_stage < STORAGE_BUFFERS {
-            return Err(Error::UnsupportedOption {
-                option: "device",
-                reason: format!(
-                    "the kernels bind {STORAGE_BUFFERS} storage buffers and this device allows \
-                     {} per shader stage",
-                    caps.max_storage_buffers_per_stage
-                ),
+        let io = tensor_io(caps, config, options)?;
+        if caps.max_storage_buffers_per_stage < io.storage_buffers() {
+            return Err(Error::TooManyStorageBuffers {
+                needed: io.storage_buffers(),
+                limit: caps.max_storage_buffers_per_stage,
             });
         }
-        let row_bytes = u64::from(config.hidden) * 4 + caps.binding_slack();
+        let row_bytes = u64::from(config.hidden) * config.dtype.bytes() + caps.binding_slack();
         if row_bytes > caps.binding_limit() {
             return Err(Error::RowExceedsBindingLimit {
                 hidden: config.hidden,
@@ -331,13 +335,14 @@ impl Plan {
         let cpu = options
             .cpu_adapter
             .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
-        let split_policy = split_policy(caps, norm, config.hidden, options)?;
+        let split_policy = split_policy(caps, norm, &io, config.hidden, options)?;
         let planner = LayoutPlanner {
             caps,
             norm,
             options,
             cpu,
             split: split_policy,
+            io,
         };
         let vec4 = config
             .hidden
@@ -354,6 +359,7 @@ impl Plan {
             norm,
             hidden: config.hidden,
             k,
+            io,
             cpu,
             vec4,
             scalar,
@@ -467,7 +473,7 @@ impl Plan {
     /// the iteration budget at the device's most workgroups per dispatch.
     fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> Result<u64> {
         let caps = &self.caps;
-        let row_bytes = u64::from(self.hidden) * 4;
+        let row_bytes = u64::from(self.hidden) * self.io.activations.element_bytes();
         let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
         let pieces = u64::from(pieces.unwrap_or(1));
         if pieces > 1 {
@@ -512,13 +518,24 @@ impl Plan {
             ElemLayout::Scalar => "scalar",
         };
         let wg = stage.shape.workgroup_size;
-        match launch.split_pieces {
+        let name = match launch.split_pieces {
             Some(pieces) => format!("split x{pieces} {reduction:?} wg={wg} {loads}"),
             None if stage.entry == Entry::RmsNormCached => {
                 format!("{reduction:?} wg={wg} {loads} read-once")
             }
             None => format!("{reduction:?} wg={wg} {loads}"),
-        }
+        };
+        let storage = match self.io.activations {
+            Storage::F32 => "",
+            Storage::F16 => " f16",
+            Storage::PackedF16 => " packed-f16",
+            Storage::PackedBf16 => " packed-bf16",
+        };
+        let residual = match self.io.residual {
+            ResidualIo::None => "",
+            _ => " +residual",
+        };
+        format!("{name}{storage}{residual}")
     }
 }
 
@@ -531,21 +548,63 @@ pub(crate) fn public_reduction(kind: ReductionKind) -> Reduction {
     }
 }
 
+/// The storage formats and tensors of `config` on a device with `caps`: f16 as WGSL's type
+/// where the device has it (`options.native_f16` decides otherwise), else packed words.
+fn tensor_io(
+    caps: &DeviceCaps,
+    config: &RmsNormConfig,
+    options: &KernelOptions,
+) -> Result<TensorIo> {
+    let native_f16 = match options.native_f16 {
+        Some(true) if !caps.shader_f16 => {
+            return Err(Error::UnsupportedOption {
+                option: "native_f16",
+                reason: "WGSL's f16 type needs Features::SHADER_F16, which this device lacks: \
+                         pass None or Some(false) (packed f16 runs on every device)"
+                    .to_string(),
+            })
+        }
+        Some(native) => native,
+        None => caps.shader_f16,
+    };
+    let storage = |dtype: DType| match dtype {
+        DType::F32 => Storage::F32,
+        DType::F16 if native_f16 => Storage::F16,
+        DType::F16 => Storage::PackedF16,
+        DType::Bf16 => Storage::PackedBf16,
+    };
+    Ok(TensorIo {
+        activations: storage(config.dtype),
+        weights: storage(config.weight_dtype),
+        gain: config.gain != crate::config::Gain::None,
+        bias: config.bias,
+        residual: match config.residual {
+            Residual::None => ResidualIo::None,
+            Residual::Add => ResidualIo::Add,
+            Residual::AddStoreSum => ResidualIo::StoreSum,
+            Residual::AddStoreSumInPlace => ResidualIo::StoreSumInPlace,
+        },
+    })
+}
+
 /// Whether (and when) this kernel splits rows.
 fn split_policy(
     caps: &DeviceCaps,
     norm: Norm,
+    io: &TensorIo,
     hidden: u32,
     options: &KernelOptions,
 ) -> Result<SplitPolicy> {
-    let fits = caps.max_storage_buffers_per_stage >= SPLIT_STORAGE_BUFFERS;
+    // Split rows bind their partial sums besides the tensors.
+    let split_buffers = io.storage_buffers() + 1;
+    let fits = caps.max_storage_buffers_per_stage >= split_buffers;
     match (norm, options.split_rows) {
         (Norm::Layer, _) | (_, Some(false)) => Ok(SplitPolicy::Never),
         (Norm::Rms, Some(true)) if fits => Ok(SplitPolicy::Always),
         (Norm::Rms, Some(true)) => Err(Error::UnsupportedOption {
             option: "split_rows",
             reason: format!(
-                "split rows bind {SPLIT_STORAGE_BUFFERS} storage buffers and this device allows \
+                "split rows bind {split_buffers} storage buffers and this device allows \
                  {} per shader stage: pass None or Some(false)",
                 caps.max_storage_buffers_per_stage
             ),
@@ -564,6 +623,7 @@ struct LayoutPlanner<'a> {
     options: &'a KernelOptions,
     cpu: bool,
     split: SplitPolicy,
+    io: TensorIo,
 }
 
 /// What a stage computes per work item, for the iteration budget: its entry points, the
@@ -597,6 +657,7 @@ impl LayoutPlanner<'_> {
                     reduction,
                     workgroup_size,
                     cache_len: 1,
+                    io: self.io,
                 };
                 Some(
                     match self.read_once(elem, loads, reduction, workgroup_size)? {
@@ -661,6 +722,7 @@ impl LayoutPlanner<'_> {
             reduction,
             workgroup_size,
             cache_len: 1,
+            io: self.io,
         };
         Ok(entries.map(|entry| StagePlan { entry, shape }))
     }

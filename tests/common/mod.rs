@@ -146,6 +146,8 @@ pub fn run_made_kernel<N: NormKind>(
             output: BufferRegion::whole(&y_buffer),
             gain: gain_buffer.as_ref().map(BufferRegion::whole),
             bias: bias_buffer.as_ref().map(BufferRegion::whole),
+            residual: None,
+            sum: None,
         };
         let rows = (x.len() / hidden as usize) as u32;
         let mut encoder = device.create_command_encoder(&Default::default());

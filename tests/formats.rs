@@ -1,0 +1,624 @@
+//! f16 and bf16 tensors and the fused residual add, on the low-level API with the caller's
+//! buffers: every element type combination, both f16 implementations (WGSL's f16 type where
+//! the device has it, packed words everywhere), odd hidden sizes and odd element offsets
+//! (16-bit rows sharing words with their neighbours), the residual in and out of place,
+//! against the f64 reference; bytes around every region must come back untouched.
+
+mod common;
+
+use common::{gpu, no_gpu_errors};
+use wgpu::util::DeviceExt;
+use wgpu_rmsnorm::kernel::NormKind;
+use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use wgpu_rmsnorm::{
+    bf16, f16, BufferRegion, DType, Error, Gain, GpuContext, KernelOptions, LayerNorm,
+    LayerNormConfig, NormKernel, PartialRms, Residual, RmsNorm, RmsNormBuffers, RmsNormConfig,
+    Weights,
+};
+
+/// The byte every guard region is filled with.
+const GUARD: u8 = 0xA5;
+
+/// Values of `dtype` (widened to f32) as little-endian bytes.
+fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| match dtype {
+            DType::F32 => v.to_le_bytes().to_vec(),
+            DType::F16 => f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+            DType::Bf16 => bf16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Little-endian bytes of `dtype` widened to f32.
+fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        DType::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+    }
+}
+
+/// A tensor in a buffer of its own at an element offset, guard bytes all around.
+struct Placed {
+    buffer: wgpu::Buffer,
+    /// Byte offset of the first element.
+    offset: u64,
+    /// Bytes of the tensor.
+    len: u64,
+}
+
+impl Placed {
+    fn new(gpu: &GpuContext, values: &[f32], dtype: DType, offset_elements: u64) -> Self {
+        let offset = offset_elements * dtype.bytes();
+        let data = encode(values, dtype);
+        let mut contents = vec![GUARD; (offset as usize + data.len() + 6).next_multiple_of(4)];
+        contents[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        let buffer = gpu
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("formats test"),
+                contents: &contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
+        Self {
+            buffer,
+            offset,
+            len: data.len() as u64,
+        }
+    }
+
+    fn region(&self) -> BufferRegion<'_> {
+        BufferRegion {
+            buffer: &self.buffer,
+            offset: self.offset,
+        }
+    }
+
+    /// The tensor's values read back; panics if a byte outside the tensor changed.
+    fn read(&self, gpu: &GpuContext, dtype: DType, what: &str) -> Vec<f32> {
+        let bytes = read_bytes(gpu, &self.buffer);
+        let (start, end) = (self.offset as usize, (self.offset + self.len) as usize);
+        let outside = bytes[..start].iter().chain(&bytes[end..]);
+        assert!(
+            outside.into_iter().all(|&b| b == GUARD),
+            "{what}: bytes outside the tensor were written"
+        );
+        decode(&bytes[start..end], dtype)
+    }
+}
+
+fn read_bytes(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<u8> {
+    let device = gpu.device();
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("formats readback"),
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    gpu.queue().submit([encoder.finish()]);
+    let slice = staging.slice(..);
+    slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let bytes = slice.get_mapped_range().expect("mapped").to_vec();
+    bytes
+}
+
+/// One call: the data (as values of their types), where each tensor starts, what comes back.
+struct Call {
+    rows: u32,
+    x: Vec<f32>,
+    r: Vec<f32>,
+    gain: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+    /// Element offsets of x, r, y, sum, gain, bias.
+    offsets: [u64; 6],
+}
+
+/// What a call wrote: y, and the sum (from its own buffer, or from r when in place).
+struct Written {
+    y: Vec<f32>,
+    sum: Option<Vec<f32>>,
+}
+
+impl Call {
+    fn new(config: &RmsNormConfig, rows: u32, seed: u64, offsets: [u64; 6]) -> Self {
+        let len = rows as usize * config.hidden as usize;
+        let n = config.hidden as usize;
+        let act = |values: Vec<f32>| -> Vec<f32> {
+            values.iter().map(|&v| config.dtype.round(v)).collect()
+        };
+        let weight = |values: Vec<f32>| -> Vec<f32> {
+            values
+                .iter()
+                .map(|&v| config.weight_dtype.round(v))
+                .collect()
+        };
+        Self {
+            rows,
+            x: act(reference::sample_data(len, seed, 3.0)),
+            r: act(reference::sample_data(len, seed + 1, 2.0)),
+            gain: (config.gain != Gain::None)
+                .then(|| weight(reference::sample_data(n, seed + 2, 1.5))),
+            bias: config
+                .bias
+                .then(|| weight(reference::sample_data(n, seed + 3, 0.5))),
+            offsets,
+        }
+    }
+
+    /// Runs `kernel` (built for `config`) on the call's data.
+    fn run<N: NormKind>(
+        &self,
+        gpu: &GpuContext,
+        kernel: &NormKernel<N>,
+        config: &RmsNormConfig,
+    ) -> Written {
+        let (act, weight) = (config.dtype, config.weight_dtype);
+        let o = self.offsets;
+        let junk = vec![0.0; self.x.len()];
+        let x = Placed::new(gpu, &self.x, act, o[0]);
+        let r = config
+            .residual
+            .is_some()
+            .then(|| Placed::new(gpu, &self.r, act, o[1]));
+        // Outputs start as guard bytes in the region too: a missed element shows.
+        let y = Placed::new(gpu, &junk, act, o[2]);
+        let sum =
+            (config.residual == Residual::AddStoreSum).then(|| Placed::new(gpu, &junk, act, o[3]));
+        let gain = self
+            .gain
+            .as_ref()
+            .map(|g| Placed::new(gpu, g, weight, o[4]));
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| Placed::new(gpu, b, weight, o[5]));
+        no_gpu_errors(gpu.device(), || {
+            let buffers = RmsNormBuffers {
+                input: x.region(),
+                output: y.region(),
+                gain: gain.as_ref().map(Placed::region),
+                bias: bias.as_ref().map(Placed::region),
+                residual: r.as_ref().map(Placed::region),
+                sum: sum.as_ref().map(Placed::region),
+            };
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            kernel
+                .encode(gpu.device(), &mut encoder, &buffers, self.rows)
+                .expect("encode");
+            gpu.queue().submit([encoder.finish()]);
+        });
+        let written_sum = match config.residual {
+            Residual::AddStoreSum => sum.as_ref(),
+            Residual::AddStoreSumInPlace => r.as_ref(),
+            _ => None,
+        };
+        assert_eq!(x.read(gpu, act, "x"), self.x, "x changed");
+        if config.residual == Residual::Add || config.residual == Residual::AddStoreSum {
+            assert_eq!(r.as_ref().unwrap().read(gpu, act, "r"), self.r, "r changed");
+        }
+        Written {
+            y: y.read(gpu, act, "y"),
+            sum: written_sum.map(|s| s.read(gpu, act, "sum")),
+        }
+    }
+
+    /// The normalized input: x, or x + r rounded to the activations' type.
+    fn input(&self, config: &RmsNormConfig) -> Vec<f32> {
+        match config.residual {
+            Residual::None => self.x.clone(),
+            _ => reference::residual_sum(&self.x, &self.r, config.dtype),
+        }
+    }
+
+    /// Checks what came back against the f64 reference of `expected` (computed on the
+    /// call's normalized input) and the sum bit for bit.
+    fn check(&self, written: &Written, config: &RmsNormConfig, expected: &[f64], what: &str) {
+        let stats = reference::compare_rounded(
+            &written.y,
+            expected,
+            config.dtype,
+            F32_ABS_TOL,
+            F32_REL_TOL,
+        );
+        assert_eq!(
+            stats.failures,
+            0,
+            "{what}: {} of {} outputs are not a rounding of the reference within tolerance \
+             (max {:.2} ulps)",
+            stats.failures,
+            written.y.len(),
+            stats.max_ulps
+        );
+        if let Some(sum) = &written.sum {
+            let expected = self.input(config);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(sum), bits(&expected), "{what}: the stored sum");
+        }
+    }
+}
+
+/// The f16 implementations this device runs: packed words always, WGSL's f16 where the
+/// device has SHADER_F16.
+fn f16_options(gpu: &GpuContext) -> Vec<KernelOptions> {
+    let mut all = vec![KernelOptions {
+        native_f16: Some(false),
+        ..KernelOptions::default()
+    }];
+    if gpu.device().features().contains(wgpu::Features::SHADER_F16) {
+        all.push(KernelOptions {
+            native_f16: Some(true),
+            ..KernelOptions::default()
+        });
+    } else {
+        eprintln!("this device has no SHADER_F16: WGSL's f16 type is not tested here");
+    }
+    all
+}
+
+/// Which normalization a case runs.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Rms,
+    Partial,
+    Layer,
+}
+
+/// Runs one case of `which` with `config` (its partial and residual set here) on `rows`
+/// rows, and checks it.
+fn run_case(
+    gpu: &GpuContext,
+    which: Which,
+    config: RmsNormConfig,
+    options: &KernelOptions,
+    rows: u32,
+    offsets: [u64; 6],
+) {
+    let what = format!(
+        "{which:?} {} (weights {}) n={} {:?} offsets {offsets:?} native_f16 {:?}",
+        config.dtype, config.weight_dtype, config.hidden, config.residual, options.native_f16
+    );
+    let seed = u64::from(config.hidden) + rows as u64;
+    let call = Call::new(&config, rows, seed, offsets);
+    let input = call.input(&config);
+    let (gain, bias) = (call.gain.as_deref(), call.bias.as_deref());
+    match which {
+        Which::Rms | Which::Partial => {
+            let config = match which {
+                Which::Partial => config.with_partial(PartialRms::Fraction(0.3)),
+                _ => config,
+            };
+            let kernel = RmsNorm::new(gpu.device(), &config, options).expect(&what);
+            let written = call.run(gpu, &kernel, &config);
+            let expected = reference::rms_norm(&input, &config, gain, bias).unwrap();
+            call.check(&written, &config, &expected, &what);
+        }
+        Which::Layer => {
+            let layer = LayerNormConfig::new(config.hidden)
+                .with_gain(config.gain)
+                .with_bias(config.bias)
+                .with_dtype(config.dtype)
+                .with_weight_dtype(config.weight_dtype)
+                .with_residual(config.residual);
+            let kernel = LayerNorm::new(gpu.device(), &layer, options).expect(&what);
+            let written = call.run(gpu, &kernel, &config);
+            let expected = reference::layer_norm(&input, &layer, gain, bias).unwrap();
+            call.check(&written, &config, &expected, &what);
+        }
+    }
+}
+
+/// Every activation and weight type, for RMSNorm, pRMSNorm and LayerNorm, with gain and
+/// bias, on vec4 rows (n = 256, aligned) and scalar rows (n = 37, odd offsets everywhere).
+#[test]
+fn every_dtype_combination_matches_the_reference() {
+    let Some(turn) = gpu() else { return };
+    for options in f16_options(&turn) {
+        for act in DType::ALL {
+            for weights in DType::ALL {
+                for which in [Which::Rms, Which::Partial, Which::Layer] {
+                    let config = RmsNormConfig::new(256)
+                        .with_dtype(act)
+                        .with_weight_dtype(weights)
+                        .with_gain(Gain::Scale)
+                        .with_bias(true);
+                    run_case(&turn, which, config, &options, 6, [4, 8, 12, 0, 4, 8]);
+                    let config = RmsNormConfig {
+                        hidden: 37,
+                        ..config
+                    };
+                    run_case(&turn, which, config, &options, 5, [1, 3, 5, 7, 1, 3]);
+                }
+            }
+        }
+    }
+}
+
+/// The residual add in each form (not stored, stored apart, stored over r), fused with each
+/// normalization, in each activation type, on vec4 and odd scalar rows.
+#[test]
+fn residual_add_in_every_form_matches_the_unfused_reference() {
+    let Some(turn) = gpu() else { return };
+    for options in f16_options(&turn) {
+        for act in DType::ALL {
+            for residual in [
+                Residual::Add,
+                Residual::AddStoreSum,
+                Residual::AddStoreSumInPlace,
+            ] {
+                for which in [Which::Rms, Which::Partial, Which::Layer] {
+                    let config = RmsNormConfig::new(128)
+                        .with_dtype(act)
+                        .with_weight_dtype(DType::F32)
+                        .with_gain(Gain::UnitOffset)
+                        .with_residual(residual);
+                    run_case(&turn, which, config, &options, 4, [0, 4, 8, 12, 0, 0]);
+                    let config = RmsNormConfig {
+                        hidden: 33,
+                        ..config
+                    };
+                    run_case(&turn, which, config, &options, 7, [3, 1, 5, 2, 0, 0]);
+                }
+            }
+        }
+    }
+}
+
+/// Many rows of an odd hidden size at an odd offset: neighbouring rows share a word at every
+/// boundary, so a lost write shows. The same call 20 times must give the same bits, and
+/// every one must match the reference.
+#[test]
+fn packed_rows_sharing_words_are_bit_exact_run_to_run() {
+    let Some(turn) = gpu() else { return };
+    for dtype in [DType::F16, DType::Bf16] {
+        let config = RmsNormConfig::new(33)
+            .with_dtype(dtype)
+            .with_residual(Residual::AddStoreSumInPlace);
+        let options = KernelOptions {
+            native_f16: Some(false),
+            ..KernelOptions::default()
+        };
+        let kernel = RmsNorm::new(turn.device(), &config, &options).unwrap();
+        let call = Call::new(&config, 513, 7, [1, 1, 3, 0, 0, 0]);
+        let expected = reference::rms_norm(&call.input(&config), &config, None, None).unwrap();
+        let first = call.run(&turn, &kernel, &config);
+        call.check(&first, &config, &expected, &format!("{dtype}"));
+        for run in 1..20 {
+            let again = call.run(&turn, &kernel, &config);
+            assert!(
+                again
+                    .y
+                    .iter()
+                    .zip(&first.y)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dtype} run {run}: outputs differ from the first run"
+            );
+        }
+    }
+}
+
+/// WGSL's f16 type and packed words round alike: the same bits, vec4 and scalar rows.
+#[test]
+fn native_and_packed_f16_give_the_same_bits() {
+    let Some(turn) = gpu() else { return };
+    let options = f16_options(&turn);
+    if options.len() < 2 {
+        return;
+    }
+    for (hidden, offsets) in [(512, [0, 0, 0, 0, 0, 0]), (97, [1, 2, 3, 4, 5, 6])] {
+        let config = RmsNormConfig::new(hidden)
+            .with_dtype(DType::F16)
+            .with_gain(Gain::Scale)
+            .with_bias(true)
+            .with_residual(Residual::AddStoreSum);
+        let call = Call::new(&config, 9, 11, offsets);
+        let outputs: Vec<Vec<u32>> = options
+            .iter()
+            .map(|o| {
+                let kernel = RmsNorm::new(turn.device(), &config, o).unwrap();
+                let written = call.run(&turn, &kernel, &config);
+                written.y.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert_eq!(outputs[0], outputs[1], "n = {hidden}");
+    }
+}
+
+/// f16's range is small: a row of 6e4 normalizes correctly (its squares are f32), and an
+/// output beyond 65504 rounds to inf, as IEEE rounding to nearest does.
+#[test]
+fn f16_extremes_normalize_and_overflow_to_inf() {
+    let Some(turn) = gpu() else { return };
+    for options in f16_options(&turn) {
+        let config = RmsNormConfig::new(8)
+            .with_dtype(DType::F16)
+            .with_gain(Gain::Scale);
+        let kernel = RmsNorm::new(turn.device(), &config, &options).unwrap();
+        let mut call = Call::new(&config, 2, 3, [0; 6]);
+        // Row 0: every element 6e4, so x / rms = 1 and y = g = 65504.
+        // Row 1: x / rms = +-2 where x = +-4, so y = +-131008: beyond f16's range.
+        let spike = [4.0, 0.0, 0.0, 0.0, -4.0, 0.0, 0.0, 0.0];
+        call.x = [vec![60000.0; 8], spike.to_vec()].concat();
+        call.gain = Some(vec![65504.0; 8]);
+        let written = call.run(&turn, &kernel, &config);
+        let expected = reference::rms_norm(&call.x, &config, call.gain.as_deref(), None).unwrap();
+        call.check(&written, &config, &expected, "f16 extremes");
+        assert_eq!(&written.y[..8], &[65504.0; 8], "row 0");
+        let inf = f32::INFINITY;
+        assert_eq!(
+            &written.y[8..],
+            &[inf, 0.0, 0.0, 0.0, -inf, 0.0, 0.0, 0.0],
+            "row 1"
+        );
+    }
+}
+
+/// The high-level API takes and returns the `half` crate's types, and its residual call
+/// returns the sum; a slice of another type than the config's is refused.
+#[test]
+fn high_level_api_takes_half_types() {
+    let Some(turn) = gpu() else { return };
+    let n = 24;
+    let values = reference::sample_data(3 * n, 5, 2.0);
+    let x: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+    let r: Vec<bf16> = values.iter().rev().map(|&v| bf16::from_f32(v)).collect();
+    let gain: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 / 8.0).collect();
+    let config = RmsNormConfig::new(n as u32)
+        .with_dtype(DType::Bf16)
+        .with_weight_dtype(DType::F32)
+        .with_gain(Gain::Scale)
+        .with_residual(Residual::AddStoreSum);
+    let weights = Weights {
+        gain: Some(&gain[..]),
+        bias: None,
+    };
+    let out = turn
+        .rms_norm_residual_blocking(&x, &r, &config, weights)
+        .unwrap();
+    let widen = |v: &[bf16]| v.iter().map(|b| b.to_f32()).collect::<Vec<f32>>();
+    let h = reference::residual_sum(&widen(&x), &widen(&r), DType::Bf16);
+    assert_eq!(widen(out.sum.as_ref().unwrap()), h);
+    let expected = reference::rms_norm(&h, &config, Some(&gain), None).unwrap();
+    let stats = reference::compare_rounded(
+        &widen(&out.output),
+        &expected,
+        DType::Bf16,
+        F32_ABS_TOL,
+        F32_REL_TOL,
+    );
+    assert_eq!(stats.failures, 0, "{stats:?}");
+
+    let wrong = turn.rms_norm_residual_blocking(&values, &values, &config, weights);
+    assert!(
+        matches!(wrong, Err(Error::DTypeMismatch { which: "input", .. })),
+        "{wrong:?}"
+    );
+    let plain = turn.rms_norm_blocking(&x, &config, weights);
+    assert!(
+        matches!(plain, Err(Error::ResidualMismatch { .. })),
+        "{plain:?}"
+    );
+    let f16_gain: Vec<f16> = gain.iter().map(|&g| f16::from_f32(g)).collect();
+    let mismatched = Weights {
+        gain: Some(&f16_gain[..]),
+        bias: None,
+    };
+    let wrong = turn.rms_norm_residual_blocking(&x, &r, &config, mismatched);
+    assert!(
+        matches!(
+            wrong,
+            Err(Error::DTypeMismatch {
+                which: "gain or bias",
+                ..
+            })
+        ),
+        "{wrong:?}"
+    );
+}
+
+/// Bad 16-bit and residual buffers get typed errors before wgpu sees them.
+#[test]
+fn bad_residual_and_16_bit_buffers_are_refused() {
+    let Some(turn) = gpu() else { return };
+    let device = turn.device();
+    let config = RmsNormConfig::new(8)
+        .with_dtype(DType::F16)
+        .with_residual(Residual::AddStoreSum);
+    let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
+    let buffer = |size| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (x, r, y, sum) = (buffer(64), buffer(64), buffer(64), buffer(64));
+    let ok = RmsNormBuffers {
+        residual: Some(BufferRegion::whole(&r)),
+        sum: Some(BufferRegion::whole(&sum)),
+        ..RmsNormBuffers::new(BufferRegion::whole(&x), BufferRegion::whole(&y))
+    };
+    let encode = |buffers: &RmsNormBuffers<'_>| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        no_gpu_errors(device, || kernel.encode(device, &mut encoder, buffers, 2))
+    };
+    assert!(encode(&ok).is_ok());
+    let cases: Vec<(&str, RmsNormBuffers<'_>, fn(&Error) -> bool)> = vec![
+        (
+            "odd byte offset",
+            RmsNormBuffers {
+                input: BufferRegion {
+                    buffer: &x,
+                    offset: 3,
+                },
+                ..ok
+            },
+            |e| {
+                matches!(
+                    e,
+                    Error::MisalignedOffset {
+                        element_bytes: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "no residual",
+            RmsNormBuffers {
+                residual: None,
+                ..ok
+            },
+            |e| matches!(e, Error::ResidualMismatch { .. }),
+        ),
+        ("no sum", RmsNormBuffers { sum: None, ..ok }, |e| {
+            matches!(e, Error::ResidualMismatch { .. })
+        }),
+        (
+            "sum is the residual",
+            RmsNormBuffers {
+                sum: Some(BufferRegion::whole(&r)),
+                ..ok
+            },
+            |e| {
+                matches!(
+                    e,
+                    Error::AliasedOutput {
+                        written: "sum",
+                        other: "residual"
+                    }
+                )
+            },
+        ),
+        (
+            "sum past the end",
+            RmsNormBuffers {
+                sum: Some(BufferRegion {
+                    buffer: &sum,
+                    offset: 34,
+                }),
+                ..ok
+            },
+            |e| matches!(e, Error::BufferTooSmall { which: "sum", .. }),
+        ),
+    ];
+    for (what, buffers, expected) in cases {
+        match encode(&buffers) {
+            Err(e) => assert!(expected(&e), "{what}: {e}"),
+            Ok(()) => panic!("{what}: accepted"),
+        }
+    }
+}
