@@ -20,6 +20,13 @@ fn main() {
             std::process::exit(1);
         }
     }
+    for storage in Storage::ALL {
+        let composed = shaders::compose_residual_add(storage, 64);
+        if let Err(message) = shader_check::validate(&composed, false) {
+            eprintln!("invalid WGSL (residual add, {storage:?}):\n{message}");
+            std::process::exit(1);
+        }
+    }
     for elem in shaders::ELEM_LAYOUTS {
         // Every reduction, at the smallest and a typical workgroup and cache.
         for reduction in shaders::REDUCTIONS {

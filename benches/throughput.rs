@@ -1,5 +1,6 @@
 //! Throughput of RMSNorm, pRMSNorm and LayerNorm against the speed of light on the chosen
-//! adapter (see `wgpu_rmsnorm::bench` for what is measured and how).
+//! adapter, then of the element types (f32, f16, bf16) and of the fused residual add against
+//! an add kernel followed by RMSNorm (see `wgpu_rmsnorm::bench` for what is measured and how).
 //!
 //!   cargo xtask bench [--quick] [--json PATH]
 //!   (= cargo bench --bench throughput -- [--quick] [--json PATH])
@@ -37,6 +38,15 @@ mod native {
         (1, 1048576),
     ];
     const QUICK_SHAPES: [(u32, u32); 4] = [(64, 4096), (4096, 4096), (65536, 128), (1, 1048576)];
+    /// The element types and the residual add: small, 16 MiB, 64 MiB, short rows, one row.
+    const FORMAT_SHAPES: [(u32, u32); 5] = [
+        (64, 4096),
+        (1024, 4096),
+        (4096, 4096),
+        (65536, 128),
+        (1, 1048576),
+    ];
+    const QUICK_FORMAT_SHAPES: [(u32, u32); 3] = [(64, 4096), (4096, 4096), (1, 1048576)];
     const ROUND_TRIPS: usize = 50;
 
     struct Record {
@@ -119,6 +129,13 @@ mod native {
             }
         }
         print_ratios(&records);
+        let format_shapes: &[(u32, u32)] = if quick {
+            &QUICK_FORMAT_SHAPES
+        } else {
+            &FORMAT_SHAPES
+        };
+        let format_records = bench_formats(&gpu, &timer, format_shapes, &options)?;
+        records.extend(format_records);
         let (call, empty) =
             block_on(bench::round_trips(&gpu, ROUND_TRIPS)).map_err(|e| e.to_string())?;
         println!(
@@ -134,6 +151,77 @@ mod native {
             println!("wrote {} records to {path}", records.len());
         }
         Ok(())
+    }
+
+    /// The element types and the fused residual add on `shapes`, printed as they come, then
+    /// their ratios.
+    fn bench_formats(
+        gpu: &GpuContext,
+        timer: &wgpu_rmsnorm::timing::GpuTimer,
+        shapes: &[(u32, u32)],
+        options: &BenchOptions,
+    ) -> Result<Vec<Record>, String> {
+        println!(
+            "\nelement types and the residual add (unfused: an add kernel, then RMSNorm; sol \
+             against copies of a tensor of the same element size)"
+        );
+        println!(
+            "{:>6} x {:<8} {:<8} {:<5} {:<8} {:<44} {:>9} {:>7} {:>8} {:>10}",
+            "rows",
+            "hidden",
+            "kernel",
+            "dtype",
+            "residual",
+            "variant",
+            "ms",
+            "GB/s",
+            "sol_copy",
+            "sol_kernel"
+        );
+        let mut records = Vec::new();
+        for &(rows, hidden) in shapes {
+            let measured = block_on(bench::bench_formats(gpu, timer, rows, hidden, options))
+                .map_err(|e| e.to_string())?;
+            for m in measured {
+                println!(
+                    "{rows:>6} x {hidden:<8} {:<8} {:<5} {:<8} {:<44} {:>9.3} {:>7.2} {:>8.2} {:>10.2}",
+                    m.kernel,
+                    m.dtype.name(),
+                    m.residual,
+                    m.variant,
+                    m.seconds * 1e3,
+                    m.gbps,
+                    m.sol_copy,
+                    m.sol_kernel
+                );
+                records.push(Record { rows, hidden, m });
+            }
+        }
+        println!(
+            "\n{:>6} x {:<8} {:<5} {:>22} {:>28}",
+            "rows", "hidden", "dtype", "sol_kernel / f32's", "unfused time / fused time"
+        );
+        for &(rows, hidden) in shapes {
+            let find = |dtype: &str, residual: &str| {
+                records.iter().find(|r| {
+                    (r.rows, r.hidden) == (rows, hidden)
+                        && r.m.kernel == "RMSNorm"
+                        && r.m.dtype.name() == dtype
+                        && r.m.residual == residual
+                })
+            };
+            let f32_sol = find("f32", "none").map_or(f64::NAN, |r| r.m.sol_kernel);
+            for dtype in ["f32", "f16", "bf16"] {
+                let sol = find(dtype, "none").map_or(f64::NAN, |r| r.m.sol_kernel);
+                let seconds = |residual| find(dtype, residual).map_or(f64::NAN, |r| r.m.seconds);
+                println!(
+                    "{rows:>6} x {hidden:<8} {dtype:<5} {:>22.2} {:>28.2}",
+                    sol / f32_sol,
+                    seconds("unfused") / seconds("fused")
+                );
+            }
+        }
+        Ok(records)
     }
 
     fn print_ratios(records: &[Record]) {
@@ -176,7 +264,8 @@ mod native {
                 out,
                 "    {{\"adapter\": {}, \"backend\": {}, \"rows\": {}, \"hidden\": {}, \"kernel\": {}, \
                  \"p\": {}, \"variant\": {}, \"median_ms\": {:.6}, \"gbps\": {:.4}, \"sol_copy\": {:.4}, \
-                 \"sol_kernel\": {:.4}, \"library_bytes\": {}}}{}",
+                 \"sol_kernel\": {:.4}, \"library_bytes\": {}, \"dtype\": {}, \"weight_dtype\": {}, \
+                 \"residual\": {}, \"bytes\": {}}}{}",
                 text(&info.name),
                 text(&format!("{:?}", info.backend)),
                 r.rows,
@@ -189,6 +278,10 @@ mod native {
                 m.sol_copy,
                 m.sol_kernel,
                 m.library_bytes,
+                text(m.dtype.name()),
+                text(m.weight_dtype.name()),
+                text(m.residual),
+                m.bytes,
                 if i + 1 < records.len() { "," } else { "" }
             );
         }

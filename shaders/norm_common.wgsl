@@ -39,10 +39,10 @@ override EPS_INSIDE_ROOT: bool = true;
 
 // The tensors are reached through accessors the host writes for each module from the
 // call's storage formats (src/shaders.rs, `tensor_code`): `x_load`, `r_load`, `gain_load`,
-// `bias_load` (Elem i of the binding, converted exactly to f32), `y_store`, `sum_store`
-// (rounded once to the stored format), `act_round` (an Elem rounded to the activations'
-// format), and the constants HAS_GAIN, HAS_BIAS, HAS_RESIDUAL, STORES_SUM. Tensors a module
-// does not have are not declared at all, so they are never bound.
+// `bias_load`, `sum_load` (Elem i of the binding, converted exactly to f32), `y_store`,
+// `sum_store` (rounded once to the stored format), `act_round` (an Elem rounded to the
+// activations' format), and the constants HAS_GAIN, HAS_BIAS, HAS_RESIDUAL, STORES_SUM.
+// Tensors a module does not have are not declared at all, so they are never bound.
 
 // Elem `at` of the normalized input (`at` counts from row 0 of the dispatch): x, or with the
 // residual h = x + r, added in f32 and rounded to the activations' format, so that the
@@ -55,9 +55,35 @@ fn load_input(at: u32) -> Elem {
     return x_value;
 }
 
-// Element i of a row's output (the row's Elems start at `row_offset`) from its input h and
-// normalized value: gain, bias, store; and h itself where the call stores the sum.
-fn store(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
+// Where the call stores the sum h, the first pass over an Elem stores it as it is made and
+// later passes read it back: one read of h instead of x and r (a two-pass row moves 5n
+// elements, not 6n). Each invocation reads back only what it stored itself, or what an
+// earlier dispatch stored. With h stored over r, an Elem's r is gone once h is stored, so
+// `again` (a second look in the same pass: the rescaled sum) reads h back too.
+fn load_and_store_input(at: u32, again: bool) -> Elem {
+    if (STORES_SUM) {
+        if (again) {
+            return sum_load(params.sum_base + at);
+        }
+        let h = load_input(at);
+        sum_store(params.sum_base + at, h);
+        return h;
+    }
+    return load_input(at);
+}
+
+// Elem i of a row (its Elems start at `row_offset`) in the last pass: read back where the
+// first pass stored it (Elems below `stored_end`), else made and stored now.
+fn load_input_last(row_offset: u32, i: u32, stored_end: u32) -> Elem {
+    if (STORES_SUM && i < stored_end) {
+        return sum_load(params.sum_base + row_offset + i);
+    }
+    return load_and_store_input(row_offset + i, false);
+}
+
+// Element i of a row's output (the row's Elems start at `row_offset`) from its normalized
+// value: gain, bias, store.
+fn store(row_offset: u32, i: u32, normalized: Elem) {
     var v = normalized;
     if (HAS_GAIN) {
         let g = gain_load(params.gain_base + i);
@@ -71,7 +97,4 @@ fn store(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
         v = v + bias_load(params.bias_base + i);
     }
     y_store(params.y_base + row_offset + i, v);
-    if (STORES_SUM) {
-        sum_store(params.sum_base + row_offset + i, h);
-    }
 }

@@ -57,9 +57,14 @@ fn scale_from_sum(sumsq: f32) -> f32 {
     return 1.0 / (sqrt(mean) + params.eps);
 }
 
-// Elem i of the row whose Elems start at `row_offset`, with lanes at or past k zeroed.
-fn load_first_k(row_offset: u32, i: u32) -> Elem {
-    return elem_keep_below(load_input(row_offset + i), i * LANES, params.k);
+// Elem i of a row, with lanes at or past k zeroed.
+fn first_k(v: Elem, i: u32) -> Elem {
+    return elem_keep_below(v, i * LANES, params.k);
+}
+
+// Elems of a row that hold any of its first k elements: those the first pass reads.
+fn k_elems() -> u32 {
+    return (params.k + LANES - 1u) / LANES;
 }
 
 // The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
@@ -117,11 +122,13 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
     return vec2<f32>(pre, scale);
 }
 
-// y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row.
+// y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row (x
+// being the input h, read back where the first pass stored it).
 fn write_scaled(row_offset: u32, first: u32, end: u32, f: vec2<f32>) {
+    let stored_end = k_elems();
     for (var i = first; i < end; i = i + WG) {
-        let h = load_input(row_offset + i);
-        store(row_offset, i, h, (h * f.x) * f.y);
+        let h = load_input_last(row_offset, i, stored_end);
+        store(row_offset, i, (h * f.x) * f.y);
     }
 }
 
@@ -154,12 +161,14 @@ fn rms_norm(
         var summing = true;
         while (summing) {
             var acc = Elem(0.0);
+            let again = phase != 0u;
             for (var i = lane; i < k_whole; i = i + WG) {
-                let v = load_input(row_offset + i) * pre;
+                let v = load_and_store_input(row_offset + i, again) * pre;
                 acc = acc + v * v;
             }
             if (k_straddles && lane == k_whole % WG) {
-                let v = load_first_k(row_offset, k_whole) * pre;
+                let h = load_and_store_input(row_offset + k_whole, again);
+                let v = first_k(h, k_whole) * pre;
                 acc = acc + v * v;
             }
             sumsq = reduce_sum(elem_sum(acc));
@@ -203,10 +212,14 @@ fn square_first_k(v: Elem, i: u32) -> Elem {
     return first_k * first_k;
 }
 
-// Stores Elem i of a row from its input h and normalized value, if the row has it.
+// Stores Elem i of a row from its input h (where the call stores the sum) and normalized
+// value, if the row has it.
 fn store_in_row(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
     if (i < params.row_len) {
-        store(row_offset, i, h, normalized);
+        if (STORES_SUM) {
+            sum_store(params.sum_base + row_offset + i, h);
+        }
+        store(row_offset, i, normalized);
     }
 }
 
@@ -257,20 +270,21 @@ fn split_partials(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     reduce_setup(lane);
-    let k_len = (params.k + LANES - 1u) / LANES;
+    let k_len = k_elems();
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row_offset = (g / params.chunks) * params.row_len;
         let begin = (g % params.chunks) * params.k_chunk_len;
         let end = min(begin + params.k_chunk_len, k_len);
         var local_max = 0.0;
         for (var i = begin + lane; i < end; i = i + WG) {
-            local_max = max(local_max, elem_abs_max(load_first_k(row_offset, i)));
+            local_max = max(local_max, elem_abs_max(first_k(load_input(row_offset + i), i)));
         }
         // The piece is small enough to be in cache for the second look.
         let e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
         var acc = Elem(0.0);
+        // This look stores the sum h where the call does (split_scale reads it back).
         for (var i = begin + lane; i < end; i = i + WG) {
-            let v = elem_ldexp(load_first_k(row_offset, i), -e);
+            let v = elem_ldexp(first_k(load_and_store_input(row_offset + i, false), i), -e);
             acc = acc + v * v;
         }
         let sum = reduce_sum(elem_sum(acc));

@@ -49,13 +49,13 @@ pub struct ResidualOutput<T> {
     pub sum: Option<Vec<T>>,
 }
 
-/// A high-level call's data as bytes, checked against the config.
+/// A high-level call's data as little-endian bytes of the config's element types.
 #[derive(Debug, Clone, Copy)]
-struct CallData<'a> {
-    x: &'a [u8],
-    residual: Option<&'a [u8]>,
-    gain: Option<&'a [u8]>,
-    bias: Option<&'a [u8]>,
+pub(crate) struct CallData<'a> {
+    pub x: &'a [u8],
+    pub residual: Option<&'a [u8]>,
+    pub gain: Option<&'a [u8]>,
+    pub bias: Option<&'a [u8]>,
 }
 
 impl<'a> CallData<'a> {
@@ -413,6 +413,18 @@ impl GpuContext {
         data: CallData<'_>,
         config: &RmsNormConfig,
     ) -> Result<(Vec<T>, Option<Vec<T>>)> {
+        let (output, sum) = self.normalize_bytes(norm, data, config).await?;
+        let elements = |b: Vec<u8>| bytemuck::pod_collect_to_vec::<u8, T>(&b);
+        Ok((elements(output), sum.map(elements)))
+    }
+
+    /// The output (and the stored sum) of one call, as bytes of the config's `dtype`.
+    pub(crate) async fn normalize_bytes(
+        &self,
+        norm: Norm,
+        data: CallData<'_>,
+        config: &RmsNormConfig,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let rows = self.check_call(&data, config)?;
         if rows == 0 {
             let sum = config.residual.stores_sum().then(Vec::new);
@@ -456,11 +468,9 @@ impl GpuContext {
         match result {
             Ok(read) => {
                 self.return_scratch(scratch);
-                let elements =
-                    |b: &[u8]| bytemuck::pod_collect_to_vec::<u8, T>(&b[..bytes as usize]);
-                let tensor = sizes.tensor as usize;
-                let output = elements(&read[..tensor]);
-                let sum = (outputs == 2).then(|| elements(&read[tensor..]));
+                let (tensor, bytes) = (sizes.tensor as usize, bytes as usize);
+                let output = read[..bytes].to_vec();
+                let sum = (outputs == 2).then(|| read[tensor..tensor + bytes].to_vec());
                 Ok((output, sum))
             }
             // Buffers of a failed call are not kept for the next one; a failure on a device

@@ -31,6 +31,8 @@ usage: wgpu-rmsnorm [options]
   --dtype T            element type of x, y and the residual: f32 (default), f16 or bf16
   --weight-dtype T     element type of gain and bias, default: the --dtype
   --residual           fuse the residual add: y = norm(x + r), the sum stored too
+  --f16 IMPL           f16 as WGSL's f16 type (native, needs SHADER_F16) or packed u32
+                       words (packed); default: the plan's choice
   --reduction R        auto (default), tree, subgroups or single-subgroup
   --workgroup-size W   invocations per workgroup (power of two)
   --samples S          timing samples (median taken), default 10
@@ -101,6 +103,13 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
                     }
                 }
                 "--workgroup-size" => args.options.workgroup_size = Some(count(&value)?),
+                "--f16" => {
+                    args.options.native_f16 = match value.as_str() {
+                        "native" => Some(true),
+                        "packed" => Some(false),
+                        _ => return Err(bad("use native or packed")),
+                    }
+                }
                 "--dtype" | "--weight-dtype" => {
                     let dtype =
                         DType::from_name(&value).ok_or_else(|| bad("use f32, f16 or bf16"))?;

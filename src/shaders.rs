@@ -205,6 +205,8 @@ pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl", true);
 pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
 pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
+/// `shaders/residual_add.wgsl`: the unfused residual add, for the benchmark's comparison.
+pub const RESIDUAL_ADD: ShaderFile = shader_file!("residual_add.wgsl");
 const NORM_COMMON: ShaderFile = shader_file!("norm_common.wgsl");
 const FORMATS: ShaderFile = shader_file!("formats.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
@@ -341,26 +343,23 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
         });
     }
     let absent_r = "fn r_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n";
-    let absent_sum = "fn sum_store(i: u32, v: Elem) {}\n";
+    let absent_sum = "fn sum_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n\
+                      fn sum_store(i: u32, v: Elem) {}\n";
     code.push_str(&match io.residual {
         ResidualIo::None => format!("{absent_r}{absent_sum}"),
         ResidualIo::Add => tensor("r", BINDING_RESIDUAL, act, elem, Access::Load) + absent_sum,
         ResidualIo::StoreSum => {
             tensor("r", BINDING_RESIDUAL, act, elem, Access::Load)
-                + &tensor("sum", BINDING_SUM, act, elem, Access::Store)
+                + &tensor("sum", BINDING_SUM, act, elem, Access::LoadStore)
         }
+        // The sum is r's binding.
         ResidualIo::StoreSumInPlace => {
             tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStore)
-                + "fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
+                + "fn sum_load(i: u32) -> Elem {\n    return r_load(i);\n}\n\
+                   fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
         }
     });
-    let rounded = match act.round_function() {
-        Some(f) => elem_map(elem, f, "v"),
-        None => "v".to_string(),
-    };
-    code.push_str(&format!(
-        "fn act_round(v: Elem) -> Elem {{\n    return {rounded};\n}}\n"
-    ));
+    code.push_str(&act_round_code(act, elem));
     code
 }
 
@@ -448,6 +447,39 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
         ));
     }
     code
+}
+
+/// The unfused residual add (`shaders/residual_add.wgsl`) for activations stored as
+/// `storage`, vec4 loads, `workgroup_size` invocations: x at binding 1, r at 6, h at 7.
+pub fn compose_residual_add(storage: Storage, workgroup_size: u32) -> ComposedShader {
+    let mut source = String::new();
+    if storage == Storage::F16 {
+        source.push_str("enable f16;\n");
+    }
+    source.push_str(&format!("const WG: u32 = {workgroup_size}u;\n"));
+    let elem = ElemLayout::Vec4;
+    source.push_str(&tensor("x", BINDING_X, storage, elem, Access::Load));
+    source.push_str(&tensor("r", BINDING_RESIDUAL, storage, elem, Access::Load));
+    source.push_str(&tensor("sum", BINDING_SUM, storage, elem, Access::Store));
+    source.push_str(&act_round_code(storage, elem));
+    let mut parts = vec![(1, "<prelude>")];
+    for file in [ELEM_VEC4, FORMATS, RESIDUAL_ADD] {
+        parts.push((source.lines().count() + 1, file.path));
+        source.push_str(file.text);
+        if !source.ends_with('\n') {
+            source.push('\n');
+        }
+    }
+    ComposedShader { source, parts }
+}
+
+/// `act_round`: an Elem rounded to the activations' format.
+fn act_round_code(storage: Storage, elem: ElemLayout) -> String {
+    let rounded = match storage.round_function() {
+        Some(f) => elem_map(elem, f, "v"),
+        None => "v".to_string(),
+    };
+    format!("fn act_round(v: Elem) -> Elem {{\n    return {rounded};\n}}\n")
 }
 
 /// The read-once kernel's cache of `len` Elems, unrolled: a struct with one field per Elem

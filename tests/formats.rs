@@ -4,6 +4,8 @@
 //! (16-bit rows sharing words with their neighbours), the residual in and out of place,
 //! against the f64 reference; bytes around every region must come back untouched.
 
+#![cfg(not(target_arch = "wasm32"))]
+
 mod common;
 
 use common::{gpu, no_gpu_errors};
@@ -619,6 +621,71 @@ fn bad_residual_and_16_bit_buffers_are_refused() {
         match encode(&buffers) {
             Err(e) => assert!(expected(&e), "{what}: {e}"),
             Ok(()) => panic!("{what}: accepted"),
+        }
+    }
+}
+
+/// The stored sum on every kernel path: the first pass stores h and later passes read it
+/// back (over r, when in place), so each path is run with h stored apart and in place: two
+/// passes, the rescaled sum of huge and tiny rows (a second look that must read h back, not
+/// x + h), split rows (dispatch 2 reads what dispatch 1 stored), read-once rows, pRMSNorm's
+/// tail (stored in the last pass), and LayerNorm.
+#[test]
+fn the_stored_sum_is_right_on_every_path() {
+    let Some(turn) = gpu() else { return };
+    let paths = [
+        ("default", KernelOptions::default()),
+        (
+            "split",
+            KernelOptions {
+                split_rows: Some(true),
+                ..KernelOptions::default()
+            },
+        ),
+        (
+            "read once",
+            KernelOptions {
+                read_once: Some(true),
+                ..KernelOptions::default()
+            },
+        ),
+    ];
+    for (path, options) in &paths {
+        for residual in [Residual::AddStoreSum, Residual::AddStoreSumInPlace] {
+            for (scale, partial) in [
+                (1.0, PartialRms::Full),
+                (1e25, PartialRms::Full),
+                (1e-25, PartialRms::Fraction(0.25)),
+                (1.0, PartialRms::Count(3)),
+            ] {
+                let config = RmsNormConfig::new(1000)
+                    .with_partial(partial)
+                    .with_gain(Gain::Scale)
+                    .with_residual(residual);
+                let what = format!("{path} {residual:?} scale {scale:e} {partial:?}");
+                let mut call = Call::new(&config, 3, 9, [0, 4, 8, 12, 0, 0]);
+                call.x.iter_mut().for_each(|v| *v *= scale);
+                call.r.iter_mut().for_each(|v| *v *= scale);
+                let kernel = RmsNorm::new(turn.device(), &config, options).expect(&what);
+                let written = call.run(&turn, &kernel, &config);
+                let input = call.input(&config);
+                let expected =
+                    reference::rms_norm(&input, &config, call.gain.as_deref(), None).unwrap();
+                call.check(&written, &config, &expected, &what);
+            }
+            // LayerNorm reads three elements for its shift before any invocation stores h.
+            let config = RmsNormConfig::new(1000).with_residual(residual);
+            let layer = LayerNormConfig::new(1000).with_residual(residual);
+            let kernel = LayerNorm::new(turn.device(), &layer, options).expect(path);
+            let call = Call::new(&config, 3, 10, [0; 6]);
+            let written = call.run(&turn, &kernel, &config);
+            let expected = reference::layer_norm(&call.input(&config), &layer, None, None).unwrap();
+            call.check(
+                &written,
+                &config,
+                &expected,
+                &format!("LayerNorm {path} {residual:?}"),
+            );
         }
     }
 }

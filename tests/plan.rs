@@ -7,7 +7,7 @@
 use wgpu_rmsnorm::kernel::plan::StagePlan;
 use wgpu_rmsnorm::kernel::plan::{DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET};
 use wgpu_rmsnorm::kernel::Norm;
-use wgpu_rmsnorm::shaders::{ReductionKind, ShaderTarget, Storage};
+use wgpu_rmsnorm::shaders::{ElemLayout, ReductionKind, ShaderTarget, Storage};
 use wgpu_rmsnorm::{
     BufferRegion, DType, Error, Gain, GpuContext, KernelOptions, LayerNorm, PartialRms, Reduction,
     Residual, RmsNorm, RmsNormBuffers, RmsNormConfig,
@@ -513,6 +513,7 @@ fn formats_and_residual_are_planned_by_the_device() {
     let nvidia = simulated("NVIDIA (Vulkan, subgroup 32)");
     let plan = Plan::new(&nvidia.caps, Norm::Rms, &f16, &default).unwrap();
     assert_eq!(plan.io.activations, Storage::F16);
+    assert_eq!(plan.io(ElemLayout::Vec4).activations, Storage::F16);
     let webgpu = simulated("WebGPU defaults");
     assert!(!webgpu.caps.shader_f16);
     let plan = Plan::new(&webgpu.caps, Norm::Rms, &f16, &default).unwrap();
@@ -532,6 +533,16 @@ fn formats_and_residual_are_planned_by_the_device() {
         ),
         "{e}"
     );
+    // lavapipe: packed words in vec4 rows (its vec4<f16> conversions are slow), the type in
+    // scalar rows (no atomics).
+    let lavapipe = simulated("lavapipe");
+    let plan = Plan::new(&lavapipe.caps, Norm::Rms, &f16, &default).unwrap();
+    assert_eq!(plan.io(ElemLayout::Vec4).activations, Storage::PackedF16);
+    assert_eq!(plan.io(ElemLayout::Scalar).activations, Storage::F16);
+    let launch = plan.launch(4, true).unwrap();
+    assert!(plan.variant_name(&launch).ends_with("vec4 packed-f16"));
+    let launch = plan.launch(4, false).unwrap();
+    assert!(plan.variant_name(&launch).ends_with("scalar f16"));
     let bf16 = f16.with_dtype(DType::Bf16);
     let plan = Plan::new(&nvidia.caps, Norm::Rms, &bf16, &default).unwrap();
     assert_eq!(plan.io.activations, Storage::PackedBf16);

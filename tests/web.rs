@@ -2,14 +2,15 @@
 //! wasm-bindgen-test (`cargo xtask test` runs it; see webdriver.json for the flags).
 #![cfg(target_arch = "wasm32")]
 
-use js_sys::{Float32Array, Object, Reflect};
+use js_sys::{Float32Array, Object, Reflect, Uint16Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use wgpu_rmsnorm::web::Normalizer;
 use wgpu_rmsnorm::{
-    EpsMode, Gain, GpuContext, KernelOptions, PartialRms, Reduction, RmsNormConfig, Weights,
+    bf16, f16, DType, Element, EpsMode, Gain, GpuContext, KernelOptions, LayerNormConfig,
+    PartialRms, Reduction, Residual, RmsNormConfig, Weights,
 };
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -470,4 +471,210 @@ async fn the_js_api_computes_and_rejects_bad_input() {
         .await
         .unwrap();
     assert_eq!(empty.dyn_into::<Float32Array>().unwrap().length(), 0);
+}
+
+/// Values rounded to `T`.
+fn rounded<T: Element>(values: &[f32]) -> Vec<T> {
+    values.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+fn widen<T: Element>(values: &[T]) -> Vec<f32> {
+    values.iter().map(|v| v.to_f32()).collect()
+}
+
+/// Every activation type with f32 and same-type weights, each residual form, RMSNorm and
+/// LayerNorm, odd rows (packed words shared between rows): SwiftShader has no shader-f16,
+/// so this is the packed path.
+async fn formats_case<T: Element, W: Element>(gpu: &GpuContext, residual: Residual) {
+    let (n, rows) = (33usize, 7usize);
+    let x: Vec<T> = rounded(&data(n * rows, 3));
+    let r: Vec<T> = rounded(&data(n * rows, 4));
+    let gain: Vec<W> = rounded(&data(n, 5));
+    let weights = Weights {
+        gain: Some(&gain[..]),
+        bias: None,
+    };
+    let config = RmsNormConfig::new(n as u32)
+        .with_dtype(T::DTYPE)
+        .with_weight_dtype(W::DTYPE)
+        .with_gain(Gain::Scale)
+        .with_residual(residual);
+    let what = format!("{} weights {} {residual:?}", T::DTYPE, W::DTYPE);
+    let h = reference::residual_sum(&widen(&x), &widen(&r), T::DTYPE);
+    let out = gpu
+        .rms_norm_residual(&x, &r, &config, weights)
+        .await
+        .unwrap();
+    let expected = reference::rms_norm(&h, &config, Some(&widen(&gain)), None).unwrap();
+    let stats = reference::compare_rounded(
+        &widen(&out.output),
+        &expected,
+        T::DTYPE,
+        F32_ABS_TOL,
+        F32_REL_TOL,
+    );
+    assert_eq!(stats.failures, 0, "{what}: {stats:?}");
+    if residual.stores_sum() {
+        assert_eq!(widen(out.sum.as_ref().unwrap()), h, "{what}: sum");
+    }
+    let layer = LayerNormConfig::new(n as u32)
+        .with_dtype(T::DTYPE)
+        .with_weight_dtype(W::DTYPE)
+        .with_gain(Gain::Scale)
+        .with_residual(residual);
+    let out = gpu
+        .layer_norm_residual(&x, &r, &layer, weights)
+        .await
+        .unwrap();
+    let expected = reference::layer_norm(&h, &layer, Some(&widen(&gain)), None).unwrap();
+    let stats = reference::compare_rounded(
+        &widen(&out.output),
+        &expected,
+        T::DTYPE,
+        F32_ABS_TOL,
+        F32_REL_TOL,
+    );
+    assert_eq!(stats.failures, 0, "LayerNorm {what}: {stats:?}");
+}
+
+#[wasm_bindgen_test]
+async fn f16_bf16_and_the_residual_match_the_reference() {
+    let Some(gpu) = gpu(KernelOptions::default()).await else {
+        return;
+    };
+    for residual in [
+        Residual::Add,
+        Residual::AddStoreSum,
+        Residual::AddStoreSumInPlace,
+    ] {
+        formats_case::<f16, f16>(&gpu, residual).await;
+        formats_case::<f16, f32>(&gpu, residual).await;
+        formats_case::<bf16, bf16>(&gpu, residual).await;
+        formats_case::<bf16, f32>(&gpu, residual).await;
+        formats_case::<f32, f16>(&gpu, residual).await;
+    }
+}
+
+/// The JS API takes f16 and bf16 as Uint16Array bits and gives the same type back; the
+/// residual call resolves to the output and the sum.
+#[wasm_bindgen_test]
+async fn the_js_api_takes_16_bit_tensors_and_the_residual() {
+    let Ok(normalizer) = Normalizer::create(JsValue::UNDEFINED).await else {
+        assert_ne!(option_env!("REQUIRE_GPU"), Some("1"), "no WebGPU");
+        return;
+    };
+    let n = 9;
+    let values = data(4 * n, 21);
+    let residual = data(4 * n, 22);
+    for dtype in [DType::F16, DType::Bf16] {
+        let bits = |v: &[f32]| -> Vec<u16> {
+            v.iter()
+                .map(|&f| match dtype {
+                    DType::F16 => f16::from_f32(f).to_bits(),
+                    _ => bf16::from_f32(f).to_bits(),
+                })
+                .collect()
+        };
+        let widen_bits = |b: &[u16]| -> Vec<f32> {
+            b.iter()
+                .map(|&u| match dtype {
+                    DType::F16 => f16::from_bits(u).to_f32(),
+                    _ => bf16::from_bits(u).to_f32(),
+                })
+                .collect()
+        };
+        let (x_bits, r_bits) = (bits(&values), bits(&residual));
+        let js_bits = |b: &[u16]| -> JsValue { Uint16Array::from(b).into() };
+        let gain = Float32Array::from(&data(n, 23)[..]);
+        let opts = options(&[
+            ("dtype", dtype.name().into()),
+            ("weightDtype", "f32".into()),
+            ("gain", gain.clone().into()),
+            ("k", 4.into()),
+        ]);
+        let result = JsFuture::from(normalizer.rms_norm_residual(
+            js_bits(&x_bits),
+            js_bits(&r_bits),
+            n as f64,
+            opts.clone(),
+        ))
+        .await
+        .unwrap();
+        let field = |key: &str| -> Vec<u16> {
+            Reflect::get(&result, &key.into())
+                .unwrap()
+                .dyn_into::<Uint16Array>()
+                .expect("a Uint16Array")
+                .to_vec()
+        };
+        let h = reference::residual_sum(&widen_bits(&x_bits), &widen_bits(&r_bits), dtype);
+        assert_eq!(widen_bits(&field("sum")), h, "{dtype}: sum");
+        let config = RmsNormConfig::new(n as u32)
+            .with_dtype(dtype)
+            .with_weight_dtype(DType::F32)
+            .with_gain(Gain::Scale)
+            .with_partial(PartialRms::Count(4));
+        let expected = reference::rms_norm(&h, &config, Some(&gain.to_vec()), None).unwrap();
+        let stats = reference::compare_rounded(
+            &widen_bits(&field("output")),
+            &expected,
+            dtype,
+            F32_ABS_TOL,
+            F32_REL_TOL,
+        );
+        assert_eq!(stats.failures, 0, "JS {dtype}: {stats:?}");
+        // The JS reference and comparison say the same.
+        let js_expected = wgpu_rmsnorm::web::reference_rms_norm(
+            js_bits(&x_bits),
+            n as f64,
+            opts.clone(),
+            js_bits(&r_bits),
+        )
+        .unwrap()
+        .to_vec();
+        assert_eq!(js_expected, expected, "{dtype}: referenceRmsNorm");
+        let compared = wgpu_rmsnorm::web::compare_to_reference(
+            js_bits(&field("output")),
+            &expected,
+            dtype.name().into(),
+        )
+        .unwrap();
+        let pass = Reflect::get(&compared, &"pass".into()).unwrap();
+        assert_eq!(pass.as_bool(), Some(true), "{dtype}: compareToReference");
+    }
+    let cases: Vec<(&str, js_sys::Promise, &str)> = vec![
+        (
+            "f16 as a Float32Array",
+            normalizer.rms_norm(js(&values), n as f64, options(&[("dtype", "f16".into())])),
+            "x must be a Float16Array or a Uint16Array of f16 bits, not Float32Array",
+        ),
+        (
+            "dtype f64",
+            normalizer.rms_norm(js(&values), n as f64, options(&[("dtype", "f64".into())])),
+            "option dtype must be",
+        ),
+        (
+            "residual of another length",
+            normalizer.rms_norm_residual(
+                js(&values),
+                js(&values[1..]),
+                n as f64,
+                JsValue::UNDEFINED,
+            ),
+            "residual must have as many elements as x",
+        ),
+        (
+            "bf16 gain as a Float32Array",
+            normalizer.rms_norm(
+                Uint16Array::new_with_length(n as u32).into(),
+                n as f64,
+                options(&[("dtype", "bf16".into()), ("gain", js(&values[..n]))]),
+            ),
+            "option gain must be a Uint16Array of bf16 bits",
+        ),
+    ];
+    for (what, promise, expected) in cases {
+        let message = rejection(promise).await;
+        assert!(message.contains(expected), "{what}: {message:?}");
+    }
 }

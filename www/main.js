@@ -6,6 +6,7 @@ import init, {
   referenceLayerNorm,
   compareToReference,
   sampleData,
+  toDType,
 } from "./wgpu-rmsnorm.js";
 
 const MAX_VALUES = 1 << 24; // 64 MiB of f32 per tensor keeps the tab responsive
@@ -50,6 +51,8 @@ function readForm() {
     rows, hidden, p, problems,
     eps, epsMode: $("eps-mode").value,
     gain: $("gain").checked, gainOffset: $("gain-offset").checked, bias: $("bias").checked,
+    dtype: $("dtype").value, weightDtype: $("weight-dtype").value || $("dtype").value,
+    residual: $("residual").checked,
   };
 }
 
@@ -67,7 +70,15 @@ async function timed(call, normalizer) {
   return { y, ms: times[Math.floor(times.length / 2)] };
 }
 
-const gbps = (values, ms) => (2 * values * 4) / (ms * 1e-3) / 1e9;
+const BYTES = { f32: 4, f16: 2, bf16: 2 };
+// Bytes moved: x read and y written, with the residual r read and h written too.
+const gbps = (values, ms, dtype = "f32", residual = false) =>
+  ((residual ? 4 : 2) * values * BYTES[dtype]) / (ms * 1e-3) / 1e9;
+
+// Whether two tensors of the same type hold the same bits.
+const sameBits = (a, b) => a.length === b.length &&
+  new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
+    .every((v, i) => v === new Uint8Array(b.buffer, b.byteOffset, b.byteLength)[i]);
 
 function resultRow(cells, pass) {
   const tr = document.createElement("tr");
@@ -84,54 +95,77 @@ function resultRow(cells, pass) {
   return tr;
 }
 
-async function runKernels(normalizer, form) {
-  const { rows, hidden } = form;
-  const values = rows * hidden;
-  const x = sampleData(values, 1, 4);
-  const options = { eps: form.eps, epsMode: form.epsMode };
+// The three kernels of the form's options: RMSNorm, pRMSNorm and LayerNorm, each with its
+// call and its f64 reference (with the residual: of x + r, and the sum h = x + r expected).
+function kernelsFor(normalizer, form, x, r) {
+  const { hidden, dtype } = form;
+  const options = { eps: form.eps, epsMode: form.epsMode, dtype, weightDtype: form.weightDtype };
   if (form.gain) {
-    options.gain = sampleData(hidden, 2, 1);
+    options.gain = toDType(sampleData(hidden, 2, 1), form.weightDtype);
     options.gainOffset = form.gainOffset;
   }
-  if (form.bias) options.bias = sampleData(hidden, 3, 1);
+  if (form.bias) options.bias = toDType(sampleData(hidden, 3, 1), form.weightDtype);
   // LayerNorm keeps eps inside the root whatever the eps mode.
   const { epsMode, ...layerOptions } = options;
-  const kernels = [
-    {
-      name: "RMSNorm",
-      k: hidden,
-      call: () => normalizer.rmsNorm(x, hidden, options),
-      reference: () => referenceRmsNorm(x, hidden, options),
-    },
-    {
-      name: "pRMSNorm",
-      k: Math.min(hidden, Math.max(1, Math.ceil(hidden * form.p))),
-      call: () => normalizer.pRmsNorm(x, hidden, { ...options, p: form.p }),
-      reference: () => referenceRmsNorm(x, hidden, { ...options, p: form.p }),
-    },
-    {
-      name: "LayerNorm",
-      k: hidden,
-      call: () => normalizer.layerNorm(x, hidden, layerOptions),
-      reference: () => referenceLayerNorm(x, hidden, layerOptions),
-    },
+  const partial = { ...options, p: form.p };
+  const kernel = (name, k, plain, fused, reference, opts) => ({
+    name,
+    k,
+    call: r ? () => fused(x, r, hidden, opts) : async () => ({ output: await plain(x, hidden, opts) }),
+    reference: () => reference(x, hidden, opts, r),
+  });
+  return [
+    kernel("RMSNorm", hidden, (...a) => normalizer.rmsNorm(...a), (...a) => normalizer.rmsNormResidual(...a),
+      referenceRmsNorm, options),
+    kernel("pRMSNorm", Math.min(hidden, Math.max(1, Math.ceil(hidden * form.p))),
+      (...a) => normalizer.pRmsNorm(...a), (...a) => normalizer.rmsNormResidual(...a), referenceRmsNorm, partial),
+    kernel("LayerNorm", hidden, (...a) => normalizer.layerNorm(...a),
+      (...a) => normalizer.layerNormResidual(...a), referenceLayerNorm, layerOptions),
   ];
+}
+
+async function runKernels(normalizer, form) {
+  const { rows, hidden, dtype } = form;
+  const values = rows * hidden;
+  const x = toDType(sampleData(values, 1, 4), dtype);
+  const r = form.residual ? toDType(sampleData(values, 4, 2), dtype) : undefined;
   const body = $("results").querySelector("tbody");
   body.replaceChildren();
-  for (const kernel of kernels) {
-    setStatus(`Running ${kernel.name} on ${rows} x ${hidden}…`, "busy");
+  for (const kernel of kernelsFor(normalizer, form, x, r)) {
+    setStatus(`Running ${kernel.name} on ${rows} x ${hidden} ${dtype}…`, "busy");
     const { y, ms } = await timed(kernel.call, normalizer);
-    const expected = kernel.reference();
-    const error = compareToReference(y, expected);
+    const error = compareToReference(y.output, kernel.reference(), dtype);
+    // The sum from x and r as stored (both already of the dtype), added in f32 and rounded.
+    const sumOk = !r || sameBits(y.sum, sumOf(x, r, dtype));
     body.append(resultRow([
-      kernel.name,
+      kernel.name + (r ? " + residual" : ""),
+      dtype === form.weightDtype ? dtype : `${dtype} (weights ${form.weightDtype})`,
       String(kernel.k),
       ms.toFixed(3),
-      gbps(values, ms).toFixed(2),
+      gbps(values, ms, dtype, form.residual).toFixed(2),
       error.maxAbs.toExponential(2),
       error.maxRel.toExponential(2),
-    ], error.pass));
+      error.maxUlps.toFixed(2),
+    ], error.pass && sumOk));
   }
+}
+
+// h = x + r as the kernels store it: the stored values widened, added in f32, rounded once.
+function sumOf(x, r, dtype) {
+  const widen = (t) => dtype === "f32" ? t : Float32Array.from(t, (bits) => widenBits(bits, dtype));
+  const a = widen(x), b = widen(r);
+  return toDType(Float32Array.from(a, (v, i) => Math.fround(v + b[i])), dtype);
+}
+
+// One f16 or bf16 element's bits as a number (exact).
+function widenBits(bits, dtype) {
+  if (dtype === "bf16") return new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const mantissa = bits & 0x3ff;
+  if (exponent === 0) return sign * mantissa * 2 ** -24;
+  if (exponent === 31) return mantissa ? NaN : sign * Infinity;
+  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
 // A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }].

@@ -5,6 +5,7 @@ export {
   referenceLayerNorm,
   compareToReference,
   sampleData,
+  toDType,
 } from "./pkg/wgpu_rmsnorm.js";
 export type * from "./pkg/wgpu_rmsnorm.js";
 /** Loads and instantiates the WebAssembly module, once; resolves when the API is ready. */

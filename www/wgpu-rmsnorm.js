@@ -50,3 +50,4 @@ export const referenceRmsNorm = guarded("referenceRmsNorm", bindings.referenceRm
 export const referenceLayerNorm = guarded("referenceLayerNorm", bindings.referenceLayerNorm);
 export const compareToReference = guarded("compareToReference", bindings.compareToReference);
 export const sampleData = guarded("sampleData", bindings.sampleData);
+export const toDType = guarded("toDType", bindings.toDType);

@@ -195,9 +195,12 @@ pub struct Plan {
     pub hidden: u32,
     /// Leading elements in the RMS (`hidden` for RMSNorm and LayerNorm).
     pub k: u32,
-    /// The tensors: storage formats (f16 as WGSL's type or packed words), gain, bias and
-    /// the residual add.
+    /// The tensors: storage formats, gain, bias and the residual add, as the scalar layout
+    /// runs them. The vec4 layout binds the same tensors; its f16 storage may differ
+    /// ([`Plan::io`]).
     pub io: TensorIo,
+    /// The tensors as the vec4 layout runs them.
+    vec4_io: TensorIo,
     /// Whether the device was treated as a CPU adapter.
     pub cpu: bool,
     /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
@@ -317,7 +320,11 @@ impl Plan {
     ) -> Result<Self> {
         config.validate()?;
         let k = config.rms_count()?;
-        let io = tensor_io(caps, config, options)?;
+        let cpu = options
+            .cpu_adapter
+            .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
+        let io = tensor_io(caps, config, options, ElemLayout::Scalar, cpu)?;
+        let vec4_io = tensor_io(caps, config, options, ElemLayout::Vec4, cpu)?;
         if caps.max_storage_buffers_per_stage < io.storage_buffers() {
             return Err(Error::TooManyStorageBuffers {
                 needed: io.storage_buffers(),
@@ -332,9 +339,6 @@ impl Plan {
                 limit: caps.binding_limit(),
             });
         }
-        let cpu = options
-            .cpu_adapter
-            .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
         let split_policy = split_policy(caps, norm, &io, config.hidden, options)?;
         let planner = LayoutPlanner {
             caps,
@@ -343,6 +347,7 @@ impl Plan {
             cpu,
             split: split_policy,
             io,
+            vec4_io,
         };
         let vec4 = config
             .hidden
@@ -360,6 +365,7 @@ impl Plan {
             hidden: config.hidden,
             k,
             io,
+            vec4_io,
             cpu,
             vec4,
             scalar,
@@ -370,6 +376,14 @@ impl Plan {
                 .or((cpu && tree).then_some(CPU_MAX_WORKGROUPS)),
             caps: caps.clone(),
         })
+    }
+
+    /// The tensors as rows of `elem` run them (f16 storage may differ between layouts).
+    pub fn io(&self, elem: ElemLayout) -> TensorIo {
+        match elem {
+            ElemLayout::Vec4 => self.vec4_io,
+            ElemLayout::Scalar => self.io,
+        }
     }
 
     /// Every pipeline this plan can run.
@@ -525,7 +539,7 @@ impl Plan {
             }
             None => format!("{reduction:?} wg={wg} {loads}"),
         };
-        let storage = match self.io.activations {
+        let storage = match stage.shape.io.activations {
             Storage::F32 => "",
             Storage::F16 => " f16",
             Storage::PackedF16 => " packed-f16",
@@ -548,12 +562,18 @@ pub(crate) fn public_reduction(kind: ReductionKind) -> Reduction {
     }
 }
 
-/// The storage formats and tensors of `config` on a device with `caps`: f16 as WGSL's type
-/// where the device has it (`options.native_f16` decides otherwise), else packed words.
+/// The storage formats and tensors of `config` in `elem` rows on a device with `caps`
+/// (`options.native_f16` decides f16 where it is set). f16 is WGSL's type where the device
+/// has it, except in vec4 rows on CPU adapters: lavapipe converts vec4<f16> slowly (RMSNorm
+/// on 4096 x 4096 f16: 90 ms with the type, 48 ms with packed words), while in scalar rows
+/// the type saves the packed words' atomics (64 x 4097: 1.8 ms against 4.7 ms). bf16 is
+/// always packed, and so is f16 where the device lacks the type.
 fn tensor_io(
     caps: &DeviceCaps,
     config: &RmsNormConfig,
     options: &KernelOptions,
+    elem: ElemLayout,
+    cpu: bool,
 ) -> Result<TensorIo> {
     let native_f16 = match options.native_f16 {
         Some(true) if !caps.shader_f16 => {
@@ -565,7 +585,7 @@ fn tensor_io(
             })
         }
         Some(native) => native,
-        None => caps.shader_f16,
+        None => caps.shader_f16 && !(cpu && elem == ElemLayout::Vec4),
     };
     let storage = |dtype: DType| match dtype {
         DType::F32 => Storage::F32,
@@ -624,6 +644,7 @@ struct LayoutPlanner<'a> {
     cpu: bool,
     split: SplitPolicy,
     io: TensorIo,
+    vec4_io: TensorIo,
 }
 
 /// What a stage computes per work item, for the iteration budget: its entry points, the
@@ -636,6 +657,13 @@ struct Work<'e> {
 }
 
 impl LayoutPlanner<'_> {
+    fn io_of(&self, elem: ElemLayout) -> TensorIo {
+        match elem {
+            ElemLayout::Vec4 => self.vec4_io,
+            ElemLayout::Scalar => self.io,
+        }
+    }
+
     fn plan(&self, elem: ElemLayout, loads: u32) -> Result<LayoutPlan> {
         let entry = match self.norm {
             Norm::Rms => Entry::RmsNorm,
@@ -657,7 +685,7 @@ impl LayoutPlanner<'_> {
                     reduction,
                     workgroup_size,
                     cache_len: 1,
-                    io: self.io,
+                    io: self.io_of(elem),
                 };
                 Some(
                     match self.read_once(elem, loads, reduction, workgroup_size)? {
@@ -722,7 +750,7 @@ impl LayoutPlanner<'_> {
             reduction,
             workgroup_size,
             cache_len: 1,
-            io: self.io,
+            io: self.io_of(elem),
         };
         Ok(entries.map(|entry| StagePlan { entry, shape }))
     }

@@ -6,31 +6,59 @@
 //! const gpu = await Normalizer.create();
 //! const y = await gpu.rmsNorm(x, 4096, { gain, eps: 1e-6 });
 //! const yp = await gpu.pRmsNorm(x, 4096, { p: 0.0625 });
+//! // f16 activations as bits (or a Float16Array), f32 weights, fused residual add:
+//! const { output, sum } = await gpu.rmsNormResidual(x16, r16, 4096, { dtype: "f16", weightDtype: "f32", gain });
 //! console.log(gpu.adapterInfo(), gpu.lastGpuTimeMs());
 //! ```
 
 mod options;
+mod tensors;
 
-use crate::config::RmsNormConfig;
-use crate::context::GpuContext;
+use crate::config::{Residual, RmsNormConfig};
+use crate::context::{CallData, GpuContext};
+use crate::dtype::DType;
+use crate::kernel::Norm;
 use crate::reference;
 use js_sys::{Array, Float32Array, Float64Array, Object, Reflect};
-use options::{
-    count, float32_array, has_key, parse_create_options, parse_layer_options, parse_options,
-};
+use options::{count, has_key, parse_create_options, parse_layer_options, parse_options};
 use std::rc::Rc;
+use tensors::JsTensor;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
+/** An element type: "f32" (Float32Array), "f16" (Float16Array, or Uint16Array of bits),
+ *  "bf16" (Uint16Array of bits). */
+export type DType = "f32" | "f16" | "bf16";
+
+/** A tensor of any element type; results come back in the input's array type. */
+export type Tensor = Float32Array | Uint16Array | Float16ArrayLike;
+
+/** The browser's Float16Array, where it has one. */
+export interface Float16ArrayLike extends ArrayBufferView {
+  readonly length: number;
+}
+
+/** What rmsNormResidual and layerNormResidual resolve to. */
+export interface ResidualResult<T extends Tensor> {
+  /** The normalized output. */
+  output: T;
+  /** h = x + residual, rounded to the dtype: the next layer's residual. */
+  sum: T;
+}
+
 /** Options of rmsNorm and pRmsNorm. Unknown keys are an error. */
 export interface RmsNormOptions {
-  /** Per-element gain, hidden values. */
-  gain?: Float32Array;
+  /** Element type of x, the residual and the results; default "f32". */
+  dtype?: DType;
+  /** Element type of gain and bias; default the dtype. */
+  weightDtype?: DType;
+  /** Per-element gain, hidden values of the weightDtype. */
+  gain?: Tensor;
   /** With gain: y = x / rms * (1 + gain) (Gemma) instead of x / rms * gain. */
   gainOffset?: boolean;
-  /** Per-element bias, hidden values, added last. */
-  bias?: Float32Array;
+  /** Per-element bias, hidden values of the weightDtype, added last. */
+  bias?: Tensor;
   /** Finite, >= 0; default 1e-6. */
   eps?: number;
   /** "inside": x / sqrt(mean + eps) (default); "add": x / (rms + eps). */
@@ -67,6 +95,10 @@ export interface BenchmarkRecord {
   solCopy: number;
   /** Against the fastest vec4 copy compute shader. */
   solKernel: number;
+  /** Element type of the activations. */
+  dtype: DType;
+  /** "none", "fused" or "unfused". */
+  residual: string;
 }
 
 /** What Normalizer.adapterInfo() returns. */
@@ -159,38 +191,66 @@ impl Normalizer {
         object.into()
     }
 
-    /// RMSNorm of `x` (rows * hidden values). Resolves to a new Float32Array.
-    #[wasm_bindgen(js_name = rmsNorm, unchecked_return_type = "Promise<Float32Array>")]
+    /// RMSNorm of `x` (rows * hidden values of `options.dtype`). Resolves to a new array of
+    /// x's type.
+    #[wasm_bindgen(js_name = rmsNorm, unchecked_return_type = "Promise<Tensor>")]
     pub fn rms_norm(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
         hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        self.run(x, hidden, options, Kind::Rms { partial: false })
+        self.run(x, None, hidden, options, Kind::Rms { partial: false })
     }
 
     /// pRMSNorm of `x`: the RMS from the first k elements of each row (`options.p` or
     /// `options.k`, exactly one), every element scaled.
-    #[wasm_bindgen(js_name = pRmsNorm, unchecked_return_type = "Promise<Float32Array>")]
+    #[wasm_bindgen(js_name = pRmsNorm, unchecked_return_type = "Promise<Tensor>")]
     pub fn p_rms_norm(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
         hidden: f64,
         #[wasm_bindgen(unchecked_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        self.run(x, hidden, options, Kind::Rms { partial: true })
+        self.run(x, None, hidden, options, Kind::Rms { partial: true })
     }
 
-    /// LayerNorm of `x` (the baseline): options gain, gainOffset, bias, eps (default 1e-5).
-    #[wasm_bindgen(js_name = layerNorm, unchecked_return_type = "Promise<Float32Array>")]
+    /// LayerNorm of `x` (the baseline): options dtype, weightDtype, gain, gainOffset, bias,
+    /// eps (default 1e-5).
+    #[wasm_bindgen(js_name = layerNorm, unchecked_return_type = "Promise<Tensor>")]
     pub fn layer_norm(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
         hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        self.run(x, hidden, options, Kind::Layer)
+        self.run(x, None, hidden, options, Kind::Layer)
+    }
+
+    /// RMSNorm of `h = x + residual` in one kernel (pRMSNorm with `options.p` or
+    /// `options.k`): resolves to `{ output, sum }`, sum being h rounded to the dtype.
+    #[wasm_bindgen(js_name = rmsNormResidual, unchecked_return_type = "Promise<ResidualResult<Tensor>>")]
+    pub fn rms_norm_residual(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] residual: JsValue,
+        hidden: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    ) -> js_sys::Promise {
+        let partial = has_key(&options, "p") || has_key(&options, "k");
+        self.run(x, Some(residual), hidden, options, Kind::Rms { partial })
+    }
+
+    /// LayerNorm of `h = x + residual` in one kernel: resolves to `{ output, sum }`.
+    #[wasm_bindgen(js_name = layerNormResidual, unchecked_return_type = "Promise<ResidualResult<Tensor>>")]
+    pub fn layer_norm_residual(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] residual: JsValue,
+        hidden: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    ) -> js_sys::Promise {
+        self.run(x, Some(residual), hidden, options, Kind::Layer)
     }
 
     /// Times the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`
@@ -222,6 +282,8 @@ impl Normalizer {
                 set(&object, "gbps", &m.gbps.into());
                 set(&object, "solCopy", &m.sol_copy.into());
                 set(&object, "solKernel", &m.sol_kernel.into());
+                set(&object, "dtype", &m.dtype.name().into());
+                set(&object, "residual", &m.residual.into());
                 records.push(&object);
             }
             Ok(records.into())
@@ -251,88 +313,202 @@ impl Normalizer {
         self.gpu.last_gpu_seconds().map(|s| s * 1e3)
     }
 
-    /// The promise of one call: options parsed, the kernel run, the result as a Float32Array.
-    /// Every argument is checked, and refused with a message, rather than coerced: `x` must
-    /// be a Float32Array (a Float64Array, a plain array or a string would be converted
-    /// silently), `hidden` a whole number (-8 would wrap to 4294967288, 8.5 truncate to 8).
-    fn run(&self, x: JsValue, hidden: f64, options: JsValue, kind: Kind) -> js_sys::Promise {
+    /// The promise of one call: options parsed, the kernel run, the result as an array of
+    /// x's type (with the residual, `{ output, sum }`). Every argument is checked, and
+    /// refused with a message, rather than coerced: `x` must be the array type of its
+    /// dtype (a Float64Array, a plain array or a string would be converted silently),
+    /// `hidden` a whole number (-8 would wrap to 4294967288, 8.5 truncate to 8).
+    fn run(
+        &self,
+        x: JsValue,
+        residual: Option<JsValue>,
+        hidden: f64,
+        options: JsValue,
+        kind: Kind,
+    ) -> js_sys::Promise {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let x = float32_array("x", &x)?;
             let hidden = count("hidden", hidden)?;
-            let y = match kind {
-                Kind::Rms { partial } => {
-                    let parsed = parse_options(hidden, &options, partial)?;
-                    gpu.rms_norm(&x, &parsed.config, parsed.weights()).await
-                }
-                Kind::Layer => {
-                    let parsed = parse_layer_options(hidden, &options)?;
-                    gpu.layer_norm(&x, &parsed.config, parsed.weights()).await
+            let (norm, mut config, parsed) = parse_call(hidden, &options, kind)?;
+            if residual.is_some() {
+                config.residual = Residual::AddStoreSum;
+            }
+            let x = JsTensor::read("x", &x, config.dtype)?;
+            let residual = residual
+                .map(|r| JsTensor::read("residual", &r, config.dtype))
+                .transpose()?;
+            if residual
+                .as_ref()
+                .is_some_and(|r| r.bytes.len() != x.bytes.len())
+            {
+                return Err(JsError::new("residual must have as many elements as x").into());
+            }
+            let data = CallData {
+                x: &x.bytes,
+                residual: residual.as_ref().map(|r| r.bytes.as_slice()),
+                gain: parsed.gain.as_ref().map(|g| g.bytes.as_slice()),
+                bias: parsed.bias.as_ref().map(|b| b.bytes.as_slice()),
+            };
+            let (output, sum) = gpu
+                .normalize_bytes(norm, data, &config)
+                .await
+                .map_err(to_js)?;
+            let output = tensors::to_js(&output, x.kind)?;
+            match sum {
+                None => Ok(output),
+                Some(sum) => {
+                    let object = Object::new();
+                    set(&object, "output", &output);
+                    set(&object, "sum", &tensors::to_js(&sum, x.kind)?);
+                    Ok(object.into())
                 }
             }
-            .map_err(to_js)?;
-            Ok(Float32Array::from(y.as_slice()).into())
         })
     }
 }
 
-/// The f64 CPU reference of rmsNorm / pRmsNorm (same options), for checking results.
+/// The options of a call of `kind`, as the core config and the weights.
+fn parse_call(
+    hidden: u32,
+    options: &JsValue,
+    kind: Kind,
+) -> Result<(Norm, RmsNormConfig, options::Parsed<()>), JsError> {
+    let (norm, config, gain, bias) = match kind {
+        Kind::Rms { partial } => {
+            let parsed = parse_options(hidden, options, partial)?;
+            (Norm::Rms, parsed.config, parsed.gain, parsed.bias)
+        }
+        Kind::Layer => {
+            let parsed = parse_layer_options(hidden, options)?;
+            let config = parsed.config.as_rms_config();
+            (Norm::Layer, config, parsed.gain, parsed.bias)
+        }
+    };
+    Ok((
+        norm,
+        config,
+        options::Parsed {
+            config: (),
+            gain,
+            bias,
+        },
+    ))
+}
+
+/// The f64 CPU reference of rmsNorm / pRmsNorm (same options, p or k making it pRMSNorm),
+/// of rmsNormResidual where `residual` is given: the normalization of x + residual as the
+/// kernels round it.
 #[wasm_bindgen(js_name = referenceRmsNorm)]
 pub fn reference_rms_norm(
-    #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
     hidden: f64,
     #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    #[wasm_bindgen(unchecked_optional_param_type = "Tensor")] residual: JsValue,
 ) -> Result<Float64Array, JsError> {
-    let (x, hidden) = (float32_array("x", &x)?, count("hidden", hidden)?);
-    let parsed = parse_options(
-        hidden,
-        &options,
-        has_key(&options, "p") || has_key(&options, "k"),
-    )?;
-    let y = reference::rms_norm(
-        &x,
-        &parsed.config,
-        parsed.gain.as_deref(),
-        parsed.bias.as_deref(),
-    )
-    .map_err(to_js)?;
-    Ok(Float64Array::from(y.as_slice()))
+    let partial = has_key(&options, "p") || has_key(&options, "k");
+    reference_call(x, hidden, options, residual, Kind::Rms { partial })
 }
 
-/// The f64 CPU reference of layerNorm (same options).
+/// The f64 CPU reference of layerNorm (same options), of layerNormResidual where
+/// `residual` is given.
 #[wasm_bindgen(js_name = referenceLayerNorm)]
 pub fn reference_layer_norm(
-    #[wasm_bindgen(unchecked_param_type = "Float32Array")] x: JsValue,
+    #[wasm_bindgen(unchecked_param_type = "Tensor")] x: JsValue,
     hidden: f64,
     #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    #[wasm_bindgen(unchecked_optional_param_type = "Tensor")] residual: JsValue,
 ) -> Result<Float64Array, JsError> {
-    let (x, hidden) = (float32_array("x", &x)?, count("hidden", hidden)?);
-    let parsed = parse_layer_options(hidden, &options)?;
-    let y = reference::layer_norm(
-        &x,
-        &parsed.config,
-        parsed.gain.as_deref(),
-        parsed.bias.as_deref(),
-    )
+    reference_call(x, hidden, options, residual, Kind::Layer)
+}
+
+fn reference_call(
+    x: JsValue,
+    hidden: f64,
+    options: JsValue,
+    residual: JsValue,
+    kind: Kind,
+) -> Result<Float64Array, JsError> {
+    let hidden = count("hidden", hidden)?;
+    let (norm, config, parsed) = parse_call(hidden, &options, kind)?;
+    let mut input = JsTensor::read("x", &x, config.dtype)?.values(config.dtype);
+    if !residual.is_undefined() && !residual.is_null() {
+        let r = JsTensor::read("residual", &residual, config.dtype)?.values(config.dtype);
+        if r.len() != input.len() {
+            return Err(JsError::new("residual must have as many elements as x"));
+        }
+        input = reference::residual_sum(&input, &r, config.dtype);
+    }
+    let (gain, bias) = parsed.weight_values(config.weight_dtype);
+    let y = match norm {
+        Norm::Rms => reference::rms_norm(&input, &config, gain.as_deref(), bias.as_deref()),
+        Norm::Layer => {
+            let layer = crate::config::LayerNormConfig::new(hidden)
+                .with_eps(config.eps)
+                .with_gain(config.gain)
+                .with_bias(config.bias)
+                .with_dtype(config.dtype)
+                .with_weight_dtype(config.weight_dtype);
+            reference::layer_norm(&input, &layer, gain.as_deref(), bias.as_deref())
+        }
+    }
     .map_err(to_js)?;
     Ok(Float64Array::from(y.as_slice()))
 }
 
-/// The largest absolute and relative errors of `actual` against `expected`, and whether
-/// every element is within the f32 tolerance (relative 1e-5, absolute 1e-6).
-#[wasm_bindgen(js_name = compareToReference, unchecked_return_type = "{ maxAbs: number, maxRel: number, pass: boolean }")]
-pub fn compare_to_reference(actual: &[f32], expected: &[f64]) -> JsValue {
-    let stats = reference::compare(
-        actual,
+/// The largest absolute, relative and ulp errors of `actual` (a tensor of `dtype`, default
+/// "f32") against `expected`, and whether every element passes: within the f32 tolerance
+/// (relative 1e-5, absolute 1e-6) for f32, a rounding of a value within it for f16 and
+/// bf16.
+#[wasm_bindgen(js_name = compareToReference, unchecked_return_type = "{ maxAbs: number, maxRel: number, maxUlps: number, pass: boolean }")]
+pub fn compare_to_reference(
+    #[wasm_bindgen(unchecked_param_type = "Tensor")] actual: JsValue,
+    expected: &[f64],
+    #[wasm_bindgen(unchecked_optional_param_type = "DType")] dtype: JsValue,
+) -> Result<JsValue, JsError> {
+    let dtype = match dtype.as_string() {
+        None if dtype.is_undefined() => DType::F32,
+        Some(name) => DType::from_name(&name)
+            .ok_or_else(|| JsError::new("dtype must be \"f32\", \"f16\" or \"bf16\""))?,
+        None => return Err(JsError::new("dtype must be a string")),
+    };
+    let actual = JsTensor::read("actual", &actual, dtype)?.values(dtype);
+    let stats = reference::compare_rounded(
+        &actual,
         expected,
+        dtype,
         reference::F32_ABS_TOL,
         reference::F32_REL_TOL,
     );
     let object = Object::new();
     set(&object, "maxAbs", &stats.max_abs.into());
     set(&object, "maxRel", &stats.max_rel.into());
+    set(&object, "maxUlps", &stats.max_ulps.into());
     set(&object, "pass", &(stats.failures == 0).into());
-    object.into()
+    Ok(object.into())
+}
+
+/// `values` rounded to `dtype` (nearest, ties to even): a Float32Array for "f32", a
+/// Uint16Array of the elements' bits for "f16" and "bf16".
+#[wasm_bindgen(js_name = toDType, unchecked_return_type = "Tensor")]
+pub fn to_dtype(values: &[f32], dtype: &str) -> Result<JsValue, JsError> {
+    let dtype = DType::from_name(dtype)
+        .ok_or_else(|| JsError::new("dtype must be \"f32\", \"f16\" or \"bf16\""))?;
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => bytemuck::cast_slice(values).to_vec(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| crate::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+        DType::Bf16 => values
+            .iter()
+            .flat_map(|&v| crate::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+    };
+    let kind = match dtype {
+        DType::F32 => tensors::ArrayKind::Float32,
+        _ => tensors::ArrayKind::Uint16,
+    };
+    tensors::to_js(&bytes, kind)
 }
 
 /// Deterministic test data in [-amplitude, amplitude), the same as the Rust side's.

@@ -1,11 +1,12 @@
 //! The JavaScript options objects, checked key by key into the crate's configs: a typo or a
 //! wrong type is an error that names the option, never silently ignored.
 
+use super::tensors::JsTensor;
 use crate::adapter::AdapterChoice;
 use crate::config::{EpsMode, Gain, LayerNormConfig, PartialRms, RmsNormConfig};
-use crate::context::Weights;
+use crate::dtype::DType;
 use crate::kernel::{KernelOptions, Reduction};
-use js_sys::{Float32Array, Object, Reflect};
+use js_sys::{Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 pub(super) fn parse_create_options(
@@ -98,22 +99,31 @@ fn check_keys(options: &JsValue, known: &[&str]) -> Result<(), JsError> {
 /// A config with the weights it was given.
 pub(super) struct Parsed<C> {
     pub(super) config: C,
-    pub(super) gain: Option<Vec<f32>>,
-    pub(super) bias: Option<Vec<f32>>,
+    pub(super) gain: Option<JsTensor>,
+    pub(super) bias: Option<JsTensor>,
 }
 
 impl<C> Parsed<C> {
-    pub(super) fn weights(&self) -> Weights<'_> {
-        Weights {
-            gain: self.gain.as_deref(),
-            bias: self.bias.as_deref(),
-        }
+    /// The gain and bias widened to f32, for the reference.
+    pub(super) fn weight_values(&self, dtype: DType) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let values = |t: &Option<JsTensor>| t.as_ref().map(|t| t.values(dtype));
+        (values(&self.gain), values(&self.bias))
     }
 }
 
 pub(super) type ParsedOptions = Parsed<RmsNormConfig>;
 
-const KNOWN_OPTIONS: [&str; 7] = ["gain", "gainOffset", "bias", "eps", "epsMode", "p", "k"];
+const KNOWN_OPTIONS: [&str; 9] = [
+    "gain",
+    "gainOffset",
+    "bias",
+    "eps",
+    "epsMode",
+    "p",
+    "k",
+    "dtype",
+    "weightDtype",
+];
 
 /// `p` or `k` of pRmsNorm, neither for rmsNorm.
 fn parse_partial(partial: bool, p: Option<f64>, k: Option<f64>) -> Result<PartialRms, JsError> {
@@ -166,15 +176,29 @@ pub(super) fn parse_options(
             .map(Some)
             .ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
     };
-    let vector = |key: &str| -> Result<Option<Vec<f32>>, JsError> {
+    let dtype = |key: &str| -> Result<Option<DType>, JsError> {
         let value = get(key);
         if value.is_undefined() {
             return Ok(None);
         }
         value
-            .dyn_into::<Float32Array>()
-            .map(|a| Some(a.to_vec()))
-            .map_err(|_| JsError::new(&format!("option {key} must be a Float32Array")))
+            .as_string()
+            .and_then(|name| DType::from_name(&name))
+            .map(Some)
+            .ok_or_else(|| {
+                JsError::new(&format!(
+                    "option {key} must be \"f32\", \"f16\" or \"bf16\""
+                ))
+            })
+    };
+    config.dtype = dtype("dtype")?.unwrap_or(DType::F32);
+    config.weight_dtype = dtype("weightDtype")?.unwrap_or(config.dtype);
+    let vector = |key: &str| -> Result<Option<JsTensor>, JsError> {
+        let value = get(key);
+        if value.is_undefined() {
+            return Ok(None);
+        }
+        JsTensor::read(&format!("option {key}"), &value, config.weight_dtype).map(Some)
     };
     if let Some(eps) = number("eps")? {
         config.eps = eps as f32;
@@ -232,6 +256,8 @@ pub(super) fn parse_layer_options(
     let config = LayerNormConfig::new(hidden)
         .with_gain(rms.gain)
         .with_bias(rms.bias)
+        .with_dtype(rms.dtype)
+        .with_weight_dtype(rms.weight_dtype)
         .with_eps(if eps_given {
             rms.eps
         } else {
@@ -260,19 +286,8 @@ pub(crate) fn count(name: &str, value: f64) -> Result<u32, JsError> {
     }
 }
 
-/// A Float32Array's values; anything else is refused by name and type.
-pub(crate) fn float32_array(name: &str, value: &JsValue) -> Result<Vec<f32>, JsError> {
-    match value.dyn_ref::<Float32Array>() {
-        Some(array) => Ok(array.to_vec()),
-        None => Err(JsError::new(&format!(
-            "{name} must be a Float32Array, not {}: convert it with new Float32Array(...)",
-            type_name(value)
-        ))),
-    }
-}
-
 /// What a JS value is, for messages: its constructor's name, or its typeof.
-fn type_name(value: &JsValue) -> String {
+pub(super) fn type_name(value: &JsValue) -> String {
     let constructor = value
         .is_object()
         .then(|| Reflect::get(value, &"constructor".into()).ok())

@@ -50,6 +50,32 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm", "LayerNorm"]);
   for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} failed verification`);
 
+  // f16 and bf16 with the fused residual add, on odd rows (packed words shared by rows).
+  for (const [dtype, weights] of [["f16", "f32"], ["bf16", ""]]) {
+    await page.fill("#rows", "64");
+    await page.fill("#hidden", "4097");
+    await page.selectOption("#dtype", dtype);
+    await page.selectOption("#weight-dtype", weights);
+    await page.check("#residual");
+    await page.click("#run");
+    await page.waitForSelector("body[data-state=done], body[data-state=error]", { timeout: 200_000 });
+    assert.equal(await page.getAttribute("body", "data-state"), "done", await page.textContent("#status"));
+    const fused = await page.$$eval("#results tbody tr", (trs) =>
+      trs.map((tr) => ({ cells: [...tr.children].map((td) => td.textContent), pass: tr.dataset.pass })));
+    console.log(`results (64 x 4097 ${dtype}, residual):`);
+    console.log("kernel | dtype | k | GPU ms | GB/s | max abs err | max rel err | max ulps | check");
+    for (const row of fused) console.log(row.cells.join(" | "));
+    assert.deepEqual(fused.map((r) => r.cells[0]),
+      ["RMSNorm + residual", "pRMSNorm + residual", "LayerNorm + residual"]);
+    for (const row of fused) {
+      assert.equal(row.pass, "true", `${row.cells[0]} ${dtype} failed verification`);
+      assert.ok(Number(row.cells[7]) <= 1, `${row.cells[0]} ${dtype}: ${row.cells[7]} ulps`);
+    }
+  }
+  await page.selectOption("#dtype", "f32");
+  await page.selectOption("#weight-dtype", "");
+  await page.uncheck("#residual");
+
   assert.equal(await page.locator("#sweep svg path.series").count(), 3, "sweep chart has every kernel");
   assert.equal(await page.locator("#invariance svg path.series").count(), 3);
   const scaled = Number(await page.getAttribute("#invariance-summary", "data-scaled"));

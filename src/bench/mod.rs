@@ -5,10 +5,19 @@
 //! - `sol_copy`: effective bandwidth over that of `copy_buffer_to_buffer` of the same bytes;
 //! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`,
 //!   workgroup sizes 8, 64, 256);
-//! - effective bandwidth = (x read + y written) / time.
+//! - effective bandwidth = bytes moved / time: x read and y written (x counted once
+//!   where a kernel reads it twice), and with the residual add r read and h written.
+//!
+//! [`bench_formats`] measures the element types and the fused residual add (against an
+//! add kernel followed by RMSNorm) on one shape.
+
+mod formats;
+
+pub use formats::bench_formats;
 
 use crate::config::{LayerNormConfig, PartialRms, RmsNormConfig};
 use crate::context::{GpuContext, Weights};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{BufferRegion, LayerNorm, PreparedDispatch, RmsNorm, RmsNormBuffers};
 use crate::reference::{self, F32_ABS_TOL, F32_REL_TOL};
@@ -53,6 +62,15 @@ pub struct Measurement {
     pub sol_kernel: f64,
     /// GPU bytes the high-level API held for this call (0 for the copies).
     pub library_bytes: u64,
+    /// Element type of the activations (for a copy: of the tensor it copies).
+    pub dtype: DType,
+    /// Element type of the weights.
+    pub weight_dtype: DType,
+    /// "none", "fused" (the residual add in the kernel) or "unfused" (an add kernel, then
+    /// the normalization).
+    pub residual: &'static str,
+    /// Bytes moved per call, as counted for `gbps`.
+    pub bytes: u64,
 }
 
 /// The timer the benchmarks use: timestamps where they can bracket copies too, else the
@@ -187,7 +205,7 @@ async fn layer_contestant(
 
 /// The median seconds of each contestant. Samples are taken round-robin, so that a slow
 /// spell of a shared machine slows every contestant alike and the ratios stay fair.
-async fn round_robin_medians(
+pub(crate) async fn round_robin_medians(
     gpu: &GpuContext,
     timer: &GpuTimer,
     contestants: usize,
@@ -244,6 +262,10 @@ fn measurements(
         sol_copy: copy_engine / seconds,
         sol_kernel: copy_kernel / seconds,
         library_bytes,
+        dtype: DType::F32,
+        weight_dtype: DType::F32,
+        residual: "none",
+        bytes: 2 * bytes,
     };
     let mut out = vec![
         measurement("copy", None, "copy_buffer_to_buffer".into(), copy_engine, 0),
@@ -315,19 +337,19 @@ pub async fn round_trips(gpu: &GpuContext, count: usize) -> Result<(f64, f64)> {
     Ok((median(calls), median(empties)))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `shaders/copy_vec4.wgsl` bound to a source and a destination.
-struct CopyKernel {
+pub(crate) struct CopyKernel {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
 }
 
 impl CopyKernel {
-    fn new(
+    pub(crate) fn new(
         device: &wgpu::Device,
         workgroup_size: u32,
         src: &wgpu::Buffer,
@@ -368,7 +390,7 @@ impl CopyKernel {
         }
     }
 
-    fn encode(
+    pub(crate) fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         groups: u32,
