@@ -62,3 +62,19 @@ fn f16_round(v: f32) -> f32 {
 fn bf16_round(v: f32) -> f32 {
     return bf16_to_f32(f32_to_bf16(v));
 }
+
+// f32 -> f16 bits for a value that is an f16 already (h = x + r, rounded when it was made):
+// no rounding to do.
+fn f16_bits_of(v: f32) -> u32 {
+    let bits = bitcast<u32>(v);
+    let sign = (bits >> 16u) & 0x8000u;
+    let a = bits & 0x7fffffffu;
+    var magnitude = select(u32(abs(v) * 16777216.0), (a - 0x38000000u) >> 13u, a >= 0x38800000u);
+    magnitude = select(magnitude, 0x7c00u | ((a >> 13u) & 0x3ffu), a >= 0x7f800000u);
+    return sign | magnitude;
+}
+
+// f32 -> bf16 bits for a value that is a bf16 already: its top half.
+fn bf16_bits_of(v: f32) -> u32 {
+    return bitcast<u32>(v) >> 16u;
+}

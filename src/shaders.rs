@@ -350,11 +350,11 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
         ResidualIo::Add => tensor("r", BINDING_RESIDUAL, act, elem, Access::Load) + absent_sum,
         ResidualIo::StoreSum => {
             tensor("r", BINDING_RESIDUAL, act, elem, Access::Load)
-                + &tensor("sum", BINDING_SUM, act, elem, Access::LoadStore)
+                + &tensor("sum", BINDING_SUM, act, elem, Access::LoadStoreExact)
         }
         // The sum is r's binding.
         ResidualIo::StoreSumInPlace => {
-            tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStore)
+            tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStoreExact)
                 + "fn sum_load(i: u32) -> Elem {\n    return r_load(i);\n}\n\
                    fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
         }
@@ -367,8 +367,13 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Load,
+    /// Stores values that need rounding to the format (y).
     Store,
-    LoadStore,
+    /// Stores values that are of the format already (the sum h, rounded when it was made),
+    /// converted without rounding.
+    StoreExact,
+    /// Loads, and stores values of the format (r, when h is stored over it; the sum).
+    LoadStoreExact,
 }
 
 /// `f` applied to each f32 of the Elem `v`.
@@ -385,6 +390,7 @@ fn elem_map(elem: ElemLayout, f: &str, v: &str) -> String {
 /// are written with atomic and/or on the element's own half, never a read-modify-write.
 fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: Access) -> String {
     let writes = access != Access::Load;
+    let exact = matches!(access, Access::StoreExact | Access::LoadStoreExact);
     let scalar = elem == ElemLayout::Scalar;
     let array = match (storage, elem) {
         (Storage::F32, _) => "Elem",
@@ -397,11 +403,13 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
     let mode = if writes { "read_write" } else { "read" };
     let mut code =
         format!("@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{array}>;\n");
-    let (to_f32, from_f32) = match storage {
-        Storage::PackedBf16 => ("bf16_to_f32", "f32_to_bf16"),
-        _ => ("f16_to_f32", "f32_to_f16"),
+    let (to_f32, from_f32) = match (storage, exact) {
+        (Storage::PackedBf16, false) => ("bf16_to_f32", "f32_to_bf16"),
+        (Storage::PackedBf16, true) => ("bf16_to_f32", "bf16_bits_of"),
+        (_, false) => ("f16_to_f32", "f32_to_f16"),
+        (_, true) => ("f16_to_f32", "f16_bits_of"),
     };
-    if access != Access::Store {
+    if matches!(access, Access::Load | Access::LoadStoreExact) {
         let body = match storage {
             Storage::F32 => format!("return {name}[i];"),
             Storage::F16 if scalar => format!("return f32({name}[i]);"),
@@ -426,6 +434,11 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
     if writes {
         let body = match storage {
             Storage::F32 => format!("{name}[i] = v;"),
+            // An f16 already: the conversion is exact.
+            Storage::F16 if exact => format!(
+                "{name}[i] = {}(v);",
+                if scalar { "f16" } else { "vec4<f16>" }
+            ),
             // Rounded to the nearest f16 first, so that the conversion is exact.
             Storage::F16 if scalar => format!("{name}[i] = f16(f16_round(v));"),
             Storage::F16 => format!(
@@ -460,7 +473,13 @@ pub fn compose_residual_add(storage: Storage, workgroup_size: u32) -> ComposedSh
     let elem = ElemLayout::Vec4;
     source.push_str(&tensor("x", BINDING_X, storage, elem, Access::Load));
     source.push_str(&tensor("r", BINDING_RESIDUAL, storage, elem, Access::Load));
-    source.push_str(&tensor("sum", BINDING_SUM, storage, elem, Access::Store));
+    source.push_str(&tensor(
+        "sum",
+        BINDING_SUM,
+        storage,
+        elem,
+        Access::StoreExact,
+    ));
     source.push_str(&act_round_code(storage, elem));
     let mut parts = vec![(1, "<prelude>")];
     for file in [ELEM_VEC4, FORMATS, RESIDUAL_ADD] {

@@ -16,6 +16,8 @@ const CALLS_PER_TIMING = 3;
 // Shapes of the benchmark panel: those of the native benchmark that keep a software
 // adapter's tab responsive (at most 4M values).
 const BENCH_SHAPES = [[1, 4096], [64, 4096], [1024, 4096], [4096, 1024], [16384, 128]];
+// Shapes of the element types and residual table: small, and 16 MiB of f32.
+const FORMAT_SHAPES = [[64, 4096], [1024, 4096]];
 
 const $ = (id) => document.getElementById(id);
 const setState = (state) => { document.body.dataset.state = state; };
@@ -81,12 +83,7 @@ const sameBits = (a, b) => a.length === b.length &&
     .every((v, i) => v === new Uint8Array(b.buffer, b.byteOffset, b.byteLength)[i]);
 
 function resultRow(cells, pass) {
-  const tr = document.createElement("tr");
-  for (const text of cells) {
-    const td = document.createElement("td");
-    td.textContent = text;
-    tr.append(td);
-  }
+  const tr = tableRow(cells);
   const check = document.createElement("td");
   check.className = pass ? "pass" : "fail";
   check.textContent = pass ? "✓ pass" : "✗ FAIL";
@@ -239,18 +236,13 @@ async function runBenchmark(normalizer) {
     $("bench-status").className = "busy";
     const records = await normalizer.benchmark(rows, hidden);
     for (const r of records) {
-      const tr = document.createElement("tr");
-      for (const text of [`${rows} x ${hidden}`, r.kernel, r.p ?? "", r.variant, r.medianMs.toFixed(3),
-        r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]) {
-        const td = document.createElement("td");
-        td.textContent = String(text);
-        tr.append(td);
-      }
-      body.append(tr);
+      body.append(tableRow([`${rows} x ${hidden}`, r.kernel, r.p ?? "", r.variant, r.medianMs.toFixed(3),
+        r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]));
     }
     const ms = (kernel) => records.find((r) => r.kernel === kernel && r.p === null)?.medianMs;
     ratios.push(`${rows} x ${hidden}: ${(ms("RMSNorm") / ms("LayerNorm")).toFixed(2)}`);
   }
+  await runFormatBenchmark(normalizer);
   $("bench-status").textContent = "Measuring round trips…";
   const trips = await normalizer.roundTrips();
   $("bench-summary").textContent = `RMSNorm / LayerNorm time: ${ratios.join("; ")}. ` +
@@ -259,6 +251,39 @@ async function runBenchmark(normalizer) {
   $("bench-status").textContent = "Done.";
   $("bench-status").className = "";
   $("bench-panel").dataset.done = "true";
+}
+
+function tableRow(cells) {
+  const tr = document.createElement("tr");
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = String(text);
+    tr.append(td);
+  }
+  return tr;
+}
+
+async function runFormatBenchmark(normalizer) {
+  const body = $("bench-formats").querySelector("tbody");
+  body.replaceChildren();
+  const notes = [];
+  for (const [rows, hidden] of FORMAT_SHAPES) {
+    $("bench-status").textContent = `Measuring element types and the residual add on ${rows} x ${hidden}…`;
+    const records = await normalizer.benchmarkFormats(rows, hidden);
+    for (const r of records) {
+      body.append(tableRow([`${rows} x ${hidden}`, r.kernel, r.dtype, r.residual, r.variant,
+        r.medianMs.toFixed(3), r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]));
+    }
+    const find = (dtype, residual) =>
+      records.find((r) => r.kernel === "RMSNorm" && r.dtype === dtype && r.residual === residual);
+    for (const dtype of ["f32", "f16", "bf16"]) {
+      const speedup = find(dtype, "unfused").medianMs / find(dtype, "fused").medianMs;
+      const sol = find(dtype, "none").solKernel / find("f32", "none").solKernel;
+      notes.push(`${rows} x ${hidden} ${dtype}: fused ${speedup.toFixed(2)}x the unfused, ` +
+        `sol_kernel ${sol.toFixed(2)}x f32's`);
+    }
+  }
+  $("bench-formats-summary").textContent = notes.join("; ") + ".";
 }
 
 async function runInvariance(normalizer) {

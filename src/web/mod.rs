@@ -270,23 +270,28 @@ impl Normalizer {
             let measured = crate::bench::bench_shape(&gpu, &timer, rows, hidden, &options)
                 .await
                 .map_err(|e| JsValue::from(to_js(e)))?;
-            let records = Array::new();
-            for m in measured {
-                let object = Object::new();
-                set(&object, "rows", &rows.into());
-                set(&object, "hidden", &hidden.into());
-                set(&object, "kernel", &m.kernel.into());
-                set(&object, "p", &m.p.map_or(JsValue::NULL, JsValue::from));
-                set(&object, "variant", &m.variant.into());
-                set(&object, "medianMs", &(m.seconds * 1e3).into());
-                set(&object, "gbps", &m.gbps.into());
-                set(&object, "solCopy", &m.sol_copy.into());
-                set(&object, "solKernel", &m.sol_kernel.into());
-                set(&object, "dtype", &m.dtype.name().into());
-                set(&object, "residual", &m.residual.into());
-                records.push(&object);
-            }
-            Ok(records.into())
+            Ok(benchmark_records(rows, hidden, measured))
+        })
+    }
+
+    /// Times RMSNorm in f32, f16 and bf16, fused with the residual add and unfused (an add
+    /// kernel, then RMSNorm), next to copies of tensors of each element size, on
+    /// `rows x hidden` (hidden a multiple of 4), like `cargo xtask bench`'s second table.
+    #[wasm_bindgen(js_name = benchmarkFormats, unchecked_return_type = "Promise<BenchmarkRecord[]>")]
+    pub fn benchmark_formats(&self, rows: f64, hidden: f64) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let rows = count("rows", rows)?;
+            let hidden = count("hidden", hidden)?;
+            let options = crate::bench::BenchOptions {
+                samples: 5,
+                min_sample_seconds: 0.05,
+            };
+            let timer = crate::timing::GpuTimer::wall_clock();
+            let measured = crate::bench::bench_formats(&gpu, &timer, rows, hidden, &options)
+                .await
+                .map_err(|e| JsValue::from(to_js(e)))?;
+            Ok(benchmark_records(rows, hidden, measured))
         })
     }
 
@@ -537,6 +542,27 @@ async fn browser_adapter_info() -> Result<(String, String, bool), JsValue> {
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     Ok((field("vendor"), field("architecture"), fallback))
+}
+
+/// Benchmark measurements as `BenchmarkRecord` objects.
+fn benchmark_records(rows: u32, hidden: u32, measured: Vec<crate::bench::Measurement>) -> JsValue {
+    let records = Array::new();
+    for m in measured {
+        let object = Object::new();
+        set(&object, "rows", &rows.into());
+        set(&object, "hidden", &hidden.into());
+        set(&object, "kernel", &m.kernel.into());
+        set(&object, "p", &m.p.map_or(JsValue::NULL, JsValue::from));
+        set(&object, "variant", &m.variant.into());
+        set(&object, "medianMs", &(m.seconds * 1e3).into());
+        set(&object, "gbps", &m.gbps.into());
+        set(&object, "solCopy", &m.sol_copy.into());
+        set(&object, "solKernel", &m.sol_kernel.into());
+        set(&object, "dtype", &m.dtype.name().into());
+        set(&object, "residual", &m.residual.into());
+        records.push(&object);
+    }
+    records.into()
 }
 
 /// Which JS call a promise serves.

@@ -93,6 +93,12 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   for (const line of bench) console.log(line);
   console.log(await page.textContent("#bench-summary"));
   assert.equal(bench.length, 5 * 6, "5 shapes x (2 copies, RMSNorm, 2 pRMSNorm, LayerNorm)");
+  const formats = await page.$$eval("#bench-formats tbody tr", (trs) =>
+    trs.map((tr) => [...tr.children].map((td) => td.textContent).join(" | ")));
+  console.log("element types and the residual add: shape | kernel | dtype | residual | variant | ms | GB/s | sol_copy | sol_kernel");
+  for (const line of formats) console.log(line);
+  console.log(await page.textContent("#bench-formats-summary"));
+  assert.equal(formats.length, 2 * 3 * 5, "2 shapes x 3 dtypes x (2 copies, RMSNorm, fused, unfused)");
 
   mkdirSync(screenshots, { recursive: true });
   const path = `${screenshots}/demo.png`;
