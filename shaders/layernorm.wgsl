@@ -35,8 +35,10 @@ fn layer_norm(
         let b = elem_first(load_input(row_offset + params.row_len / 2u));
         let c = elem_first(load_input(row_offset + params.row_len - 1u));
         let shift = max(min(a, b), min(max(a, b), c));
-        // Every invocation has read the three elements before any stores h (over r, maybe).
+        // Every invocation has read the three elements before any stores h (over r, maybe):
+        // storage memory is ordered by storageBarrier, not by workgroupBarrier alone.
         if (STORES_SUM) {
+            storageBarrier();
             workgroupBarrier();
         }
 

@@ -520,7 +520,10 @@ impl GpuContext {
             hidden: config.hidden,
         };
         let rows = u32::try_from(rows).map_err(|_| too_large.clone())?;
-        if data.x.len() as u64 > self.device.limits().max_buffer_size {
+        // The staging buffer holds the output, and the sum behind it where there is one.
+        let outputs = if config.residual.stores_sum() { 2 } else { 1 };
+        let staging = (data.x.len() as u64).next_multiple_of(4) * outputs;
+        if staging > self.device.limits().max_buffer_size {
             return Err(too_large);
         }
         Ok(rows)
@@ -651,21 +654,30 @@ impl GpuContext {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let residual_bytes = if sizes.residual { sizes.tensor } else { 4 };
+        // The staging buffer holds the output, and behind it the sum where there is one.
+        let staging_bytes = if sizes.residual { 2 } else { 1 } * sizes.tensor;
         let fits = |s: &Scratch| {
             s.input.size() >= sizes.tensor
                 && s.weights.size() >= sizes.weights
                 && s.residual.size() >= residual_bytes
+                && s.staging.size() >= staging_bytes
         };
         match taken {
             Some(s) if fits(&s) => s,
             previous => {
-                let (old_tensor, old_weights, old_residual) = previous.map_or((0, 0, 0), |s| {
-                    (s.input.size(), s.weights.size(), s.residual.size())
+                let old = previous.map_or([0; 4], |s| {
+                    [
+                        s.input.size(),
+                        s.weights.size(),
+                        s.residual.size(),
+                        s.staging.size(),
+                    ]
                 });
                 // Exactly what is asked (at most max_buffer_size), never rounded past it.
-                let tensor = sizes.tensor.max(old_tensor);
-                let weights = sizes.weights.max(old_weights);
-                let residual = residual_bytes.max(old_residual);
+                let tensor = sizes.tensor.max(old[0]);
+                let weights = sizes.weights.max(old[1]);
+                let residual = residual_bytes.max(old[2]);
+                let staging = staging_bytes.max(old[3]);
                 let buffer = |label, size, usage| {
                     self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(label),
@@ -676,8 +688,6 @@ impl GpuContext {
                 };
                 use wgpu::BufferUsages as U;
                 let readable = U::STORAGE | U::COPY_DST | U::COPY_SRC;
-                // The staging buffer holds the output, and the sum where there is a residual.
-                let staging = if residual > 4 { 2 * tensor } else { tensor };
                 Scratch {
                     input: buffer("rmsnorm input", tensor, U::STORAGE | U::COPY_DST),
                     output: buffer("rmsnorm output", tensor, U::STORAGE | U::COPY_SRC),

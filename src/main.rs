@@ -57,71 +57,14 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         let mut it = std::env::args().skip(1);
         let mut weight_dtype = None;
         while let Some(flag) = it.next() {
-            if flag == "--help" || flag == "-h" {
-                return Err(String::new());
-            }
-            if flag == "--bias" {
-                args.config.bias = true;
-                continue;
-            }
-            if flag == "--residual" {
-                args.config.residual = Residual::AddStoreSum;
-                continue;
-            }
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let bad = |what: &str| format!("{flag} {value}: {what}");
-            let number = |v: &str| v.parse::<f64>().map_err(|_| bad("not a number"));
-            let count = |v: &str| v.parse::<u32>().map_err(|_| bad("not a whole number >= 0"));
             match flag.as_str() {
-                "--rows" => args.rows = count(&value)?,
-                "--hidden" => args.config.hidden = count(&value)?,
-                "--p" => args.partial = PartialRms::Fraction(number(&value)?),
-                "--k" => args.partial = PartialRms::Count(count(&value)?),
-                "--eps" => args.config.eps = number(&value)? as f32,
-                "--eps-mode" => {
-                    args.config.eps_mode = match value.as_str() {
-                        "inside" => EpsMode::InsideRoot,
-                        "add" => EpsMode::AddedToRms,
-                        _ => return Err(bad("use inside or add")),
-                    }
+                "--help" | "-h" => return Err(String::new()),
+                "--bias" => args.config.bias = true,
+                "--residual" => args.config.residual = Residual::AddStoreSum,
+                _ => {
+                    let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                    apply_flag(&mut args, &mut weight_dtype, &flag, &value)?;
                 }
-                "--gain" => {
-                    args.config.gain = match value.as_str() {
-                        "none" => Gain::None,
-                        "scale" => Gain::Scale,
-                        "unit-offset" => Gain::UnitOffset,
-                        _ => return Err(bad("use none, scale or unit-offset")),
-                    }
-                }
-                "--reduction" => {
-                    args.options.reduction = match value.as_str() {
-                        "auto" => Reduction::Auto,
-                        "tree" => Reduction::WorkgroupTree,
-                        "subgroups" => Reduction::Subgroups,
-                        "single-subgroup" => Reduction::SingleSubgroup,
-                        _ => return Err(bad("use auto, tree, subgroups or single-subgroup")),
-                    }
-                }
-                "--workgroup-size" => args.options.workgroup_size = Some(count(&value)?),
-                "--f16" => {
-                    args.options.native_f16 = match value.as_str() {
-                        "native" => Some(true),
-                        "packed" => Some(false),
-                        _ => return Err(bad("use native or packed")),
-                    }
-                }
-                "--dtype" | "--weight-dtype" => {
-                    let dtype =
-                        DType::from_name(&value).ok_or_else(|| bad("use f32, f16 or bf16"))?;
-                    if flag == "--dtype" {
-                        args.config.dtype = dtype;
-                        weight_dtype.get_or_insert(dtype);
-                    } else {
-                        weight_dtype = Some(dtype);
-                    }
-                }
-                "--samples" => args.samples = count(&value)?.max(1) as usize,
-                _ => return Err(format!("unknown option {flag}")),
             }
         }
         args.config.weight_dtype = weight_dtype.unwrap_or(args.config.dtype);
@@ -131,6 +74,76 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             .validate()
             .map_err(|e| e.to_string())?;
         Ok(args)
+    }
+
+    /// One `flag value` pair into `args` (`--weight-dtype` into `weight_dtype`).
+    fn apply_flag(
+        args: &mut Args,
+        weight_dtype: &mut Option<DType>,
+        flag: &str,
+        value: &str,
+    ) -> Result<(), String> {
+        let bad = |what: &str| format!("{flag} {value}: {what}");
+        let number = || value.parse::<f64>().map_err(|_| bad("not a number"));
+        let count = || {
+            value
+                .parse::<u32>()
+                .map_err(|_| bad("not a whole number >= 0"))
+        };
+        // One of the named values.
+        fn choice<T: Copy>(flag: &str, value: &str, named: &[(&str, T)]) -> Result<T, String> {
+            let found = named.iter().find(|(name, _)| *name == value);
+            found.map(|&(_, v)| v).ok_or_else(|| {
+                let names: Vec<&str> = named.iter().map(|(name, _)| *name).collect();
+                format!("{flag} {value}: use one of {}", names.join(", "))
+            })
+        }
+        let dtypes = [
+            ("f32", DType::F32),
+            ("f16", DType::F16),
+            ("bf16", DType::Bf16),
+        ];
+        match flag {
+            "--rows" => args.rows = count()?,
+            "--hidden" => args.config.hidden = count()?,
+            "--p" => args.partial = PartialRms::Fraction(number()?),
+            "--k" => args.partial = PartialRms::Count(count()?),
+            "--eps" => args.config.eps = number()? as f32,
+            "--eps-mode" => {
+                let modes = [
+                    ("inside", EpsMode::InsideRoot),
+                    ("add", EpsMode::AddedToRms),
+                ];
+                args.config.eps_mode = choice(flag, value, &modes)?;
+            }
+            "--gain" => {
+                let gains = [
+                    ("none", Gain::None),
+                    ("scale", Gain::Scale),
+                    ("unit-offset", Gain::UnitOffset),
+                ];
+                args.config.gain = choice(flag, value, &gains)?;
+            }
+            "--reduction" => {
+                let reductions = [
+                    ("auto", Reduction::Auto),
+                    ("tree", Reduction::WorkgroupTree),
+                    ("subgroups", Reduction::Subgroups),
+                    ("single-subgroup", Reduction::SingleSubgroup),
+                ];
+                args.options.reduction = choice(flag, value, &reductions)?;
+            }
+            "--workgroup-size" => args.options.workgroup_size = Some(count()?),
+            "--f16" => {
+                let implementations = [("native", Some(true)), ("packed", Some(false))];
+                args.options.native_f16 = choice(flag, value, &implementations)?;
+            }
+            "--dtype" => args.config.dtype = choice(flag, value, &dtypes)?,
+            "--weight-dtype" => *weight_dtype = Some(choice(flag, value, &dtypes)?),
+            "--samples" => args.samples = count()?.max(1) as usize,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+        Ok(())
     }
 
     pub fn main() -> ExitCode {

@@ -146,7 +146,9 @@ pub struct ErrorStats {
     /// Elements outside `abs_tol + rel_tol * |expected|` (NaN counts as outside); for a
     /// 16-bit output, elements that are not a rounding of a value within that tolerance.
     pub failures: usize,
-    /// max |actual - expected| in units in the last place of the output type at `expected`.
+    /// max |actual - expected| in units in the last place of the output type at
+    /// `expected`, over the same elements as `max_rel` (near zero the absolute tolerance
+    /// governs, and an ulp there says nothing).
     pub max_ulps: f64,
 }
 
@@ -168,9 +170,9 @@ pub fn compare(actual: &[f32], expected: &[f64], abs_tol: f64, rel_tol: f64) -> 
             continue;
         }
         stats.max_abs = stats.max_abs.max(err);
-        stats.max_ulps = stats.max_ulps.max(err / DType::F32.ulp(e));
         if e != 0.0 && e.abs() * rel_tol >= abs_tol {
             stats.max_rel = stats.max_rel.max(err / e.abs());
+            stats.max_ulps = stats.max_ulps.max(err / DType::F32.ulp(e));
         }
     }
     stats
@@ -212,9 +214,9 @@ pub fn compare_rounded(
         }
         if err.is_finite() {
             stats.max_abs = stats.max_abs.max(err);
-            stats.max_ulps = stats.max_ulps.max(err / dtype.ulp(e));
             if e != 0.0 && e.abs() * rel_tol >= abs_tol {
                 stats.max_rel = stats.max_rel.max(err / e.abs());
+                stats.max_ulps = stats.max_ulps.max(err / dtype.ulp(e));
             }
         }
     }

@@ -28,7 +28,10 @@ fn bad_values_fail_before_any_work() {
         (&["--eps", "-1"], "eps = -1"),
         (&["--eps", "1e-40"], "subnormal"),
         (&["--rows", "-3"], "not a whole number"),
-        (&["--gain", "big"], "use none, scale or unit-offset"),
+        (&["--gain", "big"], "use one of none, scale, unit-offset"),
+        (&["--dtype", "f64"], "use one of f32, f16, bf16"),
+        (&["--weight-dtype", "half"], "use one of f32, f16, bf16"),
+        (&["--f16", "fast"], "use one of native, packed"),
         (&["--nonsense", "1"], "unknown option --nonsense"),
     ] {
         let (code, text, elapsed) = cli(args);

@@ -689,3 +689,33 @@ fn the_stored_sum_is_right_on_every_path() {
         }
     }
 }
+
+/// The high-level API's buffers for the smallest calls: one element, with and without the
+/// residual, in turn (the staging buffer must hold the output and the sum).
+#[test]
+fn the_smallest_residual_calls_work() {
+    let Some(turn) = gpu() else { return };
+    let plain = RmsNormConfig::new(1).with_eps(0.0);
+    let y = turn
+        .rms_norm_blocking(&[2.0f32], &plain, Weights::NONE)
+        .unwrap();
+    assert_eq!(y, [1.0]);
+    for residual in [Residual::AddStoreSum, Residual::AddStoreSumInPlace] {
+        let config = plain.with_residual(residual);
+        let out = turn
+            .rms_norm_residual_blocking(&[2.0f32], &[1.0], &config, Weights::NONE)
+            .unwrap();
+        assert_eq!(
+            (out.output, out.sum),
+            (vec![1.0], Some(vec![3.0])),
+            "{residual:?}"
+        );
+        let config = config.with_dtype(DType::F16);
+        let x = [f16::from_f32(-2.0)];
+        let out = turn
+            .rms_norm_residual_blocking(&x, &[f16::from_f32(0.5)], &config, Weights::NONE)
+            .unwrap();
+        assert_eq!(out.output, [f16::from_f32(-1.0)], "{residual:?}");
+        assert_eq!(out.sum, Some(vec![f16::from_f32(-1.5)]), "{residual:?}");
+    }
+}

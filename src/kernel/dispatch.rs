@@ -4,7 +4,7 @@ use super::pipelines::{
     BindingSet, Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS,
     BINDING_RESIDUAL, BINDING_SUM, BINDING_X, BINDING_Y,
 };
-use super::plan::{lanes, DeviceCaps, Launch, Plan};
+use super::plan::{lanes, DeviceCaps, Launch, LaunchChunk, Plan};
 use super::{BufferRegion, RmsNormBuffers};
 use crate::config::{Residual, RmsNormConfig};
 use crate::error::{Error, Result};
@@ -232,7 +232,7 @@ impl<'a> Bound<'a> {
         }
     }
 
-    fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
+    fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'a> {
         wgpu::BindGroupEntry {
             binding,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -254,65 +254,13 @@ pub(crate) fn bind_groups(
     launch: &Launch,
     buffers: &RmsNormBuffers<'_>,
 ) -> Result<Vec<wgpu::BindGroup>> {
-    let lanes = lanes(launch.elem);
-    let row_len = plan.hidden / lanes;
-    let k_len = plan.k.div_ceil(lanes);
-    let (act, weight) = (config.dtype.bytes(), config.weight_dtype.bytes());
-    let row_bytes = u64::from(plan.hidden) * act;
-    let vector_bytes = u64::from(plan.hidden) * weight;
-    let caps = &plan.caps;
     launch
         .chunks
         .iter()
         .map(|chunk| {
-            let start = chunk.first_row * row_bytes;
-            let bytes = u64::from(chunk.rows) * row_bytes;
-            let tensor = |region| Bound::new(caps, region, start, bytes, act);
-            let x = tensor(buffers.input);
-            let y = tensor(buffers.output);
-            let r = buffers.residual.map(tensor);
-            let sum = buffers.sum.map(tensor);
-            let vector = |region| Bound::new(caps, region, 0, vector_bytes, weight);
-            let gain = buffers.gain.map(vector);
-            let bias = buffers.bias.map(vector);
-            let base = |b: Option<Bound<'_>>| b.map_or(0, |b| b.base_elements / lanes);
-            let pieces = launch.split_pieces;
-            let params = Params {
-                rows: chunk.rows,
-                row_len,
-                k: plan.k,
-                k_f32: plan.k as f32,
-                eps: config.eps,
-                x_base: x.base_elements / lanes,
-                y_base: y.base_elements / lanes,
-                gain_base: base(gain),
-                bias_base: base(bias),
-                r_base: base(r),
-                // Written over r in place: the sum's base is r's.
-                sum_base: base(sum.or(r)),
-                chunks: pieces.unwrap_or(0),
-                k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
-                chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
-            };
+            let bound = ChunkBindings::new(plan, config, buffers, chunk);
+            let params = bound.params(plan, config, launch, chunk);
             let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
-            let mut entries = vec![
-                wgpu::BindGroupEntry {
-                    binding: BINDING_PARAMS,
-                    resource: params_buffer.as_entire_binding(),
-                },
-                x.entry(BINDING_X),
-                y.entry(BINDING_Y),
-            ];
-            for (binding, bound) in [
-                (BINDING_GAIN, &gain),
-                (BINDING_BIAS, &bias),
-                (BINDING_RESIDUAL, &r),
-                (BINDING_SUM, &sum),
-            ] {
-                if let Some(bound) = bound {
-                    entries.push(bound.entry(binding));
-                }
-            }
             let partials = (chunk.scratch_bytes > 0).then(|| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("rmsnorm split partials"),
@@ -320,6 +268,11 @@ pub(crate) fn bind_groups(
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
                 })
+            });
+            let mut entries = bound.entries();
+            entries.push(wgpu::BindGroupEntry {
+                binding: BINDING_PARAMS,
+                resource: params_buffer.as_entire_binding(),
             });
             if let Some(partials) = &partials {
                 entries.push(wgpu::BindGroupEntry {
@@ -335,6 +288,88 @@ pub(crate) fn bind_groups(
             }))
         })
         .collect()
+}
+
+/// The tensors of one chunk of a call, each bound to the chunk's part of its region.
+struct ChunkBindings<'a> {
+    x: Bound<'a>,
+    y: Bound<'a>,
+    gain: Option<Bound<'a>>,
+    bias: Option<Bound<'a>>,
+    r: Option<Bound<'a>>,
+    sum: Option<Bound<'a>>,
+}
+
+impl<'a> ChunkBindings<'a> {
+    fn new(
+        plan: &Plan,
+        config: &RmsNormConfig,
+        buffers: &RmsNormBuffers<'a>,
+        chunk: &LaunchChunk,
+    ) -> Self {
+        let (act, weight) = (config.dtype.bytes(), config.weight_dtype.bytes());
+        let row_bytes = u64::from(plan.hidden) * act;
+        let (start, bytes) = (
+            chunk.first_row * row_bytes,
+            u64::from(chunk.rows) * row_bytes,
+        );
+        let caps = &plan.caps;
+        let tensor = |region| Bound::new(caps, region, start, bytes, act);
+        let vector = |region| Bound::new(caps, region, 0, u64::from(plan.hidden) * weight, weight);
+        Self {
+            x: tensor(buffers.input),
+            y: tensor(buffers.output),
+            gain: buffers.gain.map(vector),
+            bias: buffers.bias.map(vector),
+            r: buffers.residual.map(tensor),
+            sum: buffers.sum.map(tensor),
+        }
+    }
+
+    /// The chunk's `Params`: bases in Elems of the launch's layout.
+    fn params(
+        &self,
+        plan: &Plan,
+        config: &RmsNormConfig,
+        launch: &Launch,
+        chunk: &LaunchChunk,
+    ) -> Params {
+        let lanes = lanes(launch.elem);
+        let (row_len, k_len) = (plan.hidden / lanes, plan.k.div_ceil(lanes));
+        let base = |b: Option<Bound<'_>>| b.map_or(0, |b| b.base_elements / lanes);
+        let pieces = launch.split_pieces;
+        Params {
+            rows: chunk.rows,
+            row_len,
+            k: plan.k,
+            k_f32: plan.k as f32,
+            eps: config.eps,
+            x_base: base(Some(self.x)),
+            y_base: base(Some(self.y)),
+            gain_base: base(self.gain),
+            bias_base: base(self.bias),
+            r_base: base(self.r),
+            // Written over r in place: the sum's base is r's.
+            sum_base: base(self.sum.or(self.r)),
+            chunks: pieces.unwrap_or(0),
+            k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
+            chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
+        }
+    }
+
+    /// The tensors' bind group entries (only those the call has).
+    fn entries(&self) -> Vec<wgpu::BindGroupEntry<'a>> {
+        let mut entries = vec![self.x.entry(BINDING_X), self.y.entry(BINDING_Y)];
+        for (binding, bound) in [
+            (BINDING_GAIN, self.gain),
+            (BINDING_BIAS, self.bias),
+            (BINDING_RESIDUAL, self.r),
+            (BINDING_SUM, self.sum),
+        ] {
+            entries.extend(bound.map(|b| b.entry(binding)));
+        }
+        entries
+    }
 }
 
 /// A uniform buffer holding `contents`, or [`Error::DeviceLost`] where the device can no

@@ -331,7 +331,9 @@ impl Plan {
                 limit: caps.max_storage_buffers_per_stage,
             });
         }
-        let row_bytes = u64::from(config.hidden) * config.dtype.bytes() + caps.binding_slack();
+        // A row of activations, or the gain or bias, in one binding.
+        let element_bytes = config.dtype.bytes().max(config.weight_dtype.bytes());
+        let row_bytes = u64::from(config.hidden) * element_bytes + caps.binding_slack();
         if row_bytes > caps.binding_limit() {
             return Err(Error::RowExceedsBindingLimit {
                 hidden: config.hidden,
@@ -575,8 +577,9 @@ fn tensor_io(
     elem: ElemLayout,
     cpu: bool,
 ) -> Result<TensorIo> {
+    let has_f16 = config.dtype == DType::F16 || config.weight_dtype == DType::F16;
     let native_f16 = match options.native_f16 {
-        Some(true) if !caps.shader_f16 => {
+        Some(true) if has_f16 && !caps.shader_f16 => {
             return Err(Error::UnsupportedOption {
                 option: "native_f16",
                 reason: "WGSL's f16 type needs Features::SHADER_F16, which this device lacks: \

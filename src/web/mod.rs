@@ -470,12 +470,7 @@ pub fn compare_to_reference(
     expected: &[f64],
     #[wasm_bindgen(unchecked_optional_param_type = "DType")] dtype: JsValue,
 ) -> Result<JsValue, JsError> {
-    let dtype = match dtype.as_string() {
-        None if dtype.is_undefined() => DType::F32,
-        Some(name) => DType::from_name(&name)
-            .ok_or_else(|| JsError::new("dtype must be \"f32\", \"f16\" or \"bf16\""))?,
-        None => return Err(JsError::new("dtype must be a string")),
-    };
+    let dtype = options::dtype_option(&dtype, "dtype")?.unwrap_or(DType::F32);
     let actual = JsTensor::read("actual", &actual, dtype)?.values(dtype);
     let stats = reference::compare_rounded(
         &actual,
@@ -496,8 +491,7 @@ pub fn compare_to_reference(
 /// Uint16Array of the elements' bits for "f16" and "bf16".
 #[wasm_bindgen(js_name = toDType, unchecked_return_type = "Tensor")]
 pub fn to_dtype(values: &[f32], dtype: &str) -> Result<JsValue, JsError> {
-    let dtype = DType::from_name(dtype)
-        .ok_or_else(|| JsError::new("dtype must be \"f32\", \"f16\" or \"bf16\""))?;
+    let dtype = options::dtype_option(&dtype.into(), "dtype")?.unwrap_or(DType::F32);
     let bytes: Vec<u8> = match dtype {
         DType::F32 => bytemuck::cast_slice(values).to_vec(),
         DType::F16 => values

@@ -176,23 +176,8 @@ pub(super) fn parse_options(
             .map(Some)
             .ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
     };
-    let dtype = |key: &str| -> Result<Option<DType>, JsError> {
-        let value = get(key);
-        if value.is_undefined() {
-            return Ok(None);
-        }
-        value
-            .as_string()
-            .and_then(|name| DType::from_name(&name))
-            .map(Some)
-            .ok_or_else(|| {
-                JsError::new(&format!(
-                    "option {key} must be \"f32\", \"f16\" or \"bf16\""
-                ))
-            })
-    };
-    config.dtype = dtype("dtype")?.unwrap_or(DType::F32);
-    config.weight_dtype = dtype("weightDtype")?.unwrap_or(config.dtype);
+    config.dtype = dtype_option(&get("dtype"), "dtype")?.unwrap_or(DType::F32);
+    config.weight_dtype = dtype_option(&get("weightDtype"), "weightDtype")?.unwrap_or(config.dtype);
     let vector = |key: &str| -> Result<Option<JsTensor>, JsError> {
         let value = get(key);
         if value.is_undefined() {
@@ -234,6 +219,22 @@ pub(super) fn parse_options(
     config.bias = bias.is_some();
     config.partial = parse_partial(partial, number("p")?, number("k")?)?;
     Ok(ParsedOptions { config, gain, bias })
+}
+
+/// An element type option: "f32", "f16" or "bf16", or `None` where it is not given.
+pub(super) fn dtype_option(value: &JsValue, key: &str) -> Result<Option<DType>, JsError> {
+    if value.is_undefined() {
+        return Ok(None);
+    }
+    value
+        .as_string()
+        .and_then(|name| DType::from_name(&name))
+        .map(Some)
+        .ok_or_else(|| {
+            JsError::new(&format!(
+                "option {key} must be \"f32\", \"f16\" or \"bf16\""
+            ))
+        })
 }
 
 pub(super) type ParsedLayerOptions = Parsed<LayerNormConfig>;

@@ -45,7 +45,7 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   const rows = await page.$$eval("#results tbody tr", (trs) =>
     trs.map((tr) => ({ cells: [...tr.children].map((td) => td.textContent), pass: tr.dataset.pass })));
   console.log("results (1024 x 4096):");
-  console.log("kernel | k | GPU ms | GB/s | max abs err | max rel err | check");
+  console.log("kernel | dtype | k | GPU ms | GB/s | max abs err | max rel err | max ulps | check");
   for (const row of rows) console.log(row.cells.join(" | "));
   assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm", "LayerNorm"]);
   for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} failed verification`);
