@@ -35,18 +35,17 @@ fn layer_norm(
         let b = elem_first(load_input(row_offset + params.row_len / 2u));
         let c = elem_first(load_input(row_offset + params.row_len - 1u));
         let shift = max(min(a, b), min(max(a, b), c));
-        // Every invocation has read the three elements before any stores h (over r, maybe):
-        // storage memory is ordered by storageBarrier, not by workgroupBarrier alone.
+        // Every invocation has read the three elements before any stores h over r (the
+        // reductions' barriers order workgroup memory only).
         if (STORES_SUM) {
             storageBarrier();
-            workgroupBarrier();
         }
 
         var count = 0.0;
         var local_mean = Elem(0.0);
         var local_m2 = Elem(0.0);
         for (var i = lane; i < params.row_len; i = i + WG) {
-            let v = load_and_store_input(row_offset + i, false) - shift;
+            let v = load_input(row_offset + i) - shift;
             count = count + 1.0;
             let delta = v - local_mean;
             local_mean = local_mean + delta * (1.0 / count);
@@ -61,7 +60,7 @@ fn layer_norm(
         let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
 
         for (var i = lane; i < params.row_len; i = i + WG) {
-            let h = load_input_last(row_offset, i, params.row_len);
+            let h = load_input_storing_sum(row_offset + i);
             store(row_offset, i, ((h - shift) - mean) * scale);
         }
     }

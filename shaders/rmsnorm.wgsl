@@ -62,7 +62,7 @@ fn first_k(v: Elem, i: u32) -> Elem {
     return elem_keep_below(v, i * LANES, params.k);
 }
 
-// Elems of a row that hold any of its first k elements: those the first pass reads.
+// Elems of a row that hold any of its first k elements.
 fn k_elems() -> u32 {
     return (params.k + LANES - 1u) / LANES;
 }
@@ -123,11 +123,10 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
 }
 
 // y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row (x
-// being the input h, read back where the first pass stored it).
+// being the input h, stored too where the call stores the sum).
 fn write_scaled(row_offset: u32, first: u32, end: u32, f: vec2<f32>) {
-    let stored_end = k_elems();
     for (var i = first; i < end; i = i + WG) {
-        let h = load_input_last(row_offset, i, stored_end);
+        let h = load_input_storing_sum(row_offset + i);
         store(row_offset, i, (h * f.x) * f.y);
     }
 }
@@ -161,14 +160,12 @@ fn rms_norm(
         var summing = true;
         while (summing) {
             var acc = Elem(0.0);
-            let again = phase != 0u;
             for (var i = lane; i < k_whole; i = i + WG) {
-                let v = load_and_store_input(row_offset + i, again) * pre;
+                let v = load_input(row_offset + i) * pre;
                 acc = acc + v * v;
             }
             if (k_straddles && lane == k_whole % WG) {
-                let h = load_and_store_input(row_offset + k_whole, again);
-                let v = first_k(h, k_whole) * pre;
+                let v = first_k(load_input(row_offset + k_whole), k_whole) * pre;
                 acc = acc + v * v;
             }
             sumsq = reduce_sum(elem_sum(acc));
@@ -282,9 +279,8 @@ fn split_partials(
         // The piece is small enough to be in cache for the second look.
         let e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
         var acc = Elem(0.0);
-        // This look stores the sum h where the call does (split_scale reads it back).
         for (var i = begin + lane; i < end; i = i + WG) {
-            let v = elem_ldexp(first_k(load_and_store_input(row_offset + i, false), i), -e);
+            let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
             acc = acc + v * v;
         }
         let sum = reduce_sum(elem_sum(acc));

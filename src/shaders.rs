@@ -343,20 +343,18 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
         });
     }
     let absent_r = "fn r_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n";
-    let absent_sum = "fn sum_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n\
-                      fn sum_store(i: u32, v: Elem) {}\n";
+    let absent_sum = "fn sum_store(i: u32, v: Elem) {}\n";
     code.push_str(&match io.residual {
         ResidualIo::None => format!("{absent_r}{absent_sum}"),
         ResidualIo::Add => tensor("r", BINDING_RESIDUAL, act, elem, Access::Load) + absent_sum,
         ResidualIo::StoreSum => {
             tensor("r", BINDING_RESIDUAL, act, elem, Access::Load)
-                + &tensor("sum", BINDING_SUM, act, elem, Access::LoadStoreExact)
+                + &tensor("sum", BINDING_SUM, act, elem, Access::StoreExact)
         }
         // The sum is r's binding.
         ResidualIo::StoreSumInPlace => {
             tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStoreExact)
-                + "fn sum_load(i: u32) -> Elem {\n    return r_load(i);\n}\n\
-                   fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
+                + "fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
         }
     });
     code.push_str(&act_round_code(act, elem));
@@ -372,7 +370,7 @@ enum Access {
     /// Stores values that are of the format already (the sum h, rounded when it was made),
     /// converted without rounding.
     StoreExact,
-    /// Loads, and stores values of the format (r, when h is stored over it; the sum).
+    /// Loads, and stores values of the format (r, when h is stored over it).
     LoadStoreExact,
 }
 

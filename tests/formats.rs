@@ -114,6 +114,7 @@ fn read_bytes(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<u8> {
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");
     let bytes = slice.get_mapped_range().expect("mapped").to_vec();
+    staging.unmap();
     bytes
 }
 
@@ -530,6 +531,9 @@ fn high_level_api_takes_half_types() {
     );
 }
 
+/// A bad call: what it is, its buffers, and the error it must get.
+type BadCase<'a> = (&'a str, RmsNormBuffers<'a>, fn(&Error) -> bool);
+
 /// Bad 16-bit and residual buffers get typed errors before wgpu sees them.
 #[test]
 fn bad_residual_and_16_bit_buffers_are_refused() {
@@ -558,7 +562,7 @@ fn bad_residual_and_16_bit_buffers_are_refused() {
         no_gpu_errors(device, || kernel.encode(device, &mut encoder, buffers, 2))
     };
     assert!(encode(&ok).is_ok());
-    let cases: Vec<(&str, RmsNormBuffers<'_>, fn(&Error) -> bool)> = vec![
+    let cases: Vec<BadCase<'_>> = vec![
         (
             "odd byte offset",
             RmsNormBuffers {

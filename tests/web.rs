@@ -642,6 +642,39 @@ async fn the_js_api_takes_16_bit_tensors_and_the_residual() {
         let pass = Reflect::get(&compared, &"pass".into()).unwrap();
         assert_eq!(pass.as_bool(), Some(true), "{dtype}: compareToReference");
     }
+    // The browser's Float16Array, where it has one: taken, and given back as one.
+    let constructor = Reflect::get(&js_sys::global(), &"Float16Array".into()).unwrap();
+    if let Ok(constructor) = constructor.dyn_into::<js_sys::Function>() {
+        let bits: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let array = Uint16Array::from(&bits[..]);
+        let halves =
+            Reflect::construct(&constructor, &js_sys::Array::of1(&array.buffer())).unwrap();
+        let f16_options = options(&[("dtype", "f16".into())]);
+        let from_halves =
+            JsFuture::from(normalizer.rms_norm(halves, n as f64, f16_options.clone()))
+                .await
+                .unwrap();
+        let name = Reflect::get(
+            &Reflect::get(&from_halves, &"constructor".into()).unwrap(),
+            &"name".into(),
+        )
+        .unwrap();
+        assert_eq!(name.as_string().as_deref(), Some("Float16Array"));
+        let buffer = Reflect::get(&from_halves, &"buffer".into()).unwrap();
+        let out_bits = Uint16Array::new(&buffer).to_vec();
+        let from_bits = JsFuture::from(normalizer.rms_norm(array.into(), n as f64, f16_options))
+            .await
+            .unwrap()
+            .dyn_into::<Uint16Array>()
+            .unwrap()
+            .to_vec();
+        assert_eq!(
+            out_bits, from_bits,
+            "Float16Array and Uint16Array give the same bits"
+        );
+    } else {
+        web_sys::console::log_1(&"this browser has no Float16Array: not tested".into());
+    }
     let cases: Vec<(&str, js_sys::Promise, &str)> = vec![
         (
             "f16 as a Float32Array",
@@ -676,5 +709,43 @@ async fn the_js_api_takes_16_bit_tensors_and_the_residual() {
     for (what, promise, expected) in cases {
         let message = rejection(promise).await;
         assert!(message.contains(expected), "{what}: {message:?}");
+    }
+}
+
+/// The formats benchmark runs in the browser: every contestant checked against the
+/// reference, then timed (its table goes to the console).
+#[wasm_bindgen_test]
+async fn the_formats_benchmark_runs() {
+    let Some(gpu) = gpu(KernelOptions::default()).await else {
+        return;
+    };
+    let timer = wgpu_rmsnorm::timing::GpuTimer::wall_clock();
+    let options = wgpu_rmsnorm::bench::BenchOptions {
+        samples: 3,
+        min_sample_seconds: 0.02,
+    };
+    let (rows, hidden) = (64, 1024);
+    let measured = wgpu_rmsnorm::bench::bench_formats(&gpu, &timer, rows, hidden, &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        measured.len(),
+        3 * 5,
+        "per dtype: 2 copies, RMSNorm, fused, unfused"
+    );
+    for m in &measured {
+        web_sys::console::log_1(
+            &format!(
+                "{rows} x {hidden} {} {} {} {}: {:.3} ms, sol_kernel {:.2}",
+                m.kernel,
+                m.dtype,
+                m.residual,
+                m.variant,
+                m.seconds * 1e3,
+                m.sol_kernel
+            )
+            .into(),
+        );
+        assert!(m.seconds > 0.0 && m.gbps.is_finite(), "{m:?}");
     }
 }

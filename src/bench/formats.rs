@@ -58,7 +58,7 @@ pub async fn bench_formats(
     hidden: u32,
     options: &BenchOptions,
 ) -> Result<Vec<Measurement>> {
-    if hidden % 4 != 0 {
+    if !hidden.is_multiple_of(4) {
         return Err(Error::UnsupportedOption {
             option: "hidden",
             reason: "the formats benchmark copies and adds vec4s: pass a multiple of 4".into(),

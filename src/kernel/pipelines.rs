@@ -92,6 +92,8 @@ impl Layouts {
     }
 
     /// The layout for `set`.
+    // (wgpu's device is not Send in the browser, where everything runs on one thread.)
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn get(&self, set: BindingSet) -> Arc<Layout> {
         let mut layouts = self.layouts.lock().unwrap_or_else(PoisonError::into_inner);
         layouts
@@ -169,6 +171,7 @@ type Pipelines = (
 );
 
 impl PipelineCache {
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
             device: device.clone(),
