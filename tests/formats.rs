@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{gpu, no_gpu_errors};
+use common::{gpu, no_gpu_errors, read_bytes};
 use wgpu::util::DeviceExt;
 use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
@@ -86,7 +86,7 @@ impl Placed {
 
     /// The tensor's values read back; panics if a byte outside the tensor changed.
     fn read(&self, gpu: &GpuContext, dtype: DType, what: &str) -> Vec<f32> {
-        let bytes = read_bytes(gpu, &self.buffer);
+        let bytes = read_bytes(gpu, &self.buffer, self.buffer.size());
         let (start, end) = (self.offset as usize, (self.offset + self.len) as usize);
         let outside = bytes[..start].iter().chain(&bytes[end..]);
         assert!(
@@ -95,27 +95,6 @@ impl Placed {
         );
         decode(&bytes[start..end], dtype)
     }
-}
-
-fn read_bytes(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<u8> {
-    let device = gpu.device();
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("formats readback"),
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    gpu.queue().submit([encoder.finish()]);
-    let slice = staging.slice(..);
-    slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .expect("poll");
-    let bytes = slice.get_mapped_range().expect("mapped").to_vec();
-    staging.unmap();
-    bytes
 }
 
 /// One call: the data (as values of their types), where each tensor starts, what comes back.

@@ -506,14 +506,7 @@ async fn formats_case<T: Element, W: Element>(gpu: &GpuContext, residual: Residu
         .await
         .unwrap();
     let expected = reference::rms_norm(&h, &config, Some(&widen(&gain)), None).unwrap();
-    let stats = reference::compare_rounded(
-        &widen(&out.output),
-        &expected,
-        T::DTYPE,
-        F32_ABS_TOL,
-        F32_REL_TOL,
-    );
-    assert_eq!(stats.failures, 0, "{what}: {stats:?}");
+    assert_rounded(&out.output, &expected, &what);
     if residual.stores_sum() {
         assert_eq!(widen(out.sum.as_ref().unwrap()), h, "{what}: sum");
     }
@@ -527,14 +520,14 @@ async fn formats_case<T: Element, W: Element>(gpu: &GpuContext, residual: Residu
         .await
         .unwrap();
     let expected = reference::layer_norm(&h, &layer, Some(&widen(&gain)), None).unwrap();
-    let stats = reference::compare_rounded(
-        &widen(&out.output),
-        &expected,
-        T::DTYPE,
-        F32_ABS_TOL,
-        F32_REL_TOL,
-    );
-    assert_eq!(stats.failures, 0, "LayerNorm {what}: {stats:?}");
+    assert_rounded(&out.output, &expected, &format!("LayerNorm {what}"));
+}
+
+/// Outputs of `T` must be roundings of values within the f32 tolerance of `expected`.
+fn assert_rounded<T: Element>(output: &[T], expected: &[f64], what: &str) {
+    let stats =
+        reference::compare_rounded(&widen(output), expected, T::DTYPE, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(stats.failures, 0, "{what}: {stats:?}");
 }
 
 #[wasm_bindgen_test]

@@ -9,7 +9,7 @@
 //! `sol_kernel` is the bandwidth over that of the fastest vec4 copy kernel copying a tensor
 //! of the same element size.
 
-use super::{round_robin_medians, BenchOptions, CopyKernel, Measurement};
+use super::{copy_kernel, round_robin_medians, BenchOptions, BoundKernel, Measurement};
 use crate::config::{Residual, RmsNormConfig};
 use crate::context::{GpuContext, Weights};
 use crate::dtype::{bf16, f16, DType, Element};
@@ -33,7 +33,7 @@ struct Format {
     fused: (RmsNorm, PreparedDispatch),
     /// RMSNorm on h, after the add kernel.
     on_sum: (RmsNorm, PreparedDispatch),
-    adds: Vec<AddKernel>,
+    adds: Vec<BoundKernel>,
 }
 
 /// What one contestant records.
@@ -70,10 +70,10 @@ pub async fn bench_formats(
     }
     let device = gpu.device();
     let len = u64::from(rows) * u64::from(hidden);
-    let copies: Vec<Vec<CopyKernel>> = formats
+    let copies: Vec<Vec<BoundKernel>> = formats
         .iter()
         .map(|f| {
-            let kernel = |&wg: &u32| CopyKernel::new(device, wg, &f.x, &f.y);
+            let kernel = |&wg: &u32| copy_kernel(device, wg, &f.x, &f.y);
             WORKGROUP_SIZES.iter().map(kernel).collect()
         })
         .collect();
@@ -262,7 +262,7 @@ impl Format {
             plain,
             adds: WORKGROUP_SIZES
                 .iter()
-                .map(|&wg| AddKernel::new(device, storage, wg, &x, &r, &h))
+                .map(|&wg| add_kernel(device, storage, wg, &x, &r, &h))
                 .collect(),
             x,
             y,
@@ -413,61 +413,21 @@ async fn read_bytes(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Result<Vec<u8>> 
 }
 
 /// `shaders/residual_add.wgsl` for one storage format, bound to x, r and h.
-struct AddKernel {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-}
-
-impl AddKernel {
-    fn new(
-        device: &wgpu::Device,
-        storage: Storage,
-        workgroup_size: u32,
-        x: &wgpu::Buffer,
-        r: &wgpu::Buffer,
-        h: &wgpu::Buffer,
-    ) -> Self {
-        let composed = shaders::compose_residual_add(storage, workgroup_size);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shaders::RESIDUAL_ADD.path),
-            source: wgpu::ShaderSource::Wgsl(composed.source.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("residual add"),
-            layout: None,
-            module: &module,
-            entry_point: Some("residual_add"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-            wgpu::BindGroupEntry {
-                binding,
-                resource: buffer.as_entire_binding(),
-            }
-        }
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("residual add"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                entry(BINDING_X, x),
-                entry(BINDING_RESIDUAL, r),
-                entry(BINDING_SUM, h),
-            ],
-        });
-        Self {
-            pipeline,
-            bind_group,
-        }
-    }
-
-    fn encode(&self, encoder: &mut wgpu::CommandEncoder, groups: u32, ts: PassTimestamps<'_>) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("residual add"),
-            timestamp_writes: ts,
-        });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
-    }
+fn add_kernel(
+    device: &wgpu::Device,
+    storage: Storage,
+    workgroup_size: u32,
+    x: &wgpu::Buffer,
+    r: &wgpu::Buffer,
+    h: &wgpu::Buffer,
+) -> BoundKernel {
+    let composed = shaders::compose_residual_add(storage, workgroup_size);
+    BoundKernel::new(
+        device,
+        shaders::RESIDUAL_ADD.path,
+        &composed.source,
+        "residual_add",
+        &[],
+        &[(BINDING_X, x), (BINDING_RESIDUAL, r), (BINDING_SUM, h)],
+    )
 }

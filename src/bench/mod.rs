@@ -111,9 +111,9 @@ pub async fn bench_shape(
     );
 
     // Every contestant checked first, then prepared so that timing records work only.
-    let copies: Vec<(u32, CopyKernel)> = [8u32, 64, 256]
+    let copies: Vec<(u32, BoundKernel)> = [8u32, 64, 256]
         .into_iter()
-        .map(|wg| (wg, CopyKernel::new(device, wg, &x_buffer, &y_buffer)))
+        .map(|wg| (wg, copy_kernel(device, wg, &x_buffer, &y_buffer)))
         .collect();
     let copy_groups = |wg: u32| (len as u32 / 4).div_ceil(wg).clamp(1, 65535);
     let (mut names, rms) = rms_contestants(gpu, &x, rows, hidden, &buffers).await?;
@@ -242,7 +242,7 @@ type Named = (&'static str, Option<f64>, String, u64);
 /// normalizations in the order of `names`.
 fn measurements(
     medians: &[f64],
-    copies: &[(u32, CopyKernel)],
+    copies: &[(u32, BoundKernel)],
     names: Vec<Named>,
     bytes: u64,
 ) -> Vec<Measurement> {
@@ -320,7 +320,7 @@ pub async fn round_trips(gpu: &GpuContext, count: usize) -> Result<(f64, f64)> {
     let src = make(wgpu::BufferUsages::STORAGE);
     let dst = make(wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
     let staging = make(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-    let copy = CopyKernel::new(device, 64, &src, &dst);
+    let copy = copy_kernel(device, 64, &src, &dst);
     let mut empties = Vec::with_capacity(count);
     for i in 0..=count {
         let start = crate::platform::now_seconds();
@@ -342,54 +342,59 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// `shaders/copy_vec4.wgsl` bound to a source and a destination.
-pub(crate) struct CopyKernel {
+/// A compute pipeline with its one bind group: the benchmark's copy and add kernels.
+pub(crate) struct BoundKernel {
+    label: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
 }
 
-impl CopyKernel {
+impl BoundKernel {
+    /// Entry point `entry` of the WGSL `source`, with `constants`, on `buffers` (binding,
+    /// buffer), each bound whole.
     pub(crate) fn new(
         device: &wgpu::Device,
-        workgroup_size: u32,
-        src: &wgpu::Buffer,
-        dst: &wgpu::Buffer,
+        label: &'static str,
+        source: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+        buffers: &[(u32, &wgpu::Buffer)],
     ) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(COPY_VEC4.path),
-            source: wgpu::ShaderSource::Wgsl(COPY_VEC4.text.into()),
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("copy"),
+            label: Some(label),
             layout: None,
             module: &module,
-            entry_point: Some("copy"),
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[("WG", f64::from(workgroup_size))],
+                constants,
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
         });
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .map(|&(binding, buffer)| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("copy"),
+            label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: src.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: dst.as_entire_binding(),
-                },
-            ],
+            entries: &entries,
         });
         Self {
+            label,
             pipeline,
             bind_group,
         }
     }
 
+    /// One compute pass of `groups` workgroups.
     pub(crate) fn encode(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -397,11 +402,28 @@ impl CopyKernel {
         timestamp_writes: PassTimestamps<'_>,
     ) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("copy"),
+            label: Some(self.label),
             timestamp_writes,
         });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(groups, 1, 1);
     }
+}
+
+/// `shaders/copy_vec4.wgsl` bound to a source and a destination.
+pub(crate) fn copy_kernel(
+    device: &wgpu::Device,
+    workgroup_size: u32,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+) -> BoundKernel {
+    BoundKernel::new(
+        device,
+        COPY_VEC4.path,
+        COPY_VEC4.text,
+        "copy",
+        &[("WG", f64::from(workgroup_size))],
+        &[(0, src), (1, dst)],
+    )
 }

@@ -258,20 +258,7 @@ impl Normalizer {
     /// checked against the reference first.
     #[wasm_bindgen(unchecked_return_type = "Promise<BenchmarkRecord[]>")]
     pub fn benchmark(&self, rows: f64, hidden: f64) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let rows = count("rows", rows)?;
-            let hidden = count("hidden", hidden)?;
-            let options = crate::bench::BenchOptions {
-                samples: 5,
-                min_sample_seconds: 0.05,
-            };
-            let timer = crate::timing::GpuTimer::wall_clock();
-            let measured = crate::bench::bench_shape(&gpu, &timer, rows, hidden, &options)
-                .await
-                .map_err(|e| JsValue::from(to_js(e)))?;
-            Ok(benchmark_records(rows, hidden, measured))
-        })
+        self.bench_promise(rows, hidden, false)
     }
 
     /// Times RMSNorm in f32, f16 and bf16, fused with the residual add and unfused (an add
@@ -279,20 +266,7 @@ impl Normalizer {
     /// `rows x hidden` (hidden a multiple of 4), like `cargo xtask bench`'s second table.
     #[wasm_bindgen(js_name = benchmarkFormats, unchecked_return_type = "Promise<BenchmarkRecord[]>")]
     pub fn benchmark_formats(&self, rows: f64, hidden: f64) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let rows = count("rows", rows)?;
-            let hidden = count("hidden", hidden)?;
-            let options = crate::bench::BenchOptions {
-                samples: 5,
-                min_sample_seconds: 0.05,
-            };
-            let timer = crate::timing::GpuTimer::wall_clock();
-            let measured = crate::bench::bench_formats(&gpu, &timer, rows, hidden, &options)
-                .await
-                .map_err(|e| JsValue::from(to_js(e)))?;
-            Ok(benchmark_records(rows, hidden, measured))
-        })
+        self.bench_promise(rows, hidden, true)
     }
 
     /// Wall-clock medians (ms) of 20 whole 1 x 4096 rmsNorm calls and of 20 empty
@@ -316,6 +290,28 @@ impl Normalizer {
     #[wasm_bindgen(js_name = lastGpuTimeMs)]
     pub fn last_gpu_time_ms(&self) -> Option<f64> {
         self.gpu.last_gpu_seconds().map(|s| s * 1e3)
+    }
+
+    /// The promise of a benchmark of `rows x hidden`: the kernels of `bench_shape`, or with
+    /// `formats` those of `bench_formats`; wall clock, median of 5 samples of >= 50 ms.
+    fn bench_promise(&self, rows: f64, hidden: f64, formats: bool) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let rows = count("rows", rows)?;
+            let hidden = count("hidden", hidden)?;
+            let options = crate::bench::BenchOptions {
+                samples: 5,
+                min_sample_seconds: 0.05,
+            };
+            let timer = crate::timing::GpuTimer::wall_clock();
+            let measured = if formats {
+                crate::bench::bench_formats(&gpu, &timer, rows, hidden, &options).await
+            } else {
+                crate::bench::bench_shape(&gpu, &timer, rows, hidden, &options).await
+            };
+            let measured = measured.map_err(|e| JsValue::from(to_js(e)))?;
+            Ok(benchmark_records(rows, hidden, measured))
+        })
     }
 
     /// The promise of one call: options parsed, the kernel run, the result as an array of

@@ -83,23 +83,29 @@ pub fn no_gpu_errors<T>(device: &wgpu::Device, body: impl FnOnce() -> T) -> T {
 
 /// Reads `buffer` (which needs COPY_SRC) back as f32, its whole 4-byte words.
 pub fn read_back(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&read_bytes(gpu, buffer, buffer.size() & !3))
+}
+
+/// The first `size` bytes of `buffer` (which needs COPY_SRC; `size` a multiple of 4).
+pub fn read_bytes(gpu: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Vec<u8> {
     let device = gpu.device();
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("test readback"),
-        size: buffer.size() & !3,
+        size,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size() & !3);
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
     gpu.queue().submit([encoder.finish()]);
     let slice = staging.slice(..);
     slice.map_async(wgpu::MapMode::Read, |r| r.expect("map"));
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .expect("poll");
-    let view = slice.get_mapped_range().expect("mapped range");
-    bytemuck::pod_collect_to_vec(&view)
+    let bytes = slice.get_mapped_range().expect("mapped range").to_vec();
+    staging.unmap();
+    bytes
 }
 
 /// A storage buffer holding `contents`, readable back.
