@@ -251,9 +251,10 @@ fn rms_norm_cached(
     }
 }
 
-// Split rows carry no rescaled path: each piece sums its squares scaled by its own exact
-// power of two 2^-e_p (from its max |x|), and the row combines the pieces at the largest
-// exponent, so no sum overflows or underflows whatever the row's magnitude. Stored per
+// Split rows: each piece sums its squares as they are where that sum is in range (e_p = 0),
+// else scaled by its own exact power of two 2^-e_p (from its max |x|), and the row combines
+// the pieces at the largest exponent, so no sum overflows or underflows whatever the row's
+// magnitude, and a piece in range is read once. Stored per
 // (row, piece): the scaled sum, and e_p + 1000 (0 for an all-zero piece, so that the
 // pieces' max is a max of values >= 0 and ignores them).
 const EXPONENT_BIAS: f32 = 1000.0;
@@ -272,18 +273,31 @@ fn split_partials(
         let row_offset = (g / params.chunks) * params.row_len;
         let begin = (g % params.chunks) * params.k_chunk_len;
         let end = min(begin + params.k_chunk_len, k_len);
-        var local_max = 0.0;
-        for (var i = begin + lane; i < end; i = i + WG) {
-            local_max = max(local_max, elem_abs_max(first_k(load_input(row_offset + i), i)));
-        }
-        // The piece is small enough to be in cache for the second look.
-        let e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
+        // One look where the piece's plain sum of squares is in range, as in rms_norm (with
+        // the residual add, each look computes x + r again).
         var acc = Elem(0.0);
         for (var i = begin + lane; i < end; i = i + WG) {
-            let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
+            let v = first_k(load_input(row_offset + i), i);
             acc = acc + v * v;
         }
-        let sum = reduce_sum(elem_sum(acc));
+        var sum = reduce_sum(elem_sum(acc));
+        var e = 0;
+        if (sum_needs_rescaling(sum)) {
+            // Out of range: the piece's max |x| sets its power of two, and the piece (small
+            // enough to be in cache) is summed again scaled by it.
+            var local_max = 0.0;
+            for (var i = begin + lane; i < end; i = i + WG) {
+                let v = first_k(load_input(row_offset + i), i);
+                local_max = max(local_max, elem_abs_max(v));
+            }
+            e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
+            var scaled = Elem(0.0);
+            for (var i = begin + lane; i < end; i = i + WG) {
+                let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
+                scaled = scaled + v * v;
+            }
+            sum = reduce_sum(elem_sum(scaled));
+        }
         if (lane == 0u) {
             row_partials[2u * g] = sum;
             row_partials[2u * g + 1u] = select(f32(e) + EXPONENT_BIAS, 0.0, sum == 0.0);

@@ -279,6 +279,43 @@ fn extreme_magnitudes_stay_finite_and_correct() {
     }
 }
 
+/// Split rows whose pieces differ in magnitude: a piece's plain sum of squares is used where
+/// it is in range, and pieces out of range (huge, tiny, zero) are summed again scaled by
+/// their own power of two; the row combines them at the largest exponent.
+#[test]
+fn split_pieces_of_every_magnitude_combine() {
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
+    let n = 20000u32;
+    let base = data(n as usize, 43);
+    let piece = 2500;
+    // Per row, the scale of each eighth of it.
+    let rows: [[f32; 8]; 5] = [
+        [1.0, 1e25, 0.0, 1e-30, 1.0, 1.0, 1.0, 1.0],
+        [1e-30, 1e-30, 1e-36, 0.0, 1e-25, 1e-30, 1e-30, 1e-30],
+        [1e30, 1e37, 1e30, 1e30, 1.0, 1e-30, 0.0, 1e30],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0],
+        [1.0; 8],
+    ];
+    let x: Vec<f32> = rows
+        .iter()
+        .flat_map(|scales| base.iter().enumerate().map(|(i, v)| v * scales[i / piece]))
+        .collect();
+    for reduction in reductions(gpu) {
+        let options = KernelOptions {
+            reduction,
+            split_rows: Some(true),
+            ..KernelOptions::default()
+        };
+        for partial in [PartialRms::Full, PartialRms::Fraction(0.3)] {
+            let config = RmsNormConfig::new(n).with_partial(partial);
+            let y = run_kernel(gpu, &config, &options, &x, None, None);
+            let what = format!("{reduction:?} {partial:?}");
+            assert_matches_reference(&y, &x, &config, None, None, &what);
+        }
+    }
+}
+
 #[test]
 fn explicit_workgroup_sizes() {
     let Some(turn) = gpu() else { return };

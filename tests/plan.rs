@@ -314,8 +314,8 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         Entry::RmsNorm => (3 * row, 2),
         Entry::RmsNormCached => (0, 2),
         Entry::LayerNorm => (2 * row, 2),
-        // split_partials: the max and the sum over the piece.
-        Entry::SplitPartials => (2 * piece, 2),
+        // split_partials: the sum over the piece; out of range, the max and the scaled sum.
+        Entry::SplitPartials => (3 * piece, 3),
         // split_scale: two passes over the pieces, then the piece's scaling.
         Entry::SplitScale => (2 * u64::from(p.div_ceil(wg)) + piece, 2),
     };

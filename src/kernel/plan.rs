@@ -285,8 +285,8 @@ pub fn item_iterations(
         // The sum, the rescaled sum, the scaling.
         Entry::RmsNorm => 3 * per_pass,
         Entry::RmsNormCached => 0,
-        // The max and the sum over the piece.
-        Entry::SplitPartials => 2 * per_pass,
+        // The sum over the piece; out of range, the max and the scaled sum.
+        Entry::SplitPartials => 3 * per_pass,
         // The scaling of the piece, after two passes over the row's pieces.
         Entry::SplitScale => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
         Entry::LayerNorm => 2 * per_pass,
@@ -296,7 +296,9 @@ pub fn item_iterations(
         ReductionKind::Subgroups => u64::from(wg.div_ceil(subgroup_min.max(1))),
         ReductionKind::SingleSubgroup => 0,
     };
-    passes + 2 * per_reduction + 3
+    // Two reductions at most; three in split_partials out of range (sum, max, sum).
+    let reductions = if entry == Entry::SplitPartials { 3 } else { 2 };
+    passes + reductions * per_reduction + 3
 }
 
 /// Pieces of a split row of `loads` Elems: pieces of [`SPLIT_PIECE_LOADS`], at least 2, and
