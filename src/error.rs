@@ -48,6 +48,17 @@ pub enum Error {
         hidden: u32,
     },
 
+    /// A tensor that must have one element per element of x has another length.
+    #[error("the {which} has {len} elements but x has {expected}: pass one per element of x")]
+    LengthMismatch {
+        /// Which tensor.
+        which: &'static str,
+        /// Its elements.
+        len: usize,
+        /// x's elements.
+        expected: usize,
+    },
+
     /// More rows than the crate can address.
     #[error("{rows} rows of {hidden} is too large a tensor: split it into batches of fewer rows")]
     TooManyRows {

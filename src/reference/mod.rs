@@ -1,8 +1,13 @@
-//! The CPU reference: RMSNorm and pRMSNorm in f64, the yardstick for the GPU kernels.
+//! The CPU reference: RMSNorm, pRMSNorm and LayerNorm in f64, forward and backward, the
+//! yardstick for the GPU kernels.
 //!
 //! Sums are taken in f64 (53-bit mantissa): against the kernels' f32 results they are exact
 //! for every purpose here. Magnitudes beyond f64's range are not expected: f32 inputs square
 //! to at most ~1.2e77.
+
+mod backward;
+
+pub use backward::{layer_norm_backward, rms_norm_backward, Gradients};
 
 use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
 use crate::dtype::DType;
