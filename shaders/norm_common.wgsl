@@ -60,8 +60,8 @@ fn load_input(at: u32) -> Elem {
 // stores it. Every pass computes h from x and r: storing it in the first pass and reading it
 // back in the last (5n elements moved instead of 6n in a row read twice) made the fused
 // kernel 1.35x slower than an add kernel and RMSNorm on SwiftShader (1024 x 4096 f32, 135
-// against 100 ms), where computing it again made it 1.55x faster (67 against 104 ms):
-// CPU adapters run both sides of a per-element branch. Rows read once (GPUs) move 4n.
+// against 100 ms), where computing it again made it 1.55x faster (67 against 104 ms, the
+// same test run again). Rows read once (GPUs) move 4n.
 fn load_input_storing_sum(at: u32) -> Elem {
     let h = load_input(at);
     if (STORES_SUM) {

@@ -87,7 +87,8 @@ impl KernelOptions {
     }
 }
 
-/// A region of a buffer: the buffer and a byte offset (a multiple of 4) where the data starts.
+/// A region of a buffer: the buffer and a byte offset (a multiple of the element size: 4 for
+/// f32, 2 for f16 and bf16) where the data starts.
 #[derive(Debug, Clone, Copy)]
 pub struct BufferRegion<'a> {
     /// The buffer; it needs `BufferUsages::STORAGE`.

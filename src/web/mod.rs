@@ -47,7 +47,8 @@ export interface ResidualResult<T extends Tensor> {
   sum: T;
 }
 
-/** Options of rmsNorm and pRmsNorm. Unknown keys are an error. */
+/** Options of every normalization call (rmsNorm, pRmsNorm, layerNorm, their residual forms,
+ *  and the reference functions). Unknown keys are an error. */
 export interface RmsNormOptions {
   /** Element type of x, the residual and the results; default "f32". */
   dtype?: DType;
@@ -59,13 +60,14 @@ export interface RmsNormOptions {
   gainOffset?: boolean;
   /** Per-element bias, hidden values of the weightDtype, added last. */
   bias?: Tensor;
-  /** Finite, >= 0; default 1e-6. */
+  /** Finite, >= 0; default 1e-6 (the LayerNorm calls: 1e-5). */
   eps?: number;
-  /** "inside": x / sqrt(mean + eps) (default); "add": x / (rms + eps). */
+  /** "inside": x / sqrt(mean + eps) (default); "add": x / (rms + eps). Not for LayerNorm. */
   epsMode?: "inside" | "add";
-  /** pRmsNorm only: the RMS over the first ceil(hidden * p) elements, 0 < p <= 1. */
+  /** pRMSNorm (pRmsNorm, rmsNormResidual, referenceRmsNorm): the RMS over the first
+   *  ceil(hidden * p) elements, 0 < p <= 1. Not for LayerNorm. */
   p?: number;
-  /** pRmsNorm only: the RMS over the first k elements, 1 <= k <= hidden. */
+  /** pRMSNorm: the RMS over the first k elements, 1 <= k <= hidden. Not for LayerNorm. */
   k?: number;
 }
 
