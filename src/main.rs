@@ -36,6 +36,7 @@ usage: wgpu-rmsnorm [options]
   --reduction R        auto (default), tree, subgroups or single-subgroup
   --workgroup-size W   invocations per workgroup (power of two)
   --samples S          timing samples (median taken), default 10
+Values may also be given as --flag=value. Progress goes to stderr, the table to stdout.
 Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
 
     struct Args {
@@ -46,7 +47,38 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         samples: usize,
     }
 
-    fn parse_args() -> Result<Args, String> {
+    /// Why the arguments were not run: help asked for, or a bad argument (with its message).
+    enum Stop {
+        Help,
+        Bad(String),
+    }
+
+    impl From<String> for Stop {
+        fn from(message: String) -> Self {
+            Stop::Bad(message)
+        }
+    }
+
+    /// Flags that take no value.
+    const SWITCHES: [&str; 2] = ["--bias", "--residual"];
+    /// Flags that take a value.
+    const VALUED: [&str; 13] = [
+        "--rows",
+        "--hidden",
+        "--p",
+        "--k",
+        "--eps",
+        "--eps-mode",
+        "--gain",
+        "--reduction",
+        "--workgroup-size",
+        "--f16",
+        "--dtype",
+        "--weight-dtype",
+        "--samples",
+    ];
+
+    fn parse_args() -> Result<Args, Stop> {
         let mut args = Args {
             rows: 4096,
             config: RmsNormConfig::new(4096),
@@ -56,14 +88,32 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         };
         let mut it = std::env::args().skip(1);
         let mut weight_dtype = None;
-        while let Some(flag) = it.next() {
+        while let Some(argument) = it.next() {
+            // `--flag value` or `--flag=value`.
+            let (flag, inline) = match argument.split_once('=') {
+                Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
+                None => (argument, None),
+            };
+            if SWITCHES.contains(&flag.as_str()) && inline.is_some() {
+                return Err(Stop::Bad(format!("{flag} takes no value")));
+            }
             match flag.as_str() {
-                "--help" | "-h" => return Err(String::new()),
+                "--help" | "-h" => return Err(Stop::Help),
                 "--bias" => args.config.bias = true,
                 "--residual" => args.config.residual = Residual::AddStoreSum,
-                _ => {
-                    let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                f if VALUED.contains(&f) => {
+                    let value = match inline {
+                        Some(value) => value,
+                        None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
+                    };
                     apply_flag(&mut args, &mut weight_dtype, &flag, &value)?;
+                }
+                _ => {
+                    let all: Vec<&str> = SWITCHES.iter().chain(&VALUED).copied().collect();
+                    return Err(Stop::Bad(format!(
+                        "unknown option {flag}: the options are {}",
+                        all.join(", ")
+                    )));
                 }
             }
         }
@@ -72,7 +122,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         args.config
             .with_partial(args.partial)
             .validate()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Stop::Bad(e.to_string()))?;
         Ok(args)
     }
 
@@ -140,7 +190,10 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             }
             "--dtype" => args.config.dtype = choice(flag, value, &dtypes)?,
             "--weight-dtype" => *weight_dtype = Some(choice(flag, value, &dtypes)?),
-            "--samples" => args.samples = count()?.max(1) as usize,
+            "--samples" => match count()? {
+                0 => return Err(bad("at least 1 sample is needed")),
+                samples => args.samples = samples as usize,
+            },
             _ => return Err(format!("unknown option {flag}")),
         }
         Ok(())
@@ -149,10 +202,12 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
     pub fn main() -> ExitCode {
         let args = match parse_args() {
             Ok(args) => args,
-            Err(message) => {
-                if !message.is_empty() {
-                    eprintln!("error: {message}");
-                }
+            Err(Stop::Help) => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Err(Stop::Bad(message)) => {
+                eprintln!("error: {message}");
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
@@ -353,6 +408,10 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
     ) -> wgpu_rmsnorm::Result<bool> {
         let device = gpu.device();
         let rows = args.rows;
+        eprintln!(
+            "{name}: checking against the f64 reference, then timing {} samples",
+            args.samples
+        );
         let x = widen(&data.x);
         let (y, input, sum_ok) = match &data.residual {
             Some(r) => {

@@ -32,7 +32,16 @@ fn bad_values_fail_before_any_work() {
         (&["--dtype", "f64"], "use one of f32, f16, bf16"),
         (&["--weight-dtype", "half"], "use one of f32, f16, bf16"),
         (&["--f16", "fast"], "use one of native, packed"),
-        (&["--nonsense", "1"], "unknown option --nonsense"),
+        (
+            &["--nonsense", "1"],
+            "unknown option --nonsense: the options are --bias",
+        ),
+        (&["--nonsense"], "unknown option --nonsense"),
+        (&["--rows"], "--rows needs a value"),
+        (&["--rows=-3"], "--rows -3: not a whole number"),
+        (&["--p=2"], "p = 2"),
+        (&["--samples", "0"], "at least 1 sample"),
+        (&["--bias=yes"], "--bias takes no value"),
     ] {
         let (code, text, elapsed) = cli(args);
         assert_eq!(code, 2, "{args:?}: {text}");
@@ -42,6 +51,21 @@ fn bad_values_fail_before_any_work() {
             elapsed < Duration::from_secs(10),
             "{args:?} took {elapsed:?}"
         );
+    }
+}
+
+/// Help goes to stdout and exits 0.
+#[test]
+fn help_is_not_an_error() {
+    for flag in ["--help", "-h"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wgpu-rmsnorm"))
+            .arg(flag)
+            .output()
+            .expect("the CLI runs");
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("usage: wgpu-rmsnorm"), "{flag}: {stdout}");
+        assert!(stdout.contains("--dtype"), "{flag}: {stdout}");
     }
 }
 

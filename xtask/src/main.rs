@@ -267,6 +267,10 @@ fn demo(args: &[String]) -> Result<(), String> {
     run(workspace_command(&cargo())
         .args(["run", "--release", "--package", "wgpu-rmsnorm", "--"])
         .args(args))?;
+    // `--help` prints the main job's options and stops there.
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(());
+    }
     build_web()?;
     serve::serve_forever(&root().join("www"), 8000)
 }
