@@ -35,9 +35,9 @@ fn layer_norm(
         let b = elem_first(load_input(row_offset + params.row_len / 2u));
         let c = elem_first(load_input(row_offset + params.row_len - 1u));
         let shift = max(min(a, b), min(max(a, b), c));
-        // Every invocation has read the three elements before any stores h over r (the
+        // Every invocation has read the three elements before any stores h over them (the
         // reductions' barriers order workgroup memory only).
-        if (STORES_SUM) {
+        if (SUM_OVER_R) {
             storageBarrier();
         }
 

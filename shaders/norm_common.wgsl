@@ -42,7 +42,7 @@ override EPS_INSIDE_ROOT: bool = true;
 // `bias_load` (Elem i of the binding, converted exactly to f32), `y_store` (rounded once to
 // the stored format), `sum_store` (of values of the format already), `act_round` (an Elem
 // rounded to the activations' format), and the constants HAS_GAIN, HAS_BIAS, HAS_RESIDUAL,
-// STORES_SUM.
+// STORES_SUM, SUM_OVER_R (the sum is stored over r).
 // Tensors a module does not have are not declared at all, so they are never bound.
 
 // Elem `at` of the normalized input (`at` counts from row 0 of the dispatch): x, or with the

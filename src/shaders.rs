@@ -330,6 +330,10 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
     code.push_str(&flag("HAS_BIAS", io.bias));
     code.push_str(&flag("HAS_RESIDUAL", residual));
     code.push_str(&flag("STORES_SUM", stores_sum));
+    code.push_str(&flag(
+        "SUM_OVER_R",
+        io.residual == ResidualIo::StoreSumInPlace,
+    ));
     code.push_str(&tensor("x", BINDING_X, act, elem, Access::Load));
     code.push_str(&tensor("y", BINDING_Y, act, elem, Access::Store));
     for (name, binding, present) in [
