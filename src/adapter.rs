@@ -71,6 +71,13 @@ pub(crate) async fn find_adapter(
     instance: &wgpu::Instance,
     choice: &AdapterChoice,
 ) -> Result<wgpu::Adapter> {
+    if choice.backends.is_empty() {
+        let given = std::env::var("WGPU_BACKEND").unwrap_or_default();
+        return Err(Error::NoAdapter(format!(
+            "no backend is allowed (WGPU_BACKEND={given:?} names none): use vulkan, metal, \
+             dx12 or gl, comma-separated"
+        )));
+    }
     let adapters = instance.enumerate_adapters(choice.backends).await;
     if adapters.is_empty() {
         return Err(Error::NoAdapter(format!(

@@ -147,12 +147,16 @@ pub enum Error {
     /// A buffer region that does not fit in its buffer.
     #[error(
         "the {which} buffer has {size} bytes, but {needed} bytes from offset {offset} are \
-         needed: make it at least {} bytes or pass fewer rows",
-        offset.saturating_add(*needed)
+         needed: make it at least {} bytes{}",
+        offset.saturating_add(*needed),
+        if *per_row { " or pass fewer rows" } else { "" }
     )]
     BufferTooSmall {
         /// Which buffer.
         which: &'static str,
+        /// Whether its size depends on the rows (x, y, the residual, the sum), not only on
+        /// the hidden size (gain, bias).
+        per_row: bool,
         /// The offset given, in bytes.
         offset: u64,
         /// Bytes the call reads or writes from the offset.

@@ -27,5 +27,8 @@ pub use kernel::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use platform::block_on;
+/// The wgpu this crate is built on: devices, buffers and encoders passed to the low-level
+/// API must come from this version.
+pub use wgpu;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

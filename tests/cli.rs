@@ -54,6 +54,21 @@ fn bad_values_fail_before_any_work() {
     }
 }
 
+/// A WGPU_BACKEND that names no backend is reported by its value, not as an empty set.
+#[test]
+fn a_misspelt_backend_is_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-rmsnorm"))
+        .args(["--rows", "1", "--hidden", "4"])
+        .env("WGPU_BACKEND", "vulkn")
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the CLI runs");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("WGPU_BACKEND=\"vulkn\" names none"), "{text}");
+    assert!(text.contains("use vulkan, metal, dx12 or gl"), "{text}");
+}
+
 /// Help goes to stdout and exits 0.
 #[test]
 fn help_is_not_an_error() {

@@ -143,6 +143,7 @@ pub(crate) fn check_buffers(
         if region.offset > size || size - region.offset < needed {
             return Err(Error::BufferTooSmall {
                 which,
+                per_row: !t.vector,
                 offset: region.offset,
                 needed,
                 size,
