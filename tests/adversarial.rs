@@ -77,14 +77,7 @@ fn odd_buffer_sizes_and_regions() {
     for (x_size, y_size, rows, ok) in [(14, 14, 1, true), (14, 10, 1, false), (12, 12, 2, false)] {
         let (xb, yb) = (buffer(x_size), buffer(y_size));
         gpu.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
-        let buffers = RmsNormBuffers {
-            input: BufferRegion::whole(&xb),
-            output: BufferRegion::whole(&yb),
-            gain: None,
-            bias: None,
-            residual: None,
-            sum: None,
-        };
+        let buffers = RmsNormBuffers::new(BufferRegion::whole(&xb), BufferRegion::whole(&yb));
         let result = no_gpu_errors(device, || {
             let mut encoder = device.create_command_encoder(&Default::default());
             let r = kernel.encode(device, &mut encoder, &buffers, rows);
@@ -522,26 +515,12 @@ fn foreign_devices() {
     let (fx, fy) = (foreign(&other), foreign(&other));
     let mut cases = 0;
     for (input, output) in [(&fx, &y), (&x, &fy), (&fx, &fy)] {
-        let buffers = RmsNormBuffers {
-            input: BufferRegion::whole(input),
-            output: BufferRegion::whole(output),
-            gain: None,
-            bias: None,
-            residual: None,
-            sum: None,
-        };
+        let buffers = RmsNormBuffers::new(BufferRegion::whole(input), BufferRegion::whole(output));
         let e = no_gpu_errors(device, || kernel.prepare(device, &buffers, 1)).unwrap_err();
         assert!(matches!(e, Error::BufferRefused(_)), "{e:?}");
         cases += 1;
     }
-    let buffers = RmsNormBuffers {
-        input: BufferRegion::whole(&x),
-        output: BufferRegion::whole(&y),
-        gain: None,
-        bias: None,
-        residual: None,
-        sum: None,
-    };
+    let buffers = RmsNormBuffers::new(BufferRegion::whole(&x), BufferRegion::whole(&y));
     let mut encoder = other.create_command_encoder(&Default::default());
     let e = kernel
         .encode(&other, &mut encoder, &buffers, 1)

@@ -242,14 +242,10 @@ fn a_prepared_dispatch_is_recorded_again_with_new_data() {
         mapped_at_creation: false,
     });
     let y_buffer = storage_buffer(gpu, &[0.0; 5 * 1000]);
-    let buffers = RmsNormBuffers {
-        input: BufferRegion::whole(&x_buffer),
-        output: BufferRegion::whole(&y_buffer),
-        gain: None,
-        bias: None,
-        residual: None,
-        sum: None,
-    };
+    let buffers = RmsNormBuffers::new(
+        BufferRegion::whole(&x_buffer),
+        BufferRegion::whole(&y_buffer),
+    );
     let prepared = kernel.prepare(device, &buffers, 5).unwrap();
     for step in 0..3 {
         let x = data(5 * 1000, 100 + step);

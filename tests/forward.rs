@@ -412,14 +412,7 @@ fn variant_rule() {
     };
     let buffer = |len: usize| storage_buffer(gpu, &vec![0.0; len]);
     let (x, y) = (buffer(8 << 20), buffer(8 << 20));
-    let buffers = wgpu_rmsnorm::RmsNormBuffers {
-        input: (&x).into(),
-        output: (&y).into(),
-        gain: None,
-        bias: None,
-        residual: None,
-        sum: None,
-    };
+    let buffers = wgpu_rmsnorm::RmsNormBuffers::new((&x).into(), (&y).into());
     assert_eq!(choose(100, Some(false)), (gpu_reduction, 64));
     assert_eq!(
         kernel(2048, Some(false)).variant_name(&buffers, 64),
@@ -466,14 +459,7 @@ fn check_variant(
         let run = |config: &RmsNormConfig, x: &[f32], g: Option<&[f32]>, b: Option<&[f32]>| {
             let kernel = wgpu_rmsnorm::RmsNorm::new(gpu.device(), config, &options).unwrap();
             let probe = storage_buffer(gpu, x);
-            let buffers = wgpu_rmsnorm::RmsNormBuffers {
-                input: (&probe).into(),
-                output: (&probe).into(),
-                gain: None,
-                bias: None,
-                residual: None,
-                sum: None,
-            };
+            let buffers = wgpu_rmsnorm::RmsNormBuffers::new((&probe).into(), (&probe).into());
             let rows = (x.len() / config.hidden as usize) as u32;
             let variant = kernel.variant_name(&buffers, rows);
             assert!(variant.contains(label), "{variant} is not {label}");

@@ -678,14 +678,7 @@ fn encode_one<N: wgpu_rmsnorm::kernel::NormKind>(
         buffer(u64::from(hidden) * rows),
         buffer(u64::from(hidden) * rows),
     );
-    let buffers = RmsNormBuffers {
-        input: BufferRegion::whole(&x),
-        output: BufferRegion::whole(&y),
-        gain: None,
-        bias: None,
-        residual: None,
-        sum: None,
-    };
+    let buffers = RmsNormBuffers::new(BufferRegion::whole(&x), BufferRegion::whole(&y));
     let mut encoder = device.create_command_encoder(&Default::default());
     kernel
         .encode(device, &mut encoder, &buffers, rows as u32)
