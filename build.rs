@@ -7,7 +7,7 @@ mod shader_check;
 #[allow(dead_code)]
 mod shaders;
 
-use shaders::{ModuleShape, ReductionKind, Storage, TensorIo};
+use shaders::{ModuleShape, ReductionKind, StatsIo, Storage, TensorIo};
 
 fn main() {
     println!("cargo:rerun-if-changed=shaders");
@@ -50,6 +50,13 @@ fn main() {
                         gain: true,
                         bias: activations == weights,
                         residual,
+                        // Saved statistics in half the modules.
+                        stats: if activations == weights {
+                            StatsIo::Store
+                        } else {
+                            StatsIo::None
+                        },
+                        grad_sum: false,
                     };
                     check(&ModuleShape {
                         elem,
@@ -64,9 +71,18 @@ fn main() {
     }
 }
 
-/// Every kernel file composed with `shape`, validated.
+/// Every kernel composed with `shape` (a backward kernel with the backward's tensors),
+/// validated.
 fn check(shape: &ModuleShape) {
     for kernel in shaders::KERNELS {
+        let shape = &ModuleShape {
+            io: if kernel.backward {
+                shape.io.backward()
+            } else {
+                shape.io
+            },
+            ..*shape
+        };
         let composed = shaders::compose(kernel, shape, shaders::ShaderTarget::Native);
         if let Err(message) = shader_check::validate(&composed, shape.reduction.uses_subgroups()) {
             eprintln!("invalid WGSL ({shape:?}):\n{message}");

@@ -27,6 +27,18 @@ struct Params {
     chunks: u32,
     k_chunk_len: u32,
     chunk_len: u32,
+    // Saved statistics: the word of this dispatch's row 0 in the bound range.
+    stats_base: u32,
+    // Backward only: dy and the gradient of the stored sum h (Elems, like x_base).
+    dy_base: u32,
+    dsum_base: u32,
+    // Backward only: partial rows of dgain and dbias (one per workgroup of the call, this
+    // dispatch's first at partial_first; partial_rows in the call), and the Elem bases of
+    // dgain and dbias.
+    partial_first: u32,
+    partial_rows: u32,
+    dgain_base: u32,
+    dbias_base: u32,
 }
 
 // Fixed per pipeline.
@@ -42,7 +54,10 @@ override EPS_INSIDE_ROOT: bool = true;
 // `bias_load` (Elem i of the binding, converted exactly to f32), `y_store` (rounded once to
 // the stored format), `sum_store` (of values of the format already), `act_round` (an Elem
 // rounded to the activations' format), and the constants HAS_GAIN, HAS_BIAS, HAS_RESIDUAL,
-// STORES_SUM, SUM_OVER_R (the sum is stored over r).
+// STORES_SUM, SUM_OVER_R (the sum is stored over r); `stats_store`/`stats_load` (word j of
+// a row's saved statistics) with STORES_STATS (forward) and LOADS_STATS (backward); in the
+// backward `dy_load`, `dsum_load` (HAS_GRAD_SUM), `weight_partial_add`/`_load` and
+// `grad_gain_store`/`grad_bias_store` (f32), `y_store` writing dx.
 // Tensors a module does not have are not declared at all, so they are never bound.
 
 // Elem `at` of the normalized input (`at` counts from row 0 of the dispatch): x, or with the

@@ -105,6 +105,9 @@ pub struct RmsNormConfig {
     pub weight_dtype: DType,
     /// The fused residual add, if any.
     pub residual: Residual,
+    /// Whether the forward saves each row's statistics (f32: the two factors whose product
+    /// is 1 / rms) for the backward, which then reads them instead of recomputing them.
+    pub save_stats: bool,
 }
 
 impl RmsNormConfig {
@@ -121,7 +124,15 @@ impl RmsNormConfig {
             dtype: DType::F32,
             weight_dtype: DType::F32,
             residual: Residual::None,
+            save_stats: false,
         }
+    }
+
+    /// Sets whether the forward saves each row's statistics for the backward (see
+    /// [`RmsNormConfig::save_stats`]).
+    pub fn with_saved_stats(mut self, save_stats: bool) -> Self {
+        self.save_stats = save_stats;
+        self
     }
 
     /// Sets the element type of every tensor, activations and weights (then
@@ -273,6 +284,10 @@ pub struct LayerNormConfig {
     pub weight_dtype: DType,
     /// The fused residual add, if any.
     pub residual: Residual,
+    /// Whether the forward saves each row's statistics (f32: shift, mean and scale, the
+    /// row's mean being shift + mean and its 1 / std the scale) for the backward, which then
+    /// reads them instead of recomputing them.
+    pub save_stats: bool,
 }
 
 impl LayerNormConfig {
@@ -287,7 +302,15 @@ impl LayerNormConfig {
             dtype: DType::F32,
             weight_dtype: DType::F32,
             residual: Residual::None,
+            save_stats: false,
         }
+    }
+
+    /// Sets whether the forward saves each row's statistics for the backward (see
+    /// [`LayerNormConfig::save_stats`]).
+    pub fn with_saved_stats(mut self, save_stats: bool) -> Self {
+        self.save_stats = save_stats;
+        self
     }
 
     /// Sets the element type of every tensor (see [`RmsNormConfig::with_dtype`]).
@@ -336,6 +359,7 @@ impl LayerNormConfig {
             .with_dtype(self.dtype)
             .with_weight_dtype(self.weight_dtype)
             .with_residual(self.residual)
+            .with_saved_stats(self.save_stats)
     }
 
     /// Checks every field.

@@ -5,11 +5,15 @@ use crate::config::{LayerNormConfig, Residual, RmsNormConfig};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::kernel::pipelines::PipelineCache;
+use crate::kernel::plan::Pass;
 use crate::kernel::{
     BufferRegion, KernelCore, KernelOptions, Norm, PreparedDispatch, RmsNorm, RmsNormBuffers,
 };
 use crate::platform;
 use std::sync::{Arc, Mutex, PoisonError};
+
+mod backward;
+pub use backward::{BackwardInputs, NormGradients};
 
 /// Optional gain and bias vectors for a high-level call; each present exactly when the
 /// config asks for it, of the config's `weight_dtype` (`f32`, [`f16`](crate::f16) or
@@ -338,6 +342,7 @@ impl GpuContext {
         let kernel = Arc::new(KernelCore::new(
             &self.pipelines,
             norm,
+            Pass::Forward,
             config,
             &self.kernel_options,
         )?);
@@ -425,6 +430,8 @@ impl GpuContext {
         data: CallData<'_>,
         config: &RmsNormConfig,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        // Statistics are saved for the low-level API's backward; this API recomputes them.
+        let config = &config.with_saved_stats(false);
         let rows = self.check_call(&data, config)?;
         if rows == 0 {
             let sum = config.residual.stores_sum().then(Vec::new);
@@ -569,6 +576,7 @@ impl GpuContext {
                 .map(|_| BufferRegion::whole(&scratch.residual)),
             sum: (config.residual == Residual::AddStoreSum)
                 .then(|| BufferRegion::whole(&scratch.sum)),
+            stats: None,
         };
         let timestamp_writes = self
             .call_timer
@@ -581,7 +589,7 @@ impl GpuContext {
         let kernel_id = kernel.id();
         let prepared = match scratch.prepared.take() {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
-            _ => kernel.prepare(&self.device, &buffers, rows)?,
+            _ => kernel.prepare(&self.device, &kernel.forward_tensors(&buffers)?, rows)?,
         };
         kernel.record(&prepared, &mut encoder, timestamp_writes)?;
         scratch.prepared = Some((kernel_id, rows, prepared));

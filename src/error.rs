@@ -213,6 +213,26 @@ pub enum Error {
         fix: &'static str,
     },
 
+    /// A statistics buffer that the config does not call for, or that is missing.
+    #[error("{which}: {fix}")]
+    StatsMismatch {
+        /// What is wrong.
+        which: &'static str,
+        /// What to change.
+        fix: &'static str,
+    },
+
+    /// A backward call's buffers do not match what its config's forward had: a gradient of
+    /// the gain or bias without the weight, the residual or the gradient of the stored sum
+    /// where the forward had none, or missing.
+    #[error("{which}: {fix}")]
+    BackwardMismatch {
+        /// What is wrong.
+        which: &'static str,
+        /// What to change.
+        fix: &'static str,
+    },
+
     /// A workgroup size the device or the kernel cannot use.
     #[error("workgroup size {size} is not usable: {reason}")]
     InvalidWorkgroupSize {

@@ -18,12 +18,13 @@ pub use config::{
     EpsMode, Gain, LayerNormConfig, PartialRms, Residual, RmsNormConfig, DEFAULT_EPS,
     DEFAULT_LAYER_NORM_EPS,
 };
-pub use context::{GpuContext, Weights};
+pub use context::{BackwardInputs, GpuContext, NormGradients, Weights};
 pub use dtype::{bf16, f16, DType, Element};
 pub use error::{Error, Result};
 pub use kernel::plan::{DeviceCaps, Plan};
 pub use kernel::{
-    BufferRegion, KernelOptions, LayerNorm, NormKernel, Reduction, RmsNorm, RmsNormBuffers,
+    BackwardBuffers, BufferRegion, KernelOptions, LayerNorm, LayerNormBackward, NormBackward,
+    NormKernel, Reduction, RmsNorm, RmsNormBackward, RmsNormBuffers,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use platform::block_on;

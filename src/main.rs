@@ -8,6 +8,7 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod backward;
 
     use std::process::ExitCode;
     use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
@@ -31,6 +32,9 @@ usage: wgpu-rmsnorm [options]
   --dtype T            element type of x, y and the residual: f32 (default), f16 or bf16
   --weight-dtype T     element type of gain and bias, default: the --dtype
   --residual           fuse the residual add: y = norm(x + r), the sum stored too
+  --backward           run the backward instead: dx, dgain and dbias of RMSNorm, pRMSNorm
+                       and LayerNorm against the f64 reference, timed with statistics
+                       recomputed and saved; the gain defaults to scale, and a bias is added
   --f16 IMPL           f16 as WGSL's f16 type (native, needs SHADER_F16) or packed u32
                        words (packed); default: the plan's choice
   --reduction R        auto (default), tree, subgroups or single-subgroup
@@ -40,6 +44,7 @@ Values may also be given as --flag=value. Progress goes to stderr, the table to 
 Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
 
     struct Args {
+        backward: bool,
         rows: u32,
         config: RmsNormConfig,
         partial: PartialRms,
@@ -60,7 +65,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
     }
 
     /// Flags that take no value.
-    const SWITCHES: [&str; 2] = ["--bias", "--residual"];
+    const SWITCHES: [&str; 3] = ["--bias", "--residual", "--backward"];
     /// Flags that take a value.
     const VALUED: [&str; 13] = [
         "--rows",
@@ -80,6 +85,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
 
     fn parse_args() -> Result<Args, Stop> {
         let mut args = Args {
+            backward: false,
             rows: 4096,
             config: RmsNormConfig::new(4096),
             partial: PartialRms::Fraction(0.0625),
@@ -88,6 +94,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
         };
         let mut it = std::env::args().skip(1);
         let mut weight_dtype = None;
+        let mut gain_given = false;
         while let Some(argument) = it.next() {
             // `--flag value` or `--flag=value`.
             let (flag, inline) = match argument.split_once('=') {
@@ -101,11 +108,13 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
                 "--help" | "-h" => return Err(Stop::Help),
                 "--bias" => args.config.bias = true,
                 "--residual" => args.config.residual = Residual::AddStoreSum,
+                "--backward" => args.backward = true,
                 f if VALUED.contains(&f) => {
                     let value = match inline {
                         Some(value) => value,
                         None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
                     };
+                    gain_given |= flag == "--gain";
                     apply_flag(&mut args, &mut weight_dtype, &flag, &value)?;
                 }
                 _ => {
@@ -118,6 +127,13 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             }
         }
         args.config.weight_dtype = weight_dtype.unwrap_or(args.config.dtype);
+        if args.backward {
+            // dgain and dbias are checked too.
+            if !gain_given {
+                args.config.gain = Gain::Scale;
+            }
+            args.config.bias = true;
+        }
         // Every value checked before any work: a bad --p fails here, not after a run.
         args.config
             .with_partial(args.partial)
@@ -296,6 +312,9 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             });
         }
         let data = Data::<T, W>::new(args);
+        if args.backward {
+            return backward::run(&gpu, &timer, args, &data).await;
+        }
 
         // Timing buffers, separate from the context's: x and r in, y and the sum out, weights.
         use wgpu::util::DeviceExt;
@@ -334,6 +353,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
             bias: bias_buffer.as_ref().map(BufferRegion::whole),
             residual: r_buffer.as_ref().map(BufferRegion::whole),
             sum: sum_buffer.as_ref().map(BufferRegion::whole),
+            stats: None,
         };
 
         println!(

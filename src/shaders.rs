@@ -116,6 +116,18 @@ pub const RESIDUALS: [ResidualIo; 4] = [
     ResidualIo::StoreSumInPlace,
 ];
 
+/// What a module does with each row's saved statistics (RMSNorm: the two factors of
+/// 1 / rms; LayerNorm: shift, mean and scale; f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatsIo {
+    /// None are bound: the backward recomputes them.
+    None,
+    /// The forward writes them.
+    Store,
+    /// The backward reads them.
+    Load,
+}
+
 /// The tensors of a module: their storage and which of them exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TensorIo {
@@ -127,8 +139,13 @@ pub struct TensorIo {
     pub gain: bool,
     /// Whether the module reads a bias.
     pub bias: bool,
-    /// The residual add.
+    /// The residual add. A backward module reads r only with [`ResidualIo::Add`] (h is
+    /// recomputed); where the forward stored h, the backward's input is h itself.
     pub residual: ResidualIo,
+    /// The rows' saved statistics.
+    pub stats: StatsIo,
+    /// Backward only: whether dx adds the gradient of the stored sum h.
+    pub grad_sum: bool,
 }
 
 impl TensorIo {
@@ -139,7 +156,32 @@ impl TensorIo {
         gain: false,
         bias: false,
         residual: ResidualIo::None,
+        stats: StatsIo::None,
+        grad_sum: false,
     };
+
+    /// The tensors of the backward of a forward with these tensors: x (or h where the
+    /// forward stored it, with the gradient of h), dy, the gain, dx; the statistics read
+    /// where the forward saved them; dgain and dbias where there is a gain and a bias.
+    pub fn backward(&self) -> TensorIo {
+        let stores_sum = matches!(
+            self.residual,
+            ResidualIo::StoreSum | ResidualIo::StoreSumInPlace
+        );
+        TensorIo {
+            residual: if stores_sum {
+                ResidualIo::None
+            } else {
+                self.residual
+            },
+            stats: match self.stats {
+                StatsIo::None => StatsIo::None,
+                StatsIo::Store | StatsIo::Load => StatsIo::Load,
+            },
+            grad_sum: stores_sum || self.grad_sum,
+            ..*self
+        }
+    }
 
     /// Whether the module needs `enable f16;`.
     pub fn uses_f16(&self) -> bool {
@@ -147,14 +189,29 @@ impl TensorIo {
             || (self.weights == Storage::F16 && (self.gain || self.bias))
     }
 
-    /// Storage buffers bound (split rows' partial sums not counted).
+    /// Storage buffers a forward module binds (split rows' partial sums not counted).
     pub fn storage_buffers(&self) -> u32 {
         let residual = match self.residual {
             ResidualIo::None => 0,
             ResidualIo::Add | ResidualIo::StoreSumInPlace => 1,
             ResidualIo::StoreSum => 2,
         };
-        2 + u32::from(self.gain) + u32::from(self.bias) + residual
+        2 + u32::from(self.gain) + u32::from(self.bias) + residual + self.stats_buffers()
+    }
+
+    /// Storage buffers the backward's row kernel binds (these tensors being
+    /// [`TensorIo::backward`]'s): x, dy, dx, the gain, r or the gradient of h, the
+    /// statistics, and the partial sums of dgain and dbias.
+    pub fn backward_storage_buffers(&self) -> u32 {
+        let residual = u32::from(self.residual == ResidualIo::Add || self.grad_sum);
+        3 + u32::from(self.gain)
+            + residual
+            + self.stats_buffers()
+            + u32::from(self.gain || self.bias)
+    }
+
+    fn stats_buffers(&self) -> u32 {
+        u32::from(self.stats != StatsIo::None)
     }
 }
 
@@ -174,6 +231,19 @@ pub const BINDING_PARTIALS: u32 = 5;
 pub const BINDING_RESIDUAL: u32 = 6;
 /// `@binding` of the stored sum h (when not written over r).
 pub const BINDING_SUM: u32 = 7;
+/// `@binding` of the backward's dy.
+pub const BINDING_GRAD_OUTPUT: u32 = 8;
+/// `@binding` of the backward's gradient of the stored sum h.
+pub const BINDING_GRAD_SUM: u32 = 9;
+/// `@binding` of the rows' saved statistics.
+pub const BINDING_STATS: u32 = 10;
+/// `@binding` of the backward's dgain (f32).
+pub const BINDING_GRAD_GAIN: u32 = 11;
+/// `@binding` of the backward's dbias (f32).
+pub const BINDING_GRAD_BIAS: u32 = 12;
+/// `@binding` of the backward's per-workgroup partial sums of dgain and dbias (the split
+/// rows' binding: no module has both).
+pub const BINDING_WEIGHT_PARTIALS: u32 = BINDING_PARTIALS;
 
 /// One source file of `shaders/`.
 #[derive(Debug, Clone, Copy)]
@@ -182,27 +252,80 @@ pub struct ShaderFile {
     pub path: &'static str,
     /// Its text.
     pub text: &'static str,
-    /// Whether the file's read-once entry point needs the generated `RowCache` code.
-    pub row_cache: bool,
 }
 
 macro_rules! shader_file {
-    ($name:literal, $row_cache:literal) => {
+    ($name:literal) => {
         ShaderFile {
             path: concat!("shaders/", $name),
             text: include_str!(concat!("../shaders/", $name)),
-            row_cache: $row_cache,
         }
-    };
-    ($name:literal) => {
-        shader_file!($name, false)
     };
 }
 
-/// `shaders/rmsnorm.wgsl`: RMSNorm and pRMSNorm forward.
-pub const RMSNORM: ShaderFile = shader_file!("rmsnorm.wgsl", true);
-/// `shaders/layernorm.wgsl`: the LayerNorm baseline, in the same style.
-pub const LAYERNORM: ShaderFile = shader_file!("layernorm.wgsl");
+/// A kernel: the files composed after the element layout, reduction, formats and
+/// `norm_common.wgsl`, in order, and the entry points they define.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// The file that holds the kernel's entry points (its last).
+    pub path: &'static str,
+    /// The files, in order.
+    pub files: &'static [ShaderFile],
+    /// The entry points.
+    pub entries: &'static [&'static str],
+    /// Whether the read-once entry point needs the generated `RowCache` code.
+    pub row_cache: bool,
+    /// Whether it is a backward kernel (its tensors are dy, dx, dgain, dbias besides x).
+    pub backward: bool,
+}
+
+const RMS_SCALE: ShaderFile = shader_file!("rms_scale.wgsl");
+const LAYER_MOMENTS: ShaderFile = shader_file!("layer_moments.wgsl");
+const BACKWARD_COMMON: ShaderFile = shader_file!("backward_common.wgsl");
+const RMSNORM_FILE: ShaderFile = shader_file!("rmsnorm.wgsl");
+const LAYERNORM_FILE: ShaderFile = shader_file!("layernorm.wgsl");
+const RMSNORM_BACKWARD_FILE: ShaderFile = shader_file!("rmsnorm_backward.wgsl");
+const LAYERNORM_BACKWARD_FILE: ShaderFile = shader_file!("layernorm_backward.wgsl");
+
+/// RMSNorm and pRMSNorm forward (`shaders/rmsnorm.wgsl`).
+pub const RMSNORM: Kernel = Kernel {
+    path: RMSNORM_FILE.path,
+    files: &[RMS_SCALE, RMSNORM_FILE],
+    entries: &[
+        "rms_norm",
+        "rms_norm_cached",
+        "split_partials",
+        "split_scale",
+    ],
+    row_cache: true,
+    backward: false,
+};
+/// The LayerNorm baseline, in the same style (`shaders/layernorm.wgsl`).
+pub const LAYERNORM: Kernel = Kernel {
+    path: LAYERNORM_FILE.path,
+    files: &[LAYER_MOMENTS, LAYERNORM_FILE],
+    entries: &["layer_norm"],
+    row_cache: false,
+    backward: false,
+};
+/// RMSNorm and pRMSNorm backward (`shaders/rmsnorm_backward.wgsl`), with the pass that
+/// sums dgain and dbias over rows.
+pub const RMSNORM_BACKWARD: Kernel = Kernel {
+    path: RMSNORM_BACKWARD_FILE.path,
+    files: &[RMS_SCALE, BACKWARD_COMMON, RMSNORM_BACKWARD_FILE],
+    entries: &["rms_norm_backward", "weight_grads"],
+    row_cache: false,
+    backward: true,
+};
+/// LayerNorm backward (`shaders/layernorm_backward.wgsl`), with the pass that sums dgain and
+/// dbias over rows.
+pub const LAYERNORM_BACKWARD: Kernel = Kernel {
+    path: LAYERNORM_BACKWARD_FILE.path,
+    files: &[LAYER_MOMENTS, BACKWARD_COMMON, LAYERNORM_BACKWARD_FILE],
+    entries: &["layer_norm_backward", "weight_grads"],
+    row_cache: false,
+    backward: true,
+};
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
 pub const COPY_VEC4: ShaderFile = shader_file!("copy_vec4.wgsl");
 /// `shaders/residual_add.wgsl`: the unfused residual add, for the benchmark's comparison.
@@ -217,8 +340,8 @@ const REDUCE_SINGLE: ShaderFile = shader_file!("reduce_single_subgroup.wgsl");
 
 /// Every standalone module (used as it is, not composed).
 pub const STANDALONE: [ShaderFile; 1] = [COPY_VEC4];
-/// Every kernel file.
-pub const KERNELS: [ShaderFile; 2] = [RMSNORM, LAYERNORM];
+/// Every kernel.
+pub const KERNELS: [Kernel; 4] = [RMSNORM, LAYERNORM, RMSNORM_BACKWARD, LAYERNORM_BACKWARD];
 /// Every element layout.
 pub const ELEM_LAYOUTS: [ElemLayout; 2] = [ElemLayout::Vec4, ElemLayout::Scalar];
 /// Every reduction.
@@ -279,8 +402,9 @@ impl ComposedShader {
     }
 }
 
-/// The module for `kernel` with the given shape, for `target`.
-pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) -> ComposedShader {
+/// The module for `kernel` with the given shape, for `target`. A backward kernel's tensors
+/// are `shape.io` (already [`TensorIo::backward`]'s).
+pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> ComposedShader {
     let elem = match shape.elem {
         ElemLayout::Vec4 => ELEM_VEC4,
         ElemLayout::Scalar => ELEM_SCALAR,
@@ -301,9 +425,13 @@ pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) ->
     if kernel.row_cache {
         source.push_str(&row_cache_code(shape.cache_len.max(1)));
     }
-    source.push_str(&tensor_code(&shape.io, shape.elem));
+    source.push_str(&tensor_code(&shape.io, shape.elem, kernel.backward));
+    if kernel.backward {
+        source.push_str(&backward_tensor_code(&shape.io, shape.elem));
+    }
     let mut parts = vec![(1, "<prelude>")];
-    for file in [elem, reduce, FORMATS, NORM_COMMON, kernel] {
+    let files = [elem, reduce, FORMATS, NORM_COMMON].into_iter();
+    for file in files.chain(kernel.files.iter().copied()) {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);
         if !source.ends_with('\n') {
@@ -316,7 +444,7 @@ pub fn compose(kernel: ShaderFile, shape: &ModuleShape, target: ShaderTarget) ->
 /// The tensors' bindings and accessors for `io` (see `shaders/norm_common.wgsl`): what
 /// exists is declared with its storage type; what does not is a constant `false` and an
 /// accessor that is never called, so that it is never bound.
-fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
+fn tensor_code(io: &TensorIo, elem: ElemLayout, backward: bool) -> String {
     let act = io.activations;
     let weights = io.weights;
     let flag = |name: &str, on: bool| format!("const {name}: bool = {on};\n");
@@ -338,7 +466,8 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
     code.push_str(&tensor("y", BINDING_Y, act, elem, Access::Store));
     for (name, binding, present) in [
         ("gain", BINDING_GAIN, io.gain),
-        ("bias", BINDING_BIAS, io.bias),
+        // The backward needs no bias: dbias is the sum of dy.
+        ("bias", BINDING_BIAS, io.bias && !backward),
     ] {
         code.push_str(&if present {
             tensor(name, binding, weights, elem, Access::Load)
@@ -362,6 +491,78 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
         }
     });
     code.push_str(&act_round_code(act, elem));
+    code.push_str(&stats_code(io.stats));
+    code
+}
+
+/// The saved statistics' binding and `stats_store` / `stats_load` (word j of a row's
+/// statistics; `STATS_PER_ROW` is the kernel file's).
+fn stats_code(stats: StatsIo) -> String {
+    let flag = |name: &str, on: bool| format!("const {name}: bool = {on};\n");
+    let at = "params.stats_base + row * STATS_PER_ROW + j";
+    let mut code = flag("STORES_STATS", stats == StatsIo::Store);
+    code.push_str(&flag("LOADS_STATS", stats == StatsIo::Load));
+    let mode = if stats == StatsIo::Store {
+        "read_write"
+    } else {
+        "read"
+    };
+    if stats != StatsIo::None {
+        code.push_str(&format!(
+            "@group(0) @binding({BINDING_STATS}) var<storage, {mode}> stats: array<f32>;\n"
+        ));
+    }
+    code.push_str(&match stats {
+        StatsIo::Store => {
+            format!("fn stats_store(row: u32, j: u32, v: f32) {{\n    stats[{at}] = v;\n}}\n")
+        }
+        _ => "fn stats_store(row: u32, j: u32, v: f32) {}\n".to_string(),
+    });
+    code.push_str(&match stats {
+        StatsIo::Load => {
+            format!("fn stats_load(row: u32, j: u32) -> f32 {{\n    return stats[{at}];\n}}\n")
+        }
+        _ => "fn stats_load(row: u32, j: u32) -> f32 {\n    return 0.0;\n}\n".to_string(),
+    });
+    code
+}
+
+/// A backward module's own tensors: dy, the gradient of the stored sum h, the partial sums
+/// of dgain and dbias, and dgain and dbias themselves (f32).
+fn backward_tensor_code(io: &TensorIo, elem: ElemLayout) -> String {
+    let act = io.activations;
+    let mut code = format!("const HAS_GRAD_SUM: bool = {};\n", io.grad_sum);
+    code.push_str(&tensor("dy", BINDING_GRAD_OUTPUT, act, elem, Access::Load));
+    code.push_str(&if io.grad_sum {
+        tensor("dsum", BINDING_GRAD_SUM, act, elem, Access::Load)
+    } else {
+        "fn dsum_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n".to_string()
+    });
+    if io.gain || io.bias {
+        code.push_str(&format!(
+            "@group(0) @binding({BINDING_WEIGHT_PARTIALS}) var<storage, read_write> \
+             weight_partials: array<Elem>;\n\
+             fn weight_partial_add(first: bool, at: u32, v: Elem) {{\n    \
+             if (first) {{\n        weight_partials[at] = v;\n    }} else {{\n        \
+             weight_partials[at] = weight_partials[at] + v;\n    }}\n}}\n\
+             fn weight_partial_load(at: u32) -> Elem {{\n    return weight_partials[at];\n}}\n"
+        ));
+    } else {
+        code.push_str(
+            "fn weight_partial_add(first: bool, at: u32, v: Elem) {}\n\
+             fn weight_partial_load(at: u32) -> Elem {\n    return Elem(0.0);\n}\n",
+        );
+    }
+    for (name, binding, present) in [
+        ("grad_gain", BINDING_GRAD_GAIN, io.gain),
+        ("grad_bias", BINDING_GRAD_BIAS, io.bias),
+    ] {
+        code.push_str(&if present {
+            tensor(name, binding, Storage::F32, elem, Access::Store)
+        } else {
+            format!("fn {name}_store(i: u32, v: Elem) {{}}\n")
+        });
+    }
     code
 }
 

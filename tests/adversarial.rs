@@ -303,6 +303,7 @@ fn prepared_dispatch_of_another_kernel() {
         bias: None,
         residual: None,
         sum: None,
+        stats: None,
     };
     let prepared = a.prepare(device, &buffers, 1).unwrap();
     let mut encoder = device.create_command_encoder(&Default::default());
@@ -563,6 +564,7 @@ fn device_loss_at_every_entry() {
         bias: None,
         residual: None,
         sum: None,
+        stats: None,
     };
     let prepared = kernel.prepare(&device, &buffers, 4).unwrap();
 

@@ -55,6 +55,7 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
         }),
         residual: None,
         sum: None,
+        stats: None,
     };
     let y_all = no_gpu_errors(device, || {
         let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();

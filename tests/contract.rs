@@ -10,9 +10,39 @@ mod shaders {
 
 use shaders::*;
 use wgpu_rmsnorm::kernel::{
-    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
-    BINDING_X, BINDING_Y, PARAMS_FIELDS, PARAMS_SIZE,
+    BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN, BINDING_GRAD_OUTPUT,
+    BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_STATS,
+    BINDING_SUM, BINDING_X, BINDING_Y, PARAMS_FIELDS, PARAMS_SIZE,
 };
+
+/// Every tensor a forward module can have, so that every binding is declared.
+fn every_tensor() -> TensorIo {
+    TensorIo {
+        activations: Storage::PackedF16,
+        weights: Storage::F32,
+        gain: true,
+        bias: true,
+        residual: ResidualIo::StoreSum,
+        stats: StatsIo::Store,
+        grad_sum: false,
+    }
+}
+
+/// The backward module with every tensor it can have.
+fn backward_module() -> naga::Module {
+    let shape = ModuleShape {
+        elem: ElemLayout::Scalar,
+        reduction: ReductionKind::WorkgroupTree,
+        workgroup_size: 64,
+        cache_len: 1,
+        io: every_tensor().backward(),
+    };
+    shader_check::validate(
+        &compose(RMSNORM_BACKWARD, &shape, ShaderTarget::Native),
+        false,
+    )
+    .unwrap()
+}
 
 fn module() -> naga::Module {
     let shape = ModuleShape {
@@ -20,14 +50,7 @@ fn module() -> naga::Module {
         reduction: ReductionKind::WorkgroupTree,
         workgroup_size: 64,
         cache_len: 1,
-        // Every tensor present, so that every binding is declared.
-        io: TensorIo {
-            activations: Storage::PackedF16,
-            weights: Storage::F32,
-            gain: true,
-            bias: true,
-            residual: ResidualIo::StoreSum,
-        },
+        io: every_tensor(),
     };
     shader_check::validate(&compose(RMSNORM, &shape, ShaderTarget::Native), false).unwrap()
 }
@@ -58,7 +81,8 @@ fn params_layout_matches_the_wgsl_struct() {
 #[test]
 fn binding_indices_match_the_wgsl_globals() {
     let module = module();
-    let binding = |name: &str| {
+    let backward = backward_module();
+    let binding = |module: &naga::Module, name: &str| {
         module
             .global_variables
             .iter()
@@ -76,7 +100,23 @@ fn binding_indices_match_the_wgsl_globals() {
         ("row_partials", BINDING_PARTIALS),
         ("r", BINDING_RESIDUAL),
         ("sum", BINDING_SUM),
+        ("stats", BINDING_STATS),
     ] {
-        assert_eq!(binding(name), (0, index), "{name}");
+        assert_eq!(binding(&module, name), (0, index), "{name}");
+    }
+    // The backward: x, dx (y's binding), the gain and r as in the forward; its own tensors.
+    for (name, index) in [
+        ("params", BINDING_PARAMS),
+        ("x", BINDING_X),
+        ("y", BINDING_Y),
+        ("gain", BINDING_GAIN),
+        ("dy", BINDING_GRAD_OUTPUT),
+        ("dsum", BINDING_GRAD_SUM),
+        ("stats", BINDING_STATS),
+        ("weight_partials", BINDING_PARTIALS),
+        ("grad_gain", BINDING_GRAD_GAIN),
+        ("grad_bias", BINDING_GRAD_BIAS),
+    ] {
+        assert_eq!(binding(&backward, name), (0, index), "backward {name}");
     }
 }

@@ -262,6 +262,7 @@ fn bad_buffers() {
         bias: None,
         residual: None,
         sum: None,
+        stats: None,
     };
     type Check = fn(&Error) -> bool;
     let cases: Vec<(&str, RmsNormBuffers<'_>, Check)> = vec![

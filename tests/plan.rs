@@ -318,6 +318,11 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         Entry::SplitPartials => (3 * piece, 3),
         // split_scale: two passes over the pieces, then the piece's scaling.
         Entry::SplitScale => (2 * u64::from(p.div_ceil(wg)) + piece, 2),
+        // The backward: the statistics (two passes, two reductions, where recomputed), the
+        // correction's pass and reductions (one for RMSNorm, two for LayerNorm), dx's pass.
+        Entry::RmsNormBackward | Entry::LayerNormBackward => (4 * row, 4),
+        // Planned apart: one pass over the partial rows per Elem.
+        Entry::WeightGrads => (row, 0),
     };
     // The row loop itself, the rescaling loop's turns.
     passes + reductions * reduce + 3

@@ -1,13 +1,15 @@
 //! A call's buffers checked, bound and recorded as the plan's launch says.
 
 use super::pipelines::{
-    BindingSet, Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS,
-    BINDING_RESIDUAL, BINDING_SUM, BINDING_X, BINDING_Y,
+    BindingSet, Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN,
+    BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL,
+    BINDING_STATS, BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
 };
 use super::plan::{lanes, DeviceCaps, Launch, LaunchChunk, Plan};
-use super::{BufferRegion, RmsNormBuffers};
+use super::{BackwardBuffers, BufferRegion, Norm, RmsNormBuffers};
 use crate::config::{Residual, RmsNormConfig};
 use crate::error::{Error, Result};
+use bytemuck::Zeroable;
 
 /// The uniform block of `shaders/norm_common.wgsl` (`struct Params`); `tests/contract.rs`
 /// checks the two against each other through naga.
@@ -28,6 +30,13 @@ pub(crate) struct Params {
     chunks: u32,
     k_chunk_len: u32,
     chunk_len: u32,
+    stats_base: u32,
+    dy_base: u32,
+    dsum_base: u32,
+    partial_first: u32,
+    partial_rows: u32,
+    dgain_base: u32,
+    dbias_base: u32,
 }
 
 /// Bytes in `Params`.
@@ -35,7 +44,7 @@ pub const PARAMS_SIZE: usize = std::mem::size_of::<Params>();
 
 /// Each field of `Params` (the uniform block of `shaders/norm_common.wgsl`) by name and byte
 /// offset, for the test that checks the Rust and WGSL sides against each other.
-pub const PARAMS_FIELDS: [(&str, usize); 14] = [
+pub const PARAMS_FIELDS: [(&str, usize); 21] = [
     ("rows", std::mem::offset_of!(Params, rows)),
     ("row_len", std::mem::offset_of!(Params, row_len)),
     ("k", std::mem::offset_of!(Params, k)),
@@ -50,6 +59,13 @@ pub const PARAMS_FIELDS: [(&str, usize); 14] = [
     ("chunks", std::mem::offset_of!(Params, chunks)),
     ("k_chunk_len", std::mem::offset_of!(Params, k_chunk_len)),
     ("chunk_len", std::mem::offset_of!(Params, chunk_len)),
+    ("stats_base", std::mem::offset_of!(Params, stats_base)),
+    ("dy_base", std::mem::offset_of!(Params, dy_base)),
+    ("dsum_base", std::mem::offset_of!(Params, dsum_base)),
+    ("partial_first", std::mem::offset_of!(Params, partial_first)),
+    ("partial_rows", std::mem::offset_of!(Params, partial_rows)),
+    ("dgain_base", std::mem::offset_of!(Params, dgain_base)),
+    ("dbias_base", std::mem::offset_of!(Params, dbias_base)),
 ];
 
 /// A checked call with its bind groups and parameters, from `prepare`. It keeps the
@@ -59,66 +75,213 @@ pub struct PreparedDispatch {
     pub(crate) kernel_id: u64,
     pub(crate) launch: Launch,
     pub(crate) bind_groups: Vec<wgpu::BindGroup>,
+    /// Backward with a gain or a bias: the bind group of the pass that sums dgain and dbias.
+    pub(crate) weight_grads: Option<wgpu::BindGroup>,
 }
 
-/// One tensor of a call: its buffer region, its name for errors, and what it holds.
+/// How many elements a tensor of a call holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// This many per row (`hidden` for activations, the statistics' words per row).
+    PerRow(u64),
+    /// This many in all (`hidden` for the gain, bias, dgain, dbias).
+    Fixed(u64),
+}
+
+/// One tensor of a call: its binding, buffer region, name for errors, and what it holds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tensor<'a> {
     pub which: &'static str,
+    pub binding: u32,
     pub region: BufferRegion<'a>,
     pub element_bytes: u64,
-    /// `hidden` elements (gain, bias) rather than `rows * hidden`.
-    pub vector: bool,
+    pub extent: Extent,
+    /// Whether the shader reads it in Elems (vec4 loads need its offset a multiple of 4
+    /// elements); the statistics are read as f32.
+    pub elems: bool,
     /// Whether the call writes it.
     pub writes: bool,
 }
 
-/// The tensors of a call, input and output first.
-pub(crate) fn tensors<'a>(config: &RmsNormConfig, buffers: &RmsNormBuffers<'a>) -> Vec<Tensor<'a>> {
+impl<'a> Tensor<'a> {
+    fn new(
+        which: &'static str,
+        binding: u32,
+        region: BufferRegion<'a>,
+        element_bytes: u64,
+        extent: Extent,
+        writes: bool,
+    ) -> Self {
+        Self {
+            which,
+            binding,
+            region,
+            element_bytes,
+            extent,
+            elems: binding != BINDING_STATS,
+            writes,
+        }
+    }
+}
+
+/// Words of saved statistics per row.
+pub(crate) fn stats_per_row(norm: Norm) -> u64 {
+    match norm {
+        Norm::Rms => 2,
+        Norm::Layer => 3,
+    }
+}
+
+/// The tensors of a forward call, input and output first.
+pub(crate) fn tensors<'a>(
+    norm: Norm,
+    config: &RmsNormConfig,
+    buffers: &RmsNormBuffers<'a>,
+) -> Vec<Tensor<'a>> {
     let act = config.dtype.bytes();
     let weights = config.weight_dtype.bytes();
     let in_place = config.residual == Residual::AddStoreSumInPlace;
+    let (row, vector) = (
+        Extent::PerRow(u64::from(config.hidden)),
+        Extent::Fixed(u64::from(config.hidden)),
+    );
+    let stats = Extent::PerRow(stats_per_row(norm));
     [
-        ("input", Some(buffers.input), act, false, false),
-        ("output", Some(buffers.output), act, false, true),
-        ("gain", buffers.gain, weights, true, false),
-        ("bias", buffers.bias, weights, true, false),
-        ("residual", buffers.residual, act, false, in_place),
-        ("sum", buffers.sum, act, false, true),
+        ("input", BINDING_X, Some(buffers.input), act, row, false),
+        ("output", BINDING_Y, Some(buffers.output), act, row, true),
+        ("gain", BINDING_GAIN, buffers.gain, weights, vector, false),
+        ("bias", BINDING_BIAS, buffers.bias, weights, vector, false),
+        (
+            "residual",
+            BINDING_RESIDUAL,
+            buffers.residual,
+            act,
+            row,
+            in_place,
+        ),
+        ("sum", BINDING_SUM, buffers.sum, act, row, true),
+        ("stats", BINDING_STATS, buffers.stats, 4, stats, true),
     ]
     .into_iter()
-    .filter_map(|(which, region, element_bytes, vector, writes)| {
-        region.map(|region| Tensor {
-            which,
-            region,
-            element_bytes,
+    .filter_map(|(which, binding, region, bytes, extent, writes)| {
+        region.map(|region| Tensor::new(which, binding, region, bytes, extent, writes))
+    })
+    .collect()
+}
+
+/// The tensors of a backward call.
+pub(crate) fn backward_tensors<'a>(
+    norm: Norm,
+    config: &RmsNormConfig,
+    buffers: &BackwardBuffers<'a>,
+) -> Vec<Tensor<'a>> {
+    let act = config.dtype.bytes();
+    let weights = config.weight_dtype.bytes();
+    let (row, vector) = (
+        Extent::PerRow(u64::from(config.hidden)),
+        Extent::Fixed(u64::from(config.hidden)),
+    );
+    let stats = Extent::PerRow(stats_per_row(norm));
+    [
+        ("input", BINDING_X, Some(buffers.input), act, row, false),
+        (
+            "grad_output",
+            BINDING_GRAD_OUTPUT,
+            Some(buffers.grad_output),
+            act,
+            row,
+            false,
+        ),
+        (
+            "grad_input",
+            BINDING_Y,
+            Some(buffers.grad_input),
+            act,
+            row,
+            true,
+        ),
+        ("gain", BINDING_GAIN, buffers.gain, weights, vector, false),
+        (
+            "residual",
+            BINDING_RESIDUAL,
+            buffers.residual,
+            act,
+            row,
+            false,
+        ),
+        (
+            "grad_sum",
+            BINDING_GRAD_SUM,
+            buffers.grad_sum,
+            act,
+            row,
+            false,
+        ),
+        ("stats", BINDING_STATS, buffers.stats, 4, stats, false),
+        (
+            "grad_gain",
+            BINDING_GRAD_GAIN,
+            buffers.grad_gain,
+            4,
             vector,
-            writes,
-        })
+            true,
+        ),
+        (
+            "grad_bias",
+            BINDING_GRAD_BIAS,
+            buffers.grad_bias,
+            4,
+            vector,
+            true,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(which, binding, region, bytes, extent, writes)| {
+        region.map(|region| Tensor::new(which, binding, region, bytes, extent, writes))
     })
     .collect()
 }
 
 /// Whether every offset of the call allows vec4 loads (4 elements).
-pub(crate) fn vec4_offsets(config: &RmsNormConfig, buffers: &RmsNormBuffers<'_>) -> bool {
-    tensors(config, buffers)
+pub(crate) fn vec4_offsets(tensors: &[Tensor<'_>]) -> bool {
+    tensors
         .iter()
+        .filter(|t| t.elems)
         .all(|t| t.region.offset % (4 * t.element_bytes) == 0)
 }
 
-/// Everything wgpu would refuse, and what the config requires, as typed errors.
-pub(crate) fn check_buffers(
+/// What the config requires of a forward call's buffers, as typed errors.
+pub(crate) fn check_forward_buffers(
     config: &RmsNormConfig,
     buffers: &RmsNormBuffers<'_>,
-    rows: u32,
 ) -> Result<()> {
     config.check_weights(
         buffers.gain.map(|_| config.hidden as usize),
         buffers.bias.map(|_| config.hidden as usize),
     )?;
-    check_residual_buffers(config, buffers)?;
-    let tensors = tensors(config, buffers);
-    for t in &tensors {
+    check_stats_buffer(config.save_stats, buffers.stats.is_some())?;
+    check_residual_buffers(config, buffers)
+}
+
+/// The statistics buffer is passed exactly when the config saves statistics.
+pub(crate) fn check_stats_buffer(save_stats: bool, passed: bool) -> Result<()> {
+    let mismatch = |which, fix| Err(Error::StatsMismatch { which, fix });
+    match (save_stats, passed) {
+        (true, false) => mismatch(
+            "the config saves each row's statistics but no stats buffer was passed",
+            "pass a stats buffer of stats_len(rows) f32, or set save_stats to false",
+        ),
+        (false, true) => mismatch(
+            "a stats buffer was passed but the config does not save statistics",
+            "set save_stats to true (with_saved_stats(true)), or pass none",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Everything wgpu would refuse of a call's tensors, as typed errors.
+pub(crate) fn check_tensors(tensors: &[Tensor<'_>], rows: u32) -> Result<()> {
+    for t in tensors {
         let (which, region) = (t.which, t.region);
         if !region.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::MissingStorageUsage { which });
@@ -130,10 +293,9 @@ pub(crate) fn check_buffers(
                 element_bytes: t.element_bytes,
             });
         }
-        let elements = if t.vector {
-            u64::from(config.hidden)
-        } else {
-            u64::from(rows) * u64::from(config.hidden)
+        let elements = match t.extent {
+            Extent::Fixed(n) => n,
+            Extent::PerRow(n) => u64::from(rows) * n,
         };
         // WebGPU binds whole 4-byte words: the word holding a 16-bit tensor's last element
         // must be in the buffer, and a trailing partial word is not usable.
@@ -143,7 +305,7 @@ pub(crate) fn check_buffers(
         if region.offset > size || size - region.offset < needed {
             return Err(Error::BufferTooSmall {
                 which,
-                per_row: !t.vector,
+                per_row: matches!(t.extent, Extent::PerRow(_)),
                 offset: region.offset,
                 needed,
                 size,
@@ -151,7 +313,7 @@ pub(crate) fn check_buffers(
         }
     }
     for written in tensors.iter().filter(|t| t.writes) {
-        for other in &tensors {
+        for other in tensors {
             if other.which != written.which && other.region.buffer == written.region.buffer {
                 return Err(Error::AliasedOutput {
                     written: written.which,
@@ -246,85 +408,159 @@ impl<'a> Bound<'a> {
 }
 
 /// The bind groups of `launch`: one per chunk, each with its parameters (and split rows'
-/// partial sums), made for the call.
+/// partial sums), made for the call; and the backward's pass over dgain and dbias.
 pub(crate) fn bind_groups(
     device: &wgpu::Device,
     layouts: &Layouts,
     plan: &Plan,
     config: &RmsNormConfig,
     launch: &Launch,
-    buffers: &RmsNormBuffers<'_>,
-) -> Result<Vec<wgpu::BindGroup>> {
-    launch
-        .chunks
-        .iter()
-        .map(|chunk| {
-            let bound = ChunkBindings::new(plan, config, buffers, chunk);
-            let params = bound.params(plan, config, launch, chunk);
-            let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
-            let partials = (chunk.scratch_bytes > 0).then(|| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("rmsnorm split partials"),
-                    size: chunk.scratch_bytes,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            });
-            let mut entries = bound.entries();
+    tensors: &[Tensor<'_>],
+) -> Result<(Vec<wgpu::BindGroup>, Option<wgpu::BindGroup>)> {
+    let partial_rows = launch.partial_rows();
+    let weight_partials = launch.weight_grads.map(|_| {
+        let rows = partial_rows * (u64::from(plan.io.gain) + u64::from(plan.io.bias));
+        scratch_buffer(
+            device,
+            "weight grad partials",
+            rows * u64::from(plan.hidden) * 4,
+        )
+    });
+    let mut partial_first = 0;
+    let mut groups = Vec::with_capacity(launch.chunks.len());
+    for chunk in &launch.chunks {
+        let bound = ChunkBindings::new(plan, tensors, chunk);
+        let mut params = bound.params(plan, config, launch, chunk);
+        params.partial_first = partial_first;
+        params.partial_rows = partial_rows as u32;
+        partial_first += chunk.workgroups;
+        let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
+        let partials = (chunk.scratch_bytes > 0)
+            .then(|| scratch_buffer(device, "split partials", chunk.scratch_bytes));
+        let stage = &launch.stages[0];
+        let set = BindingSet::of(stage);
+        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = bound
+            .bound
+            .iter()
+            .filter(|(t, _)| set.has(t.binding))
+            .map(|(t, b)| b.entry(t.binding))
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: BINDING_PARAMS,
+            resource: params_buffer.as_entire_binding(),
+        });
+        for scratch in [&partials, &weight_partials].into_iter().flatten() {
             entries.push(wgpu::BindGroupEntry {
-                binding: BINDING_PARAMS,
-                resource: params_buffer.as_entire_binding(),
+                binding: BINDING_PARTIALS,
+                resource: scratch.as_entire_binding(),
             });
-            if let Some(partials) = &partials {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: BINDING_PARTIALS,
-                    resource: partials.as_entire_binding(),
-                });
+        }
+        groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("rmsnorm bind group"),
+            layout: &layouts.get(set).group,
+            entries: &entries,
+        }));
+    }
+    let weight_grads = match (launch.weight_grads, &weight_partials) {
+        (Some((stage, _)), Some(partials)) => Some(weight_grads_bind_group(
+            device, layouts, plan, launch, tensors, &stage, partials,
+        )?),
+        _ => None,
+    };
+    Ok((groups, weight_grads))
+}
+
+/// The bind group of the backward's `weight_grads`: its parameters, the partial sums, dgain
+/// and dbias.
+fn weight_grads_bind_group(
+    device: &wgpu::Device,
+    layouts: &Layouts,
+    plan: &Plan,
+    launch: &Launch,
+    tensors: &[Tensor<'_>],
+    stage: &super::plan::StagePlan,
+    partials: &wgpu::Buffer,
+) -> Result<wgpu::BindGroup> {
+    let lanes = lanes(launch.elem);
+    let mut params = Params::zeroed();
+    params.row_len = plan.hidden / lanes;
+    params.partial_rows = launch.partial_rows() as u32;
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: BINDING_WEIGHT_PARTIALS,
+        resource: partials.as_entire_binding(),
+    }];
+    let mut bound = Vec::new();
+    for t in tensors {
+        if t.binding == BINDING_GRAD_GAIN || t.binding == BINDING_GRAD_BIAS {
+            let b = Bound::new(&plan.caps, t.region, 0, u64::from(plan.hidden) * 4, 4);
+            let base = b.base_elements / lanes;
+            if t.binding == BINDING_GRAD_GAIN {
+                params.dgain_base = base;
+            } else {
+                params.dbias_base = base;
             }
-            let layout = layouts.get(BindingSet::new(&plan.io, partials.is_some()));
-            Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("rmsnorm bind group"),
-                layout: &layout.group,
-                entries: &entries,
-            }))
-        })
-        .collect()
+            bound.push((t.binding, b));
+        }
+    }
+    entries.extend(bound.iter().map(|(binding, b)| b.entry(*binding)));
+    let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
+    entries.push(wgpu::BindGroupEntry {
+        binding: BINDING_PARAMS,
+        resource: params_buffer.as_entire_binding(),
+    });
+    Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("rmsnorm weight grads bind group"),
+        layout: &layouts.get(BindingSet::of(stage)).group,
+        entries: &entries,
+    }))
+}
+
+/// A storage buffer for intermediate results.
+fn scratch_buffer(device: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.max(4),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
 }
 
 /// The tensors of one chunk of a call, each bound to the chunk's part of its region.
 struct ChunkBindings<'a> {
-    x: Bound<'a>,
-    y: Bound<'a>,
-    gain: Option<Bound<'a>>,
-    bias: Option<Bound<'a>>,
-    r: Option<Bound<'a>>,
-    sum: Option<Bound<'a>>,
+    bound: Vec<(Tensor<'a>, Bound<'a>)>,
 }
 
 impl<'a> ChunkBindings<'a> {
-    fn new(
-        plan: &Plan,
-        config: &RmsNormConfig,
-        buffers: &RmsNormBuffers<'a>,
-        chunk: &LaunchChunk,
-    ) -> Self {
-        let (act, weight) = (config.dtype.bytes(), config.weight_dtype.bytes());
-        let row_bytes = u64::from(plan.hidden) * act;
-        let (start, bytes) = (
-            chunk.first_row * row_bytes,
-            u64::from(chunk.rows) * row_bytes,
-        );
-        let caps = &plan.caps;
-        let tensor = |region| Bound::new(caps, region, start, bytes, act);
-        let vector = |region| Bound::new(caps, region, 0, u64::from(plan.hidden) * weight, weight);
-        Self {
-            x: tensor(buffers.input),
-            y: tensor(buffers.output),
-            gain: buffers.gain.map(vector),
-            bias: buffers.bias.map(vector),
-            r: buffers.residual.map(tensor),
-            sum: buffers.sum.map(tensor),
-        }
+    fn new(plan: &Plan, tensors: &[Tensor<'a>], chunk: &LaunchChunk) -> Self {
+        let bound = tensors
+            .iter()
+            .map(|t| {
+                let bytes = t.element_bytes;
+                let b = match t.extent {
+                    Extent::PerRow(n) => Bound::new(
+                        &plan.caps,
+                        t.region,
+                        chunk.first_row * n * bytes,
+                        u64::from(chunk.rows) * n * bytes,
+                        bytes,
+                    ),
+                    Extent::Fixed(n) => Bound::new(&plan.caps, t.region, 0, n * bytes, bytes),
+                };
+                (*t, b)
+            })
+            .collect();
+        Self { bound }
+    }
+
+    /// The base of the tensor at `binding`: in Elems of `lanes` elements, or in f32 words
+    /// for the statistics; 0 where the call has none.
+    fn base(&self, binding: u32, lanes: u32) -> u32 {
+        self.bound
+            .iter()
+            .find(|(t, _)| t.binding == binding)
+            .map_or(0, |(t, b)| {
+                b.base_elements / if t.elems { lanes } else { 1 }
+            })
     }
 
     /// The chunk's `Params`: bases in Elems of the launch's layout.
@@ -337,39 +573,36 @@ impl<'a> ChunkBindings<'a> {
     ) -> Params {
         let lanes = lanes(launch.elem);
         let (row_len, k_len) = (plan.hidden / lanes, plan.k.div_ceil(lanes));
-        let base = |b: Option<Bound<'_>>| b.map_or(0, |b| b.base_elements / lanes);
+        let base = |binding| self.base(binding, lanes);
         let pieces = launch.split_pieces;
+        // Written over r in place: the sum's base is r's.
+        let sum_base = match config.residual {
+            Residual::AddStoreSumInPlace => base(BINDING_RESIDUAL),
+            _ => base(BINDING_SUM),
+        };
         Params {
             rows: chunk.rows,
             row_len,
             k: plan.k,
             k_f32: plan.k as f32,
             eps: config.eps,
-            x_base: base(Some(self.x)),
-            y_base: base(Some(self.y)),
-            gain_base: base(self.gain),
-            bias_base: base(self.bias),
-            r_base: base(self.r),
-            // Written over r in place: the sum's base is r's.
-            sum_base: base(self.sum.or(self.r)),
+            x_base: base(BINDING_X),
+            y_base: base(BINDING_Y),
+            gain_base: base(BINDING_GAIN),
+            bias_base: base(BINDING_BIAS),
+            r_base: base(BINDING_RESIDUAL),
+            sum_base,
             chunks: pieces.unwrap_or(0),
             k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
             chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
+            stats_base: base(BINDING_STATS),
+            dy_base: base(BINDING_GRAD_OUTPUT),
+            dsum_base: base(BINDING_GRAD_SUM),
+            partial_first: 0,
+            partial_rows: 0,
+            dgain_base: 0,
+            dbias_base: 0,
         }
-    }
-
-    /// The tensors' bind group entries (only those the call has).
-    fn entries(&self) -> Vec<wgpu::BindGroupEntry<'a>> {
-        let mut entries = vec![self.x.entry(BINDING_X), self.y.entry(BINDING_Y)];
-        for (binding, bound) in [
-            (BINDING_GAIN, self.gain),
-            (BINDING_BIAS, self.bias),
-            (BINDING_RESIDUAL, self.r),
-            (BINDING_SUM, self.sum),
-        ] {
-            entries.extend(bound.map(|b| b.entry(binding)));
-        }
-        entries
     }
 }
 

@@ -12,14 +12,16 @@ pub use dispatch::PreparedDispatch;
 pub use dispatch::{PARAMS_FIELDS, PARAMS_SIZE};
 #[doc(hidden)]
 pub use pipelines::{
-    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
-    BINDING_X, BINDING_Y,
+    BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN, BINDING_GRAD_OUTPUT,
+    BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_STATS,
+    BINDING_SUM, BINDING_X, BINDING_Y,
 };
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
+use dispatch::Tensor;
 use pipelines::{Layouts, PipelineCache, PipelineKey};
-use plan::{DeviceCaps, Plan, StagePlan};
+use plan::{DeviceCaps, Pass, Plan, StagePlan};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +134,9 @@ pub struct RmsNormBuffers<'a> {
     /// `rows * hidden` elements, written with the sum x + r, exactly when the residual is
     /// [`Residual::AddStoreSum`](crate::Residual::AddStoreSum).
     pub sum: Option<BufferRegion<'a>>,
+    /// `rows * stats_per_row` f32, written with each row's statistics for the backward,
+    /// exactly when the config's `save_stats` is set (see [`NormKernel::stats_len`]).
+    pub stats: Option<BufferRegion<'a>>,
 }
 
 impl<'a> RmsNormBuffers<'a> {
@@ -144,6 +149,59 @@ impl<'a> RmsNormBuffers<'a> {
             bias: None,
             residual: None,
             sum: None,
+            stats: None,
+        }
+    }
+}
+
+/// The buffers of one backward call ([`NormBackward::encode`]), each holding elements of
+/// the config's type except the statistics, dgain and dbias (f32). The forward's config
+/// decides which are passed: see each field.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardBuffers<'a> {
+    /// `rows * hidden` elements: the forward's x; where the forward stored the sum
+    /// (`Residual::AddStoreSum`, `AddStoreSumInPlace`), that sum h.
+    pub input: BufferRegion<'a>,
+    /// The forward's residual r, exactly when its residual is `Residual::Add` (h = x + r is
+    /// recomputed, as the forward did).
+    pub residual: Option<BufferRegion<'a>>,
+    /// `rows * hidden` elements: dy, the gradient of the forward's output.
+    pub grad_output: BufferRegion<'a>,
+    /// The gradient of the stored sum h, exactly when the forward stored it (its use
+    /// downstream); added to dx. Pass zeros where nothing used h.
+    pub grad_sum: Option<BufferRegion<'a>>,
+    /// `hidden` elements, exactly when the config has a gain.
+    pub gain: Option<BufferRegion<'a>>,
+    /// The forward's saved statistics, exactly when the config's `save_stats` is set.
+    pub stats: Option<BufferRegion<'a>>,
+    /// `rows * hidden` elements, written: dx, which is also the gradient of r (and of x)
+    /// where the forward added a residual.
+    pub grad_input: BufferRegion<'a>,
+    /// `hidden` f32, written with the sum over rows of dy x^, exactly when the config has a
+    /// gain.
+    pub grad_gain: Option<BufferRegion<'a>>,
+    /// `hidden` f32, written with the sum over rows of dy, exactly when the config has a
+    /// bias.
+    pub grad_bias: Option<BufferRegion<'a>>,
+}
+
+impl<'a> BackwardBuffers<'a> {
+    /// x, dy and dx alone: no gain, bias, residual or saved statistics.
+    pub fn new(
+        input: BufferRegion<'a>,
+        grad_output: BufferRegion<'a>,
+        grad_input: BufferRegion<'a>,
+    ) -> Self {
+        Self {
+            input,
+            residual: None,
+            grad_output,
+            grad_sum: None,
+            gain: None,
+            stats: None,
+            grad_input,
+            grad_gain: None,
+            grad_bias: None,
         }
     }
 }
@@ -165,6 +223,8 @@ pub trait NormKind: std::fmt::Debug + Send + Sync + 'static {
     const NORM: Norm;
     /// The config in the core's terms.
     fn core_config(config: &Self::Config) -> RmsNormConfig;
+    /// The config with `save_stats` off.
+    fn without_saved_stats(config: &Self::Config) -> Self::Config;
 }
 
 /// RMSNorm and pRMSNorm: see [`RmsNorm`].
@@ -180,6 +240,9 @@ impl NormKind for Rms {
     fn core_config(config: &RmsNormConfig) -> RmsNormConfig {
         *config
     }
+    fn without_saved_stats(config: &RmsNormConfig) -> RmsNormConfig {
+        config.with_saved_stats(false)
+    }
 }
 
 impl NormKind for Layer {
@@ -187,6 +250,9 @@ impl NormKind for Layer {
     const NORM: Norm = Norm::Layer;
     fn core_config(config: &LayerNormConfig) -> RmsNormConfig {
         config.as_rms_config()
+    }
+    fn without_saved_stats(config: &LayerNormConfig) -> LayerNormConfig {
+        config.with_saved_stats(false)
     }
 }
 
@@ -199,7 +265,7 @@ impl NormKind for Layer {
 /// use wgpu_rmsnorm::{KernelOptions, RmsNorm, RmsNormBuffers, RmsNormConfig};
 /// let kernel = RmsNorm::new(device, &RmsNormConfig::new(4096), &KernelOptions::default())?;
 /// let mut encoder = device.create_command_encoder(&Default::default());
-/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None, residual: None, sum: None };
+/// let buffers = RmsNormBuffers { input: x.into(), output: y.into(), gain: None, bias: None, residual: None, sum: None, stats: None };
 /// kernel.encode(device, &mut encoder, &buffers, 64)?;
 /// queue.submit([encoder.finish()]);
 /// # Ok(()) }
@@ -235,15 +301,12 @@ impl KernelCore {
     pub(crate) fn new(
         cache: &PipelineCache,
         norm: Norm,
+        pass: Pass,
         config: &RmsNormConfig,
         options: &KernelOptions,
     ) -> Result<Self> {
-        let plan = Plan::new(
-            &DeviceCaps::from_device(cache.device()),
-            norm,
-            config,
-            options,
-        )?;
+        let caps = DeviceCaps::from_device(cache.device());
+        let plan = Plan::for_pass(&caps, norm, pass, config, options)?;
         let pipelines = plan
             .stages()
             .into_iter()
@@ -265,19 +328,41 @@ impl KernelCore {
         self.id
     }
 
+    /// The tensors of a forward call, its buffers checked against the config.
+    pub(crate) fn forward_tensors<'a>(
+        &self,
+        buffers: &RmsNormBuffers<'a>,
+    ) -> Result<Vec<Tensor<'a>>> {
+        dispatch::check_forward_buffers(&self.config, buffers)?;
+        Ok(dispatch::tensors(self.plan.norm, &self.config, buffers))
+    }
+
+    /// The tensors of a backward call, its buffers checked against the config.
+    fn backward_tensors<'a>(&self, buffers: &BackwardBuffers<'a>) -> Result<Vec<Tensor<'a>>> {
+        check_backward_buffers(&self.config, buffers)?;
+        Ok(dispatch::backward_tensors(
+            self.plan.norm,
+            &self.config,
+            buffers,
+        ))
+    }
+
+    /// The launch of a call of `rows` rows with these tensors.
+    fn launch(&self, tensors: &[Tensor<'_>], rows: u32) -> Result<plan::Launch> {
+        self.plan.launch(rows, dispatch::vec4_offsets(tensors))
+    }
+
     pub(crate) fn prepare(
         &self,
         device: &wgpu::Device,
-        buffers: &RmsNormBuffers<'_>,
+        tensors: &[Tensor<'_>],
         rows: u32,
     ) -> Result<PreparedDispatch> {
         if *device != self.device {
             return Err(Error::WrongDevice);
         }
-        dispatch::check_buffers(&self.config, buffers, rows)?;
-        let launch = self
-            .plan
-            .launch(rows, dispatch::vec4_offsets(&self.config, buffers))?;
+        dispatch::check_tensors(tensors, rows)?;
+        let launch = self.launch(tensors, rows)?;
         // A buffer wgpu refuses (one of another device) is a validation error: caught here
         // and returned, natively. In the browser a scope resolves only later, so none is
         // pushed: the error goes to the device's uncaptured-error handler.
@@ -289,17 +374,18 @@ impl KernelCore {
             &self.plan,
             &self.config,
             &launch,
-            buffers,
+            tensors,
         );
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(Some(error)) = crate::platform::ready_now(scope.pop()) {
             return Err(Error::BufferRefused(error.to_string()));
         }
-        let bind_groups = bind_groups?;
+        let (bind_groups, weight_grads) = bind_groups?;
         Ok(PreparedDispatch {
             kernel_id: self.id,
             launch,
             bind_groups,
+            weight_grads,
         })
     }
 
@@ -329,8 +415,68 @@ impl KernelCore {
                 pass.dispatch_workgroups(chunk.workgroups, 1, 1);
             }
         }
+        // The backward's dgain and dbias, once every chunk's partial sums are written.
+        if let (Some((stage, workgroups)), Some(bind_group)) =
+            (launch.weight_grads, &prepared.weight_grads)
+        {
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.set_pipeline(&self.pipelines[&stage]);
+            pass.dispatch_workgroups(workgroups, 1, 1);
+        }
         Ok(())
     }
+}
+
+/// A backward call's buffers are those its config's forward implies, as typed errors.
+fn check_backward_buffers(config: &RmsNormConfig, buffers: &BackwardBuffers<'_>) -> Result<()> {
+    let hidden = config.hidden as usize;
+    config.check_weights(buffers.gain.map(|_| hidden), config.bias.then_some(hidden))?;
+    dispatch::check_stats_buffer(config.save_stats, buffers.stats.is_some())?;
+    let mismatch = |which, fix| Err(Error::BackwardMismatch { which, fix });
+    let has_gain = config.gain != crate::config::Gain::None;
+    let stores_sum = config.residual.stores_sum();
+    let rules = [
+        (
+            has_gain,
+            buffers.grad_gain.is_some(),
+            "grad_gain: the config has a gain, so the backward writes its gradient",
+            "pass a grad_gain buffer of hidden f32",
+            "grad_gain: the config has no gain",
+            "pass no grad_gain, or set a gain",
+        ),
+        (
+            config.bias,
+            buffers.grad_bias.is_some(),
+            "grad_bias: the config has a bias, so the backward writes its gradient",
+            "pass a grad_bias buffer of hidden f32",
+            "grad_bias: the config has no bias",
+            "pass no grad_bias, or set bias to true",
+        ),
+        (
+            config.residual == crate::config::Residual::Add,
+            buffers.residual.is_some(),
+            "residual: the forward added r without storing h, so the backward recomputes h from x and r",
+            "pass the forward's residual r",
+            "residual: only a forward with Residual::Add needs r (where h was stored, pass h as the input)",
+            "pass no residual",
+        ),
+        (
+            stores_sum,
+            buffers.grad_sum.is_some(),
+            "grad_sum: the forward stored the sum h, whose gradient dx adds",
+            "pass grad_sum (zeros where nothing used h), and h as the input",
+            "grad_sum: the forward stored no sum",
+            "pass no grad_sum, or set residual to AddStoreSum or AddStoreSumInPlace",
+        ),
+    ];
+    for (wanted, passed, missing, missing_fix, unexpected, unexpected_fix) in rules {
+        match (wanted, passed) {
+            (true, false) => return mismatch(missing, missing_fix),
+            (false, true) => return mismatch(unexpected, unexpected_fix),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl NormKernel<Rms> {
@@ -357,7 +503,13 @@ impl<N: NormKind> NormKernel<N> {
         config: &N::Config,
         options: &KernelOptions,
     ) -> Result<Self> {
-        let core = KernelCore::new(cache, N::NORM, &N::core_config(config), options)?;
+        let core = KernelCore::new(
+            cache,
+            N::NORM,
+            Pass::Forward,
+            &N::core_config(config),
+            options,
+        )?;
         Ok(Self {
             config: *config,
             core: Arc::new(core),
@@ -389,25 +541,29 @@ impl<N: NormKind> NormKernel<N> {
     /// Whether a call with these buffers would use vec4 loads and stores (hidden size and
     /// every offset a multiple of 4 elements) rather than scalar ones.
     pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
-        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(&self.core.config, buffers)
+        let tensors = dispatch::tensors(N::NORM, &self.core.config, buffers);
+        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(&tensors)
     }
 
     /// Whether a call of `rows` rows with these buffers splits its rows across workgroups.
     pub fn splits_rows(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> bool {
+        let tensors = dispatch::tensors(N::NORM, &self.core.config, buffers);
         self.core
-            .plan
-            .launch(rows, dispatch::vec4_offsets(&self.core.config, buffers))
+            .launch(&tensors, rows)
             .is_ok_and(|launch| launch.split_pieces.is_some())
+    }
+
+    /// f32 words of saved statistics for `rows` rows (2 per row for RMSNorm: the factors
+    /// whose product is 1 / rms; 3 for LayerNorm: shift, mean, scale).
+    pub fn stats_len(&self, rows: u32) -> u64 {
+        u64::from(rows) * dispatch::stats_per_row(N::NORM)
     }
 
     /// What a call of `rows` rows with these buffers runs, e.g. "SingleSubgroup wg=8 vec4",
     /// "Subgroups wg=256 vec4 read-once" or "split x128 Subgroups wg=256 scalar": for reports.
     pub fn variant_name(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> String {
-        match self
-            .core
-            .plan
-            .launch(rows, dispatch::vec4_offsets(&self.core.config, buffers))
-        {
+        let tensors = dispatch::tensors(N::NORM, &self.core.config, buffers);
+        match self.core.launch(&tensors, rows) {
             Ok(launch) => self.core.plan.variant_name(&launch),
             Err(e) => format!("not launchable: {e}"),
         }
@@ -448,12 +604,144 @@ impl<N: NormKind> NormKernel<N> {
         buffers: &RmsNormBuffers<'_>,
         rows: u32,
     ) -> Result<PreparedDispatch> {
-        self.core.prepare(device, buffers, rows)
+        let tensors = self.core.forward_tensors(buffers)?;
+        self.core.prepare(device, &tensors, rows)
     }
 
     /// Records a prepared call: one compute pass, nothing created, never submitted. A call
     /// of 0 rows records nothing. A dispatch prepared by another kernel is refused
     /// ([`Error::ForeignPreparedDispatch`](crate::Error::ForeignPreparedDispatch)).
+    pub fn record(
+        &self,
+        prepared: &PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        self.core.record(prepared, encoder, timestamp_writes)
+    }
+}
+
+/// The backward of RMSNorm and pRMSNorm for one [`RmsNormConfig`] (the forward's): dx, dgain
+/// and dbias from dy. See [`NormBackward`].
+pub type RmsNormBackward = NormBackward<Rms>;
+
+/// The backward of LayerNorm for one [`LayerNormConfig`] (the forward's).
+pub type LayerNormBackward = NormBackward<Layer>;
+
+/// A normalization's backward: the plan and pipelines made once by [`NormBackward::new`]
+/// for the forward's config; [`NormBackward::encode`] records one compute pass: the row
+/// kernel (dx, and each workgroup's partial sums of dgain and dbias), then the sum of the
+/// partials in a fixed order, so that dgain and dbias are the same bits on every run.
+///
+/// ```no_run
+/// # async fn demo(device: &wgpu::Device, queue: &wgpu::Queue, x: &wgpu::Buffer, dy: &wgpu::Buffer,
+/// #     dx: &wgpu::Buffer, g: &wgpu::Buffer, dg: &wgpu::Buffer) -> wgpu_rmsnorm::Result<()> {
+/// use wgpu_rmsnorm::{BackwardBuffers, Gain, KernelOptions, RmsNormBackward, RmsNormConfig};
+/// let config = RmsNormConfig::new(4096).with_gain(Gain::Scale);
+/// let backward = RmsNormBackward::new(device, &config, &KernelOptions::default())?;
+/// let buffers = BackwardBuffers {
+///     gain: Some(g.into()),
+///     grad_gain: Some(dg.into()),
+///     ..BackwardBuffers::new(x.into(), dy.into(), dx.into())
+/// };
+/// let mut encoder = device.create_command_encoder(&Default::default());
+/// backward.encode(device, &mut encoder, &buffers, 64)?;
+/// queue.submit([encoder.finish()]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct NormBackward<N: NormKind> {
+    config: N::Config,
+    core: Arc<KernelCore>,
+    kind: PhantomData<N>,
+}
+
+impl<N: NormKind> NormBackward<N> {
+    /// Validates `config` (the forward's), plans its backward for the device and builds the
+    /// pipelines. `options` apply as to the forward, except that the backward never splits
+    /// rows nor reads them once.
+    pub fn new(device: &wgpu::Device, config: &N::Config, options: &KernelOptions) -> Result<Self> {
+        Self::with_cache(&PipelineCache::new(device), config, options)
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    pub(crate) fn with_cache(
+        cache: &PipelineCache,
+        config: &N::Config,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        let core = KernelCore::new(
+            cache,
+            N::NORM,
+            Pass::Backward,
+            &N::core_config(config),
+            options,
+        )?;
+        Ok(Self {
+            config: *config,
+            core: Arc::new(core),
+            kind: PhantomData,
+        })
+    }
+
+    /// The config (the forward's).
+    pub fn config(&self) -> &N::Config {
+        &self.config
+    }
+
+    /// The launch plan.
+    pub fn plan(&self) -> &Plan {
+        &self.core.plan
+    }
+
+    /// What a call of `rows` rows with these buffers runs, e.g. "backward SingleSubgroup
+    /// wg=8 vec4 saved stats": for reports.
+    pub fn variant_name(&self, buffers: &BackwardBuffers<'_>, rows: u32) -> String {
+        let tensors = dispatch::backward_tensors(N::NORM, &self.core.config, buffers);
+        match self.core.launch(&tensors, rows) {
+            Ok(launch) => self.core.plan.variant_name(&launch),
+            Err(e) => format!("not launchable: {e}"),
+        }
+    }
+
+    /// Records the backward of `rows` rows into `encoder`: one compute pass, never
+    /// submitted. `rows = 0` records nothing (dgain and dbias are not written).
+    pub fn encode(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &BackwardBuffers<'_>,
+        rows: u32,
+    ) -> Result<()> {
+        self.encode_with_timestamps(device, encoder, buffers, rows, None)
+    }
+
+    /// [`NormBackward::encode`], with the compute pass writing the given timestamps.
+    pub fn encode_with_timestamps(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &BackwardBuffers<'_>,
+        rows: u32,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let prepared = self.prepare(device, buffers, rows)?;
+        self.record(&prepared, encoder, timestamp_writes)
+    }
+
+    /// Checks a call and builds its bind groups, parameters and the partial sums' buffer,
+    /// to be recorded any number of times with [`NormBackward::record`].
+    pub fn prepare(
+        &self,
+        device: &wgpu::Device,
+        buffers: &BackwardBuffers<'_>,
+        rows: u32,
+    ) -> Result<PreparedDispatch> {
+        let tensors = self.core.backward_tensors(buffers)?;
+        self.core.prepare(device, &tensors, rows)
+    }
+
+    /// Records a prepared call: one compute pass, nothing created, never submitted.
     pub fn record(
         &self,
         prepared: &PreparedDispatch,

@@ -4,13 +4,14 @@
 use super::plan::{Entry, StagePlan};
 use super::Norm;
 use crate::config::{EpsMode, Gain, RmsNormConfig};
-use crate::shaders::{self, ResidualIo, ShaderTarget, TensorIo};
+use crate::shaders::{self, ResidualIo, ShaderTarget, StatsIo};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::shaders::{
-    BINDING_BIAS, BINDING_GAIN, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_SUM,
-    BINDING_X, BINDING_Y,
+    BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN, BINDING_GRAD_OUTPUT,
+    BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_STATS,
+    BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
 };
 
 /// Pipelines a cache keeps; the oldest beyond this are dropped (kernels that use them keep
@@ -37,11 +38,6 @@ impl PipelineKey {
             eps_inside_root: config.eps_mode == EpsMode::InsideRoot,
         }
     }
-
-    /// Whether the stage binds split rows' partial sums.
-    pub fn is_split(&self) -> bool {
-        stage_is_split(&self.stage)
-    }
 }
 
 /// Whether a stage binds split rows' partial sums.
@@ -49,23 +45,67 @@ pub fn stage_is_split(stage: &StagePlan) -> bool {
     matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale)
 }
 
-/// What a bind group holds: the bindings a module declares.
+/// What a stage's bind group holds: the storage bindings its entry point uses, read-only or
+/// written (one bit per binding), besides the parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BindingSet {
-    gain: bool,
-    bias: bool,
-    residual: ResidualIo,
-    split: bool,
+    read: u32,
+    write: u32,
 }
 
 impl BindingSet {
-    pub fn new(io: &TensorIo, split: bool) -> Self {
-        Self {
-            gain: io.gain,
-            bias: io.bias,
-            residual: io.residual,
-            split,
+    /// Whether the set holds storage binding `binding`.
+    pub fn has(&self, binding: u32) -> bool {
+        (self.read | self.write) & (1 << binding) != 0
+    }
+
+    /// The bindings of `stage`.
+    pub fn of(stage: &StagePlan) -> Self {
+        let io = &stage.shape.io;
+        let mut set = Self { read: 0, write: 0 };
+        let mut add = |binding: u32, present: bool, written: bool| {
+            if present {
+                if written {
+                    set.write |= 1 << binding;
+                } else {
+                    set.read |= 1 << binding;
+                }
+            }
+        };
+        match stage.entry {
+            Entry::WeightGrads => {
+                add(BINDING_WEIGHT_PARTIALS, true, true);
+                add(BINDING_GRAD_GAIN, io.gain, true);
+                add(BINDING_GRAD_BIAS, io.bias, true);
+            }
+            Entry::RmsNormBackward | Entry::LayerNormBackward => {
+                add(BINDING_X, true, false);
+                add(BINDING_Y, true, true);
+                add(BINDING_GRAD_OUTPUT, true, false);
+                add(BINDING_GAIN, io.gain, false);
+                add(BINDING_RESIDUAL, io.residual == ResidualIo::Add, false);
+                add(BINDING_GRAD_SUM, io.grad_sum, false);
+                add(BINDING_STATS, io.stats == StatsIo::Load, false);
+                add(BINDING_WEIGHT_PARTIALS, io.gain || io.bias, true);
+            }
+            _ => {
+                add(BINDING_X, true, false);
+                add(BINDING_Y, true, true);
+                add(BINDING_GAIN, io.gain, false);
+                add(BINDING_BIAS, io.bias, false);
+                let (r, r_written, sum) = match io.residual {
+                    ResidualIo::None => (false, false, false),
+                    ResidualIo::Add => (true, false, false),
+                    ResidualIo::StoreSum => (true, false, true),
+                    ResidualIo::StoreSumInPlace => (true, true, false),
+                };
+                add(BINDING_RESIDUAL, r, r_written);
+                add(BINDING_SUM, sum, true);
+                add(BINDING_STATS, io.stats == StatsIo::Store, true);
+                add(BINDING_PARTIALS, stage_is_split(stage), true);
+            }
         }
+        set
     }
 }
 
@@ -114,30 +154,14 @@ impl Layouts {
             },
             count: None,
         };
-        let read = Storage { read_only: true };
-        let write = Storage { read_only: false };
-        let mut entries = vec![
-            entry(BINDING_PARAMS, Uniform),
-            entry(BINDING_X, read),
-            entry(BINDING_Y, write),
-        ];
-        if set.gain {
-            entries.push(entry(BINDING_GAIN, read));
-        }
-        if set.bias {
-            entries.push(entry(BINDING_BIAS, read));
-        }
-        match set.residual {
-            ResidualIo::None => {}
-            ResidualIo::Add => entries.push(entry(BINDING_RESIDUAL, read)),
-            ResidualIo::StoreSum => {
-                entries.push(entry(BINDING_RESIDUAL, read));
-                entries.push(entry(BINDING_SUM, write));
+        let mut entries = vec![entry(BINDING_PARAMS, Uniform)];
+        for binding in 0..32 {
+            if set.read & (1 << binding) != 0 {
+                entries.push(entry(binding, Storage { read_only: true }));
             }
-            ResidualIo::StoreSumInPlace => entries.push(entry(BINDING_RESIDUAL, write)),
-        }
-        if set.split {
-            entries.push(entry(BINDING_PARTIALS, write));
+            if set.write & (1 << binding) != 0 {
+                entries.push(entry(binding, Storage { read_only: false }));
+            }
         }
         let group = self
             .device
@@ -221,9 +245,11 @@ impl PipelineCache {
     }
 
     fn build(&self, key: &PipelineKey) -> wgpu::ComputePipeline {
-        let file = match key.norm {
-            Norm::Rms => shaders::RMSNORM,
-            Norm::Layer => shaders::LAYERNORM,
+        let file = match (key.norm, key.stage.entry.is_backward()) {
+            (Norm::Rms, false) => shaders::RMSNORM,
+            (Norm::Layer, false) => shaders::LAYERNORM,
+            (Norm::Rms, true) => shaders::RMSNORM_BACKWARD,
+            (Norm::Layer, true) => shaders::LAYERNORM_BACKWARD,
         };
         let composed = shaders::compose(file, &key.stage.shape, ShaderTarget::CURRENT);
         let module = self
@@ -237,9 +263,7 @@ impl PipelineCache {
             ("GAIN_PLUS_ONE", flag(key.gain_plus_one)),
             ("EPS_INSIDE_ROOT", flag(key.eps_inside_root)),
         ];
-        let layout = self
-            .layouts
-            .get(BindingSet::new(&key.stage.shape.io, key.is_split()));
+        let layout = self.layouts.get(BindingSet::of(&key.stage));
         self.device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(key.stage.entry.name()),

@@ -9,7 +9,7 @@ use crate::config::RmsNormConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::shaders::{
-    ElemLayout, ModuleShape, ReductionKind, ResidualIo, ShaderTarget, Storage, TensorIo,
+    ElemLayout, ModuleShape, ReductionKind, ResidualIo, ShaderTarget, StatsIo, Storage, TensorIo,
 };
 
 /// What the plan needs to know of a device. Built from a real device with
@@ -128,6 +128,12 @@ pub enum Entry {
     SplitScale,
     /// `layer_norm`.
     LayerNorm,
+    /// `rms_norm_backward`: dx and the partial sums of dgain and dbias, one workgroup per row.
+    RmsNormBackward,
+    /// `layer_norm_backward`: the same for LayerNorm.
+    LayerNormBackward,
+    /// `weight_grads`: dgain and dbias from the backward's partial sums.
+    WeightGrads,
 }
 
 impl Entry {
@@ -139,7 +145,18 @@ impl Entry {
             Entry::SplitPartials => "split_partials",
             Entry::SplitScale => "split_scale",
             Entry::LayerNorm => "layer_norm",
+            Entry::RmsNormBackward => "rms_norm_backward",
+            Entry::LayerNormBackward => "layer_norm_backward",
+            Entry::WeightGrads => "weight_grads",
         }
+    }
+
+    /// Whether the entry point is one of a backward kernel.
+    pub fn is_backward(self) -> bool {
+        matches!(
+            self,
+            Entry::RmsNormBackward | Entry::LayerNormBackward | Entry::WeightGrads
+        )
     }
 }
 
@@ -160,6 +177,9 @@ pub struct LayoutPlan {
     pub rows: Option<StagePlan>,
     /// Split rows' two stages, where this kernel splits rows.
     pub split: Option<[StagePlan; 2]>,
+    /// Backward with a gain or a bias: the pass that sums dgain and dbias over the
+    /// partial sums of the row stage's workgroups.
+    pub weight_grads: Option<StagePlan>,
 }
 
 impl LayoutPlan {
@@ -185,12 +205,23 @@ pub enum SplitPolicy {
     Always,
 }
 
+/// Which way a plan runs the normalization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// y from x.
+    Forward,
+    /// dx, dgain and dbias from dy.
+    Backward,
+}
+
 /// Everything decided once per kernel: what runs for each element layout, and the rules a
 /// call's launch follows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Which normalization.
     pub norm: Norm,
+    /// Forward or backward.
+    pub pass: Pass,
     /// Elements per row.
     pub hidden: u32,
     /// Leading elements in the RMS (`hidden` for RMSNorm and LayerNorm).
@@ -241,6 +272,16 @@ pub struct Launch {
     pub split_pieces: Option<u32>,
     /// The dispatch ranges, in order; empty for a call of no rows.
     pub chunks: Vec<LaunchChunk>,
+    /// Backward with a gain or a bias: the pass over the partial sums, and its workgroups.
+    pub weight_grads: Option<(StagePlan, u32)>,
+}
+
+impl Launch {
+    /// Backward: the partial rows of dgain (and as many of dbias), one per workgroup of the
+    /// row stage over every chunk.
+    pub fn partial_rows(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.workgroups)).sum()
+    }
 }
 
 /// Loop iterations one invocation may run in one dispatch, all loops together. llvmpipe
@@ -261,6 +302,12 @@ pub const SPLIT_MAX_ROWS: u32 = 32;
 pub const SPLIT_MIN_ROW_LOADS: u32 = 8192;
 /// CPU adapters with the workgroup tree: workgroups per dispatch by default.
 const CPU_MAX_WORKGROUPS: u32 = 1024;
+/// Backward on CPU adapters: workgroups per dispatch by default, each summing dgain and
+/// dbias over its rows into a partial row (a few per core keep every core busy).
+const BACKWARD_CPU_MAX_WORKGROUPS: u32 = 64;
+/// Backward on GPUs: workgroups per dispatch by default (partial rows of dgain: 2 MiB per
+/// 1024 elements of hidden size).
+const BACKWARD_GPU_MAX_WORKGROUPS: u32 = 512;
 /// GPUs: the fewest invocations per workgroup (two 32-wide SIMDs, one 64-wide), so that no
 /// short row leaves most of a SIMD idle.
 const GPU_MIN_WORKGROUP: u32 = 64;
@@ -290,14 +337,24 @@ pub fn item_iterations(
         // The scaling of the piece, after two passes over the row's pieces.
         Entry::SplitScale => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
         Entry::LayerNorm => 2 * per_pass,
+        // The statistics where they are recomputed (two passes, as rms_norm's sum), the
+        // correction's pass, dx's pass.
+        Entry::RmsNormBackward | Entry::LayerNormBackward => 4 * per_pass,
+        // One pass over the partial rows per Elem; planned apart (`weight_grads_workgroups`).
+        Entry::WeightGrads => per_pass,
     };
     let per_reduction = match reduction {
         ReductionKind::WorkgroupTree => u64::from(wg.trailing_zeros()),
         ReductionKind::Subgroups => u64::from(wg.div_ceil(subgroup_min.max(1))),
         ReductionKind::SingleSubgroup => 0,
     };
-    // Two reductions at most; three in split_partials out of range (sum, max, sum).
-    let reductions = if entry == Entry::SplitPartials { 3 } else { 2 };
+    // Two reductions at most; three in split_partials out of range (sum, max, sum), four in
+    // the backward (the statistics', the correction's).
+    let reductions = match entry {
+        Entry::SplitPartials => 3,
+        Entry::RmsNormBackward | Entry::LayerNormBackward => 4,
+        _ => 2,
+    };
     passes + reductions * per_reduction + 3
 }
 
@@ -312,11 +369,27 @@ fn split_piece_count(loads: u32, policy: SplitPolicy) -> u32 {
 }
 
 impl Plan {
-    /// Plans `norm` for `config` on a device with `caps`, honouring `options` or refusing
-    /// them with a typed error.
+    /// Plans `norm`'s forward for `config` on a device with `caps`, honouring `options` or
+    /// refusing them with a typed error.
     pub fn new(
         caps: &DeviceCaps,
         norm: Norm,
+        config: &RmsNormConfig,
+        options: &KernelOptions,
+    ) -> Result<Self> {
+        Self::for_pass(caps, norm, Pass::Forward, config, options)
+    }
+
+    /// Plans `norm`'s forward or backward. The backward runs whole rows (never split, never
+    /// read once: it reads x and dy twice, or three times where it recomputes the
+    /// statistics), at most [`BACKWARD_CPU_MAX_WORKGROUPS`] or
+    /// [`BACKWARD_GPU_MAX_WORKGROUPS`] workgroups per dispatch by default, each summing
+    /// dgain and dbias over its rows. Where the forward saved statistics the backward reads
+    /// them (8 or 12 bytes per row instead of the row's first k elements).
+    pub fn for_pass(
+        caps: &DeviceCaps,
+        norm: Norm,
+        pass: Pass,
         config: &RmsNormConfig,
         options: &KernelOptions,
     ) -> Result<Self> {
@@ -325,11 +398,15 @@ impl Plan {
         let cpu = options
             .cpu_adapter
             .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
-        let io = tensor_io(caps, config, options, ElemLayout::Scalar, cpu)?;
-        let vec4_io = tensor_io(caps, config, options, ElemLayout::Vec4, cpu)?;
-        if caps.max_storage_buffers_per_stage < io.storage_buffers() {
+        let io = tensor_io(caps, config, options, ElemLayout::Scalar, cpu, pass)?;
+        let vec4_io = tensor_io(caps, config, options, ElemLayout::Vec4, cpu, pass)?;
+        let needed = match pass {
+            Pass::Forward => io.storage_buffers(),
+            Pass::Backward => io.backward_storage_buffers(),
+        };
+        if caps.max_storage_buffers_per_stage < needed {
             return Err(Error::TooManyStorageBuffers {
-                needed: io.storage_buffers(),
+                needed,
                 limit: caps.max_storage_buffers_per_stage,
             });
         }
@@ -343,10 +420,14 @@ impl Plan {
                 limit: caps.binding_limit(),
             });
         }
-        let split_policy = split_policy(caps, norm, &io, config.hidden, options)?;
+        let split_policy = match pass {
+            Pass::Forward => split_policy(caps, norm, &io, config.hidden, options)?,
+            Pass::Backward => SplitPolicy::Never,
+        };
         let planner = LayoutPlanner {
             caps,
             norm,
+            pass,
             options,
             cpu,
             split: split_policy,
@@ -364,8 +445,14 @@ impl Plan {
             (Err(e), None) => return Err(e.clone()),
         };
         let tree = primary.shape.reduction == ReductionKind::WorkgroupTree;
+        let default_cap = match (pass, cpu) {
+            (Pass::Backward, true) => Some(BACKWARD_CPU_MAX_WORKGROUPS),
+            (Pass::Backward, false) => Some(BACKWARD_GPU_MAX_WORKGROUPS),
+            (Pass::Forward, _) => (cpu && tree).then_some(CPU_MAX_WORKGROUPS),
+        };
         Ok(Self {
             norm,
+            pass,
             hidden: config.hidden,
             k,
             io,
@@ -374,10 +461,7 @@ impl Plan {
             vec4,
             scalar,
             split_policy,
-            max_workgroups: options
-                .max_workgroups
-                .map(|cap| cap.max(1))
-                .or((cpu && tree).then_some(CPU_MAX_WORKGROUPS)),
+            max_workgroups: options.max_workgroups.map(|cap| cap.max(1)).or(default_cap),
             caps: caps.clone(),
         })
     }
@@ -396,6 +480,7 @@ impl Plan {
         for layout in self.vec4.iter().chain(self.scalar.as_ref().ok()) {
             stages.extend(layout.rows);
             stages.extend(layout.split.iter().flatten());
+            stages.extend(layout.weight_grads);
         }
         stages
     }
@@ -432,7 +517,7 @@ impl Plan {
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
         let rows_per_chunk = self.rows_per_chunk(per_item, pieces)?;
-        let mut chunks = Vec::new();
+        let mut chunks: Vec<LaunchChunk> = Vec::new();
         let mut first_row = 0u64;
         while first_row < u64::from(rows) {
             let chunk_rows = rows_per_chunk.min(u64::from(rows) - first_row) as u32;
@@ -446,12 +531,50 @@ impl Plan {
             });
             first_row += u64::from(chunk_rows);
         }
+        let partial_rows: u64 = chunks.iter().map(|c| u64::from(c.workgroups)).sum();
+        let weight_grads = match layout.weight_grads {
+            Some(stage) if !chunks.is_empty() => Some((
+                stage,
+                self.weight_grads_workgroups(stage, row_len, partial_rows)?,
+            )),
+            _ => None,
+        };
         Ok(Launch {
             elem,
             stages,
             split_pieces: pieces,
             chunks,
+            weight_grads,
         })
+    }
+
+    /// Workgroups of the backward's `weight_grads` for `partial_rows` partial rows of
+    /// `row_len` Elems: each invocation adds the partial rows of its Elems, within the
+    /// iteration budget; the partial sums in one binding.
+    fn weight_grads_workgroups(
+        &self,
+        stage: StagePlan,
+        row_len: u32,
+        partial_rows: u64,
+    ) -> Result<u32> {
+        let wg = u64::from(stage.shape.workgroup_size);
+        let groups = u64::from(row_len)
+            .div_ceil(wg)
+            .min(u64::from(self.caps.max_workgroups_per_dimension));
+        let iterations = u64::from(row_len).div_ceil(groups * wg) * (partial_rows + 1);
+        let bytes = partial_rows * 2 * u64::from(self.hidden) * 4;
+        if iterations > LOOP_ITERATION_BUDGET || bytes > self.caps.binding_limit() {
+            return Err(Error::RowTooLong {
+                hidden: self.hidden,
+                reason: format!(
+                    "the backward's {partial_rows} partial rows of dgain and dbias would \
+                     loop past the {LOOP_ITERATION_BUDGET} iterations every adapter runs \
+                     correctly or exceed one binding: pass a smaller max_workgroups, or \
+                     fewer rows per call"
+                ),
+            });
+        }
+        Ok(groups as u32)
     }
 
     /// Pieces per row when a call of `rows` rows of `row_len` Elems splits them by the
@@ -541,6 +664,13 @@ impl Plan {
             None if stage.entry == Entry::RmsNormCached => {
                 format!("{reduction:?} wg={wg} {loads} read-once")
             }
+            None if self.pass == Pass::Backward => {
+                let stats = match self.io.stats {
+                    StatsIo::Load => "saved stats",
+                    _ => "recomputed stats",
+                };
+                format!("backward {reduction:?} wg={wg} {loads} {stats}")
+            }
             None => format!("{reduction:?} wg={wg} {loads}"),
         };
         let storage = match stage.shape.io.activations {
@@ -578,6 +708,7 @@ fn tensor_io(
     options: &KernelOptions,
     elem: ElemLayout,
     cpu: bool,
+    pass: Pass,
 ) -> Result<TensorIo> {
     let has_f16 = config.dtype == DType::F16 || config.weight_dtype == DType::F16;
     let native_f16 = match options.native_f16 {
@@ -598,7 +729,7 @@ fn tensor_io(
         DType::F16 => Storage::PackedF16,
         DType::Bf16 => Storage::PackedBf16,
     };
-    Ok(TensorIo {
+    let io = TensorIo {
         activations: storage(config.dtype),
         weights: storage(config.weight_dtype),
         gain: config.gain != crate::config::Gain::None,
@@ -609,6 +740,16 @@ fn tensor_io(
             Residual::AddStoreSum => ResidualIo::StoreSum,
             Residual::AddStoreSumInPlace => ResidualIo::StoreSumInPlace,
         },
+        stats: if config.save_stats {
+            StatsIo::Store
+        } else {
+            StatsIo::None
+        },
+        grad_sum: false,
+    };
+    Ok(match pass {
+        Pass::Forward => io,
+        Pass::Backward => io.backward(),
     })
 }
 
@@ -645,6 +786,7 @@ fn split_policy(
 struct LayoutPlanner<'a> {
     caps: &'a DeviceCaps,
     norm: Norm,
+    pass: Pass,
     options: &'a KernelOptions,
     cpu: bool,
     split: SplitPolicy,
@@ -670,9 +812,11 @@ impl LayoutPlanner<'_> {
     }
 
     fn plan(&self, elem: ElemLayout, loads: u32) -> Result<LayoutPlan> {
-        let entry = match self.norm {
-            Norm::Rms => Entry::RmsNorm,
-            Norm::Layer => Entry::LayerNorm,
+        let entry = match (self.norm, self.pass) {
+            (Norm::Rms, Pass::Forward) => Entry::RmsNorm,
+            (Norm::Layer, Pass::Forward) => Entry::LayerNorm,
+            (Norm::Rms, Pass::Backward) => Entry::RmsNormBackward,
+            (Norm::Layer, Pass::Backward) => Entry::LayerNormBackward,
         };
         let split = match self.split {
             SplitPolicy::Never => None,
@@ -716,15 +860,28 @@ impl LayoutPlanner<'_> {
                          that every adapter runs correctly{}",
                         self.caps.workgroup_limit(),
                         LOOP_ITERATION_BUDGET,
-                        match self.norm {
-                            Norm::Layer => "; LayerNorm does not split rows",
-                            Norm::Rms => ", and split_rows is off or this device cannot split",
+                        match (self.pass, self.norm) {
+                            (Pass::Backward, _) => "; the backward does not split rows",
+                            (_, Norm::Layer) => "; LayerNorm does not split rows",
+                            (_, Norm::Rms) => ", and split_rows is off or this device cannot split",
                         }
                     ),
                 })
             }
         };
-        Ok(LayoutPlan { rows, split })
+        let io = self.io_of(elem);
+        let weight_grads = match rows {
+            Some(stage) if self.pass == Pass::Backward && (io.gain || io.bias) => Some(StagePlan {
+                entry: Entry::WeightGrads,
+                shape: stage.shape,
+            }),
+            _ => None,
+        };
+        Ok(LayoutPlan {
+            rows,
+            split,
+            weight_grads,
+        })
     }
 
     /// Split rows' two stages, sized for one piece of a row, not for the row.
@@ -893,6 +1050,7 @@ impl LayoutPlanner<'_> {
         workgroup_size: u32,
     ) -> Result<Option<(u32, u32)>> {
         let max_len = match (self.norm, self.options.read_once) {
+            _ if self.pass == Pass::Backward => return Ok(None),
             (Norm::Layer, _) | (_, Some(false)) => return Ok(None),
             (Norm::Rms, Some(true)) => READ_ONCE_FORCED_MAX,
             (Norm::Rms, None) if self.cpu => return Ok(None),

@@ -20,6 +20,61 @@ pub struct Gradients {
     pub dgain: Option<Vec<f64>>,
     /// Of the bias, summed over rows; where the config has a bias.
     pub dbias: Option<Vec<f64>>,
+    /// The scale an f32 computation's error in dx is measured against, per row: the
+    /// magnitudes of the terms dx is made of (`r (max |u| + max |x̂| sum |u x̂| / k)` for
+    /// RMSNorm, with `sum |u| / n` too for LayerNorm, and max |dsum|), so that a dx near
+    /// zero by cancellation is held to the accuracy its terms allow ([`compare_normwise`]).
+    pub dx_scale: Vec<f64>,
+    /// The same for dgain, per column: `sum over rows of |dy x̂|`.
+    pub dgain_scale: Vec<f64>,
+    /// The same for dbias, per column: `sum over rows of |dy|`.
+    pub dbias_scale: Vec<f64>,
+}
+
+/// The norm-wise tolerance of the GPU backward: every element of dx within `BACKWARD_TOL`
+/// times its row's [`Gradients::dx_scale`] of the f64 result, every element of dgain and
+/// dbias within `BACKWARD_TOL` times its column's scale (for 16-bit dx: a rounding of a
+/// value within that).
+pub const BACKWARD_TOL: f64 = 1e-5;
+
+/// Compares `actual` (widened from `dtype`) with `expected`, element i held to
+/// `tol * scale[i / group]` (16-bit: a rounding to `dtype` of a value within it). `max_rel`
+/// reports the largest error relative to its scale, `max_ulps` the largest in ulps of
+/// `dtype` at the expected value.
+pub fn compare_normwise(
+    actual: &[f32],
+    expected: &[f64],
+    scale: &[f64],
+    group: usize,
+    dtype: crate::dtype::DType,
+    tol: f64,
+) -> super::ErrorStats {
+    let mut stats = super::ErrorStats::default();
+    if actual.len() != expected.len() || expected.len() > scale.len() * group.max(1) {
+        stats.failures = actual.len().max(expected.len());
+        return stats;
+    }
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let a = f64::from(a);
+        let bound = tol * scale[i / group.max(1)];
+        let (lo, hi) = (dtype.round_f64(e - bound), dtype.round_f64(e + bound));
+        if !(lo <= a && a <= hi) {
+            stats.failures += 1;
+        }
+        let err = (a - e).abs();
+        if err.is_nan() {
+            stats.max_abs = f64::NAN;
+            continue;
+        }
+        stats.max_abs = stats.max_abs.max(err);
+        if bound > 0.0 {
+            stats.max_rel = stats.max_rel.max(err / (bound / tol));
+        }
+        if e != 0.0 && err.is_finite() {
+            stats.max_ulps = stats.max_ulps.max(err / dtype.ulp(e));
+        }
+    }
+    stats
 }
 
 /// The gradients of RMSNorm or pRMSNorm (by `config.partial`) at the input `x` (h where the
@@ -103,6 +158,8 @@ struct RowOut<'a> {
     dx: &'a mut [f64],
     /// The row's x̂, for dgain.
     normalized: &'a mut [f64],
+    /// The row's error scale (see [`Gradients::dx_scale`]).
+    scale: &'a mut f64,
 }
 
 /// The batch, converted once.
@@ -157,6 +214,8 @@ impl Rows {
         let mut normalized = vec![0.0; n];
         let mut dgain = vec![0.0; n];
         let mut dbias = vec![0.0; n];
+        let mut dx_scale = vec![0.0; self.x.len() / n.max(1)];
+        let (mut dgain_scale, mut dbias_scale) = (vec![0.0; n], vec![0.0; n]);
         for (row, dx_row) in dx.chunks_exact_mut(n).enumerate() {
             let range = row * n..(row + 1) * n;
             let data = Row {
@@ -166,22 +225,37 @@ impl Rows {
             let out = RowOut {
                 dx: dx_row,
                 normalized: &mut normalized,
+                scale: &mut dx_scale[row],
             };
             row_grad(data, out);
             for i in 0..n {
-                dgain[i] += self.dy[range.start + i] * normalized[i];
-                dbias[i] += self.dy[range.start + i];
+                let dy = self.dy[range.start + i];
+                dgain[i] += dy * normalized[i];
+                dbias[i] += dy;
+                dgain_scale[i] += (dy * normalized[i]).abs();
+                dbias_scale[i] += dy.abs();
             }
         }
         if let Some(dsum) = &self.dsum {
             dx.iter_mut().zip(dsum).for_each(|(d, s)| *d += s);
+            for (scale, row) in dx_scale.iter_mut().zip(dsum.chunks_exact(n)) {
+                *scale += max_abs(row);
+            }
         }
         Gradients {
             dx,
             dgain: self.gain.then_some(dgain),
             dbias: self.bias.then_some(dbias),
+            dx_scale,
+            dgain_scale,
+            dbias_scale,
         }
     }
+}
+
+/// The largest magnitude in `v` (0 for none).
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, e| m.max(e.abs()))
 }
 
 /// One row of RMSNorm's backward (see [`rms_norm_backward`]).
@@ -208,11 +282,20 @@ fn rms_row(row: Row<'_>, k: usize, eps: f64, eps_mode: EpsMode, out: RowOut<'_>)
         .map(|(u, n)| u * n)
         .sum();
     // d r / d x_j = -r^3 x_j / k (inside the root), -r^2 x_j / (k rms) (added to the RMS).
-    let coefficient = match eps_mode {
+    let coefficient_of = |c: f64| match eps_mode {
         EpsMode::InsideRoot => c / k as f64,
         EpsMode::AddedToRms if rms > 0.0 => c / (k as f64 * r * rms),
         EpsMode::AddedToRms => 0.0,
     };
+    let coefficient = coefficient_of(c);
+    let magnitude: f64 = row
+        .u
+        .iter()
+        .zip(out.normalized.iter())
+        .map(|(u, n)| (u * n).abs())
+        .sum();
+    *out.scale =
+        r * (max_abs(row.u) + max_abs(&out.normalized[..k]) * coefficient_of(magnitude).abs());
     for (j, d) in out.dx.iter_mut().enumerate() {
         let correction = if j < k {
             out.normalized[j] * coefficient
@@ -248,6 +331,12 @@ fn layer_row(row: Row<'_>, eps: f64, out: RowOut<'_>) {
     for ((d, u), x) in out.dx.iter_mut().zip(row.u).zip(out.normalized.iter()) {
         *d = inverse * (u - mean_u - x * mean_ux);
     }
+    let sum_abs = |v: &mut dyn Iterator<Item = f64>| v.map(f64::abs).sum::<f64>() / n;
+    let products = &mut row.u.iter().zip(out.normalized.iter()).map(|(u, x)| u * x);
+    *out.scale = inverse
+        * (max_abs(row.u)
+            + sum_abs(&mut row.u.iter().copied())
+            + max_abs(out.normalized) * sum_abs(products));
 }
 
 #[cfg(test)]

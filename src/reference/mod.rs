@@ -7,7 +7,9 @@
 
 mod backward;
 
-pub use backward::{layer_norm_backward, rms_norm_backward, Gradients};
+pub use backward::{
+    compare_normwise, layer_norm_backward, rms_norm_backward, Gradients, BACKWARD_TOL,
+};
 
 use crate::config::{EpsMode, Gain, LayerNormConfig, RmsNormConfig};
 use crate::dtype::DType;

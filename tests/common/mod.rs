@@ -6,8 +6,8 @@ use wgpu::util::DeviceExt;
 use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use wgpu_rmsnorm::{
-    block_on, BufferRegion, GpuContext, KernelOptions, NormKernel, Reduction, RmsNorm,
-    RmsNormBuffers, RmsNormConfig,
+    bf16, block_on, f16, BufferRegion, DType, GpuContext, KernelOptions, NormKernel, Reduction,
+    RmsNorm, RmsNormBuffers, RmsNormConfig,
 };
 
 /// The shared context, held by one test at a time, or `None` (announced loudly) when there is
@@ -154,6 +154,7 @@ pub fn run_made_kernel<N: NormKind>(
             bias: bias_buffer.as_ref().map(BufferRegion::whole),
             residual: None,
             sum: None,
+            stats: None,
         };
         let rows = (x.len() / hidden as usize) as u32;
         let mut encoder = device.create_command_encoder(&Default::default());
@@ -205,4 +206,101 @@ pub fn resident_kib() -> u64 {
                 .ok()
         })
         .unwrap_or(0)
+}
+
+/// The byte every guard region is filled with.
+pub const GUARD: u8 = 0xA5;
+
+/// Values of `dtype` (widened to f32) as little-endian bytes.
+pub fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| match dtype {
+            DType::F32 => v.to_le_bytes().to_vec(),
+            DType::F16 => f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+            DType::Bf16 => bf16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Little-endian bytes of `dtype` widened to f32.
+pub fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        DType::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+    }
+}
+
+/// A tensor in a buffer of its own at an element offset, guard bytes all around.
+pub struct Placed {
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of the first element.
+    pub offset: u64,
+    /// Bytes of the tensor.
+    pub len: u64,
+}
+
+impl Placed {
+    pub fn new(gpu: &GpuContext, values: &[f32], dtype: DType, offset_elements: u64) -> Self {
+        let offset = offset_elements * dtype.bytes();
+        let data = encode(values, dtype);
+        let mut contents = vec![GUARD; (offset as usize + data.len() + 6).next_multiple_of(4)];
+        contents[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        let buffer = gpu
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("formats test"),
+                contents: &contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
+        Self {
+            buffer,
+            offset,
+            len: data.len() as u64,
+        }
+    }
+
+    pub fn region(&self) -> BufferRegion<'_> {
+        BufferRegion {
+            buffer: &self.buffer,
+            offset: self.offset,
+        }
+    }
+
+    /// The tensor's values read back; panics if a byte outside the tensor changed.
+    pub fn read(&self, gpu: &GpuContext, dtype: DType, what: &str) -> Vec<f32> {
+        let bytes = read_bytes(gpu, &self.buffer, self.buffer.size());
+        let (start, end) = (self.offset as usize, (self.offset + self.len) as usize);
+        let outside = bytes[..start].iter().chain(&bytes[end..]);
+        assert!(
+            outside.into_iter().all(|&b| b == GUARD),
+            "{what}: bytes outside the tensor were written"
+        );
+        decode(&bytes[start..end], dtype)
+    }
+}
+
+/// The f16 implementations this device runs: packed words always, WGSL's f16 where the
+/// device has SHADER_F16.
+pub fn f16_options(gpu: &GpuContext) -> Vec<KernelOptions> {
+    let mut all = vec![KernelOptions {
+        native_f16: Some(false),
+        ..KernelOptions::default()
+    }];
+    if gpu.device().features().contains(wgpu::Features::SHADER_F16) {
+        all.push(KernelOptions {
+            native_f16: Some(true),
+            ..KernelOptions::default()
+        });
+    } else {
+        eprintln!("this device has no SHADER_F16: WGSL's f16 type is not tested here");
+    }
+    all
 }

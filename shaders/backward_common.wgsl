@@ -1,0 +1,84 @@
+// What the backward kernels share (rmsnorm_backward.wgsl, layernorm_backward.wgsl): the
+// upstream gradient through the gain, the store of dx, and dgain and dbias summed over rows
+// without float atomics.
+//
+// Rows are taken in blocks of ROW_BLOCK: a workgroup takes blocks group.x, group.x + groups,
+// ... and first computes each row's statistics and correction (a reduction per row), then
+// dx column by column across the block's rows, summing their dy x^ and dy per column.
+//
+// dgain = sum over rows of dy x^ and dbias = sum over rows of dy, per column. Each workgroup
+// adds its blocks' sums into a partial row of its own (`slot`), each invocation into its own
+// Elems of it: no two invocations touch one address, and the partial row stays in cache
+// while the workgroup walks its blocks (one read and write of it per ROW_BLOCK rows).
+// `weight_grads` then adds the partial rows in slot order. The rows a workgroup takes and
+// the order of every sum depend on the launch alone, so dgain and dbias are bit-identical
+// run to run.
+
+// Rows per block.
+const ROW_BLOCK: u32 = 8u;
+
+// Blocks of the dispatch's rows.
+fn row_blocks() -> u32 {
+    return (params.rows + ROW_BLOCK - 1u) / ROW_BLOCK;
+}
+
+// The upstream gradient of Elem i of a row's normalized value: dy * g (g + 1 with the unit
+// offset, 1 without a gain).
+fn gain_factor(i: u32) -> Elem {
+    if (HAS_GAIN) {
+        let g = gain_load(params.gain_base + i);
+        if (GAIN_PLUS_ONE) {
+            return g + 1.0;
+        }
+        return g;
+    }
+    return Elem(1.0);
+}
+
+// Stores Elem `at` (from row 0 of the dispatch) of dx: the gradient through the norm, plus
+// the gradient of the stored sum h where the forward stored it (dh = dh_norm + dh_out, the
+// gradient of x and of r alike), added in f32 and rounded once.
+fn store_grad_input(at: u32, grad_norm: Elem) {
+    var v = grad_norm;
+    if (HAS_GRAD_SUM) {
+        v = v + dsum_load(params.dsum_base + at);
+    }
+    y_store(params.y_base + at, v);
+}
+
+// Adds the sums of dy x^ and dy over a block's rows at Elem i into the workgroup's partial
+// rows (`first`: the workgroup's first block, which writes them).
+fn accumulate_weight_grads(first: bool, slot: u32, i: u32, grad_gain: Elem, grad_bias: Elem) {
+    if (HAS_GAIN) {
+        weight_partial_add(first, slot * params.row_len + i, grad_gain);
+    }
+    if (HAS_BIAS) {
+        let bias_row = select(0u, params.partial_rows, HAS_GAIN) + slot;
+        weight_partial_add(first, bias_row * params.row_len + i, grad_bias);
+    }
+}
+
+// The second pass: each invocation adds its columns' partial rows in slot order.
+@compute @workgroup_size(WG)
+fn weight_grads(
+    @builtin(global_invocation_id) id: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let bias_rows = select(0u, params.partial_rows, HAS_GAIN);
+    for (var i = id.x; i < params.row_len; i = i + groups.x * WG) {
+        if (HAS_GAIN) {
+            var sum = Elem(0.0);
+            for (var p = 0u; p < params.partial_rows; p = p + 1u) {
+                sum = sum + weight_partial_load(p * params.row_len + i);
+            }
+            grad_gain_store(params.dgain_base + i, sum);
+        }
+        if (HAS_BIAS) {
+            var sum = Elem(0.0);
+            for (var p = 0u; p < params.partial_rows; p = p + 1u) {
+                sum = sum + weight_partial_load((bias_rows + p) * params.row_len + i);
+            }
+            grad_bias_store(params.dbias_base + i, sum);
+        }
+    }
+}

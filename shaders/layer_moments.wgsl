@@ -1,0 +1,65 @@
+// LayerNorm's statistics of a row, shared by the forward (layernorm.wgsl) and the backward
+// (layernorm_backward.wgsl).
+//
+// The statistics come from one pass: each invocation keeps Welford's running mean and sum
+// of squared deviations of its own elements (per lane of an Elem), and the workgroup merges
+// them by Chan's formula, M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2): every term is >= 0,
+// so nothing cancels wherever an outlier stands (the shifted sums this replaced lost 5e-4
+// of relative accuracy when the first element was an outlier). There is no rescaled path:
+// spreads whose squares leave f32's range (beyond ~1e19, below ~1e-19) are out of range.
+
+// A row's statistics: x^ = ((x - shift) - mean) * scale, the mean of x being shift + mean.
+struct Moments {
+    shift: f32,
+    mean: f32,
+    scale: f32,
+}
+
+// Saved statistics (`STORES_STATS`, `LOADS_STATS`): shift, mean, scale per row, f32.
+const STATS_PER_ROW: u32 = 3u;
+
+// The statistics of row `row_offset`, each invocation starting at Elem `lane`. Every
+// invocation of the workgroup calls it (it reduces).
+fn row_moments(row_offset: u32, lane: u32) -> Moments {
+    // Statistics of x - K: x - K is exact for x near K, so a row far from zero keeps the
+    // digits that matter (the mean of x rounded back to x's magnitude would lose them).
+    // K is the median of the row's first, middle and last elements, so that one outlier
+    // (anywhere, the first element included) does not become the shift: x - K for the
+    // rest of the row would then be rounded to the outlier's magnitude.
+    let a = elem_first(load_input(row_offset));
+    let b = elem_first(load_input(row_offset + params.row_len / 2u));
+    let c = elem_first(load_input(row_offset + params.row_len - 1u));
+    let shift = max(min(a, b), min(max(a, b), c));
+    var count = 0.0;
+    var local_mean = Elem(0.0);
+    var local_m2 = Elem(0.0);
+    for (var i = lane; i < params.row_len; i = i + WG) {
+        let v = load_input(row_offset + i) - shift;
+        count = count + 1.0;
+        let delta = v - local_mean;
+        local_mean = local_mean + delta * (1.0 / count);
+        local_m2 = local_m2 + delta * (v - local_mean);
+    }
+    let mean = reduce_sum(elem_sum(local_mean * count)) / params.k_f32;
+    let deviation = local_mean - Elem(mean);
+    let m2 = reduce_sum(elem_sum(local_m2 + deviation * deviation * count));
+    let variance = max(m2 / params.k_f32, 0.0);
+    // A constant row with eps = 0 has no defined scale: 0, as RMSNorm does, never NaN.
+    let denominator = variance + params.eps;
+    let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
+    return Moments(shift, mean, scale);
+}
+
+// Saves a row's statistics where the call saves them (one invocation calls it).
+fn stats_store_moments(row: u32, m: Moments) {
+    if (STORES_STATS) {
+        stats_store(row, 0u, m.shift);
+        stats_store(row, 1u, m.mean);
+        stats_store(row, 2u, m.scale);
+    }
+}
+
+// A row's saved statistics.
+fn stats_load_moments(row: u32) -> Moments {
+    return Moments(stats_load(row, 0u), stats_load(row, 1u), stats_load(row, 2u));
+}

@@ -1,0 +1,171 @@
+// RMSNorm's scale of a row, shared by the forward (rmsnorm.wgsl) and the backward
+// (rmsnorm_backward.wgsl): the sum of squares over the first k elements, kept in range
+// whatever the row's magnitude, and the two factors f with y = (x * f.x) * f.y * g + b.
+// 1 / rms = f.x * f.y; f.y is 1 except for rows whose 1 / rms is not a normal f32.
+
+// Saved statistics (`STORES_STATS`, `LOADS_STATS`): f.x and f.y per row, f32.
+const STATS_PER_ROW: u32 = 2u;
+
+// Saves a row's factors where the call saves statistics (one invocation calls it).
+fn stats_store_factors(row: u32, f: vec2<f32>) {
+    if (STORES_STATS) {
+        stats_store(row, 0u, f.x);
+        stats_store(row, 1u, f.y);
+    }
+}
+
+// Sums of squares below 2^-64 or not finite (f32 x^2 overflows above ~1.8e19) take the
+// rescaled path: squares of |x| below 2^-63 are subnormal, which GPUs may flush to zero, so
+// a sum under 2^-64 may have lost terms. Tested on the bits: WGSL lets a compiler assume
+// that floats are finite, so `s != s` or `s > MAX` may be folded away.
+fn sum_needs_rescaling(s: f32) -> bool {
+    let exponent = (bitcast<u32>(s) >> 23u) & 0xffu;
+    return exponent == 0xffu || exponent < 63u;
+}
+
+// Whether a rescaled sum of squares is zero or subnormal: a first k of zeros, or of values
+// so small (below 2^-143, subnormal) that even scaled by 2^80 their squares are subnormal.
+// Taken as an all-zero first k (phase 1 of row_scale), never as a scale of inf.
+fn sum_is_zero(s: f32) -> bool {
+    return ((bitcast<u32>(s) >> 23u) & 0xffu) == 0u;
+}
+
+// Rows out of range are summed again with their elements scaled by 2^-e, e = +-80: the
+// squares of |x| <= f32::MAX then stay below 2^96, and a tiny row's sum below 2^-64 comes
+// back below 2^96 too.
+const RESCALE_EXPONENT: i32 = 80;
+
+// v * 2^e for |e| <= 252. WGSL leaves ldexp undefined for exponents outside [-126, 127]
+// (HLSL lowers it to v * exp2(e), so 0 * inf = NaN on DX12), so it takes two steps.
+fn ldexp_wide(v: f32, e: i32) -> f32 {
+    return ldexp(ldexp(v, e / 2), e - e / 2);
+}
+
+// Whether a sum that needs rescaling is too large (inf, or NaN from non-finite input)
+// rather than too small.
+fn sum_overflowed(s: f32) -> bool {
+    return ((bitcast<u32>(s) >> 23u) & 0xffu) == 0xffu;
+}
+
+// The factor applied to every element of a row whose sum of squares over the first k
+// elements is `sumsq` (normal range).
+fn scale_from_sum(sumsq: f32) -> f32 {
+    let mean = sumsq / params.k_f32;
+    if (EPS_INSIDE_ROOT) {
+        return inverseSqrt(mean + params.eps);
+    }
+    return 1.0 / (sqrt(mean) + params.eps);
+}
+
+// Elem i of a row, with lanes at or past k zeroed.
+fn first_k(v: Elem, i: u32) -> Elem {
+    return elem_keep_below(v, i * LANES, params.k);
+}
+
+// Elems of a row that hold any of its first k elements.
+fn k_elems() -> u32 {
+    return (params.k + LANES - 1u) / LANES;
+}
+
+// The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
+// phase 0, of x * 2^-e for phase 2 (then y = (x * 2^-e) * scale), or an all-zero first k
+// (phase 1): 1 / eps by either convention, and 0 when eps is 0 (the output is then the
+// bias, or zero), never inf or NaN.
+fn row_scale(sumsq: f32, phase: u32, e: i32) -> f32 {
+    let eps = params.eps;
+    if (phase == 0u) {
+        return scale_from_sum(sumsq);
+    }
+    if (phase == 1u) {
+        if (eps == 0.0) {
+            return 0.0;
+        }
+        if (EPS_INSIDE_ROOT) {
+            return inverseSqrt(eps);
+        }
+        return 1.0 / eps;
+    }
+    // eps is brought to the scaled row's magnitude where that is finite (always for huge
+    // rows); else (tiny rows, eps beyond 2^127 times their mean square) eps dominates, and
+    // the mean is brought to eps's instead, where flushing it to zero costs nothing.
+    let mean = sumsq / params.k_f32;
+    if (EPS_INSIDE_ROOT) {
+        let eps_scaled = ldexp_wide(eps, -2 * e);
+        if (!is_infinite(eps_scaled)) {
+            return inverseSqrt(mean + eps_scaled);
+        }
+        return inverseSqrt(ldexp_wide(mean, 2 * e) + eps) * ldexp(1.0, e);
+    }
+    let eps_scaled = ldexp(eps, -e);
+    if (!is_infinite(eps_scaled)) {
+        return 1.0 / (sqrt(mean) + eps_scaled);
+    }
+    return ldexp(1.0, e) / (ldexp(sqrt(mean), e) + eps);
+}
+
+// Whether a finite-or-overflowed value is inf, on the bits (see sum_needs_rescaling).
+fn is_infinite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) == 0x7f800000u;
+}
+
+// The two factors of y = (x * f.x) * f.y for a row whose elements scaled by `pre` have the
+// scale `scale`. Where their product (1 / rms of x itself) is a normal f32 it is applied
+// alone: one rounding, and no element beyond pRMSNorm's k is scaled by 2^80 on its way (a
+// tiny first k and a large tail would overflow there). Else (rms beyond ~2^126) x is scaled
+// down by `pre` first, which overflows nothing.
+fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
+    let factor = pre * scale;
+    let exponent = (bitcast<u32>(factor) >> 23u) & 0xffu;
+    if (exponent != 0u && exponent != 0xffu) {
+        return vec2<f32>(factor, 1.0);
+    }
+    return vec2<f32>(pre, scale);
+}
+
+// The factors f of row `row_offset` (y = (x * f.x) * f.y * g + b): its sum of squares over
+// the first k elements by the workgroup, each invocation starting at Elem `lane`. Every
+// invocation of the workgroup calls it (it reduces).
+fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
+    // Elems wholly inside the first k elements, and whether one more straddles k.
+    let k_whole = params.k / LANES;
+    let k_straddles = k_whole * LANES < params.k;
+    // Pass 1 over the first k elements: the sum of squares. A row whose sum overflows
+    // (|x| beyond ~1e19) or underflows (below 2^-64) takes it once more with its
+    // elements scaled by 2^-80 or 2^80, exactly: every row of normal f32 then sums in
+    // range, and what the scaling flushes is negligible next to what it keeps. One loop
+    // serves both, so the common path carries no extra loop (software adapters pay for
+    // each one).
+    var pre = 1.0;
+    var e = 0;
+    var phase = 0u;
+    var sumsq = 0.0;
+    // The exit test stands at the top of the loop: Mesa's llvmpipe (GL backend, Mesa
+    // 22.3) loses what a loop iteration that ends in `break` wrote when the workgroup is
+    // narrower than its 8-lane SIMD (tests/driver_workarounds.rs has the reduction).
+    var summing = true;
+    while (summing) {
+        var acc = Elem(0.0);
+        for (var i = lane; i < k_whole; i = i + WG) {
+            let v = load_input(row_offset + i) * pre;
+            acc = acc + v * v;
+        }
+        if (k_straddles && lane == k_whole % WG) {
+            let v = first_k(load_input(row_offset + k_whole), k_whole) * pre;
+            acc = acc + v * v;
+        }
+        sumsq = reduce_sum(elem_sum(acc));
+        summing = phase == 0u && sum_needs_rescaling(sumsq);
+        if (summing) {
+            phase = 2u;
+            e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
+            pre = ldexp(1.0, -e);
+        }
+    }
+    if (sum_is_zero(sumsq)) {
+        // The first k elements are all zero (or subnormal).
+        phase = 1u;
+        pre = 1.0;
+    }
+    let scale = row_scale(sumsq, phase, e);
+    return output_factors(pre, scale);
+}

@@ -1,0 +1,289 @@
+//! The high-level backward: slices in, gradients out, on the context's device.
+
+use super::{CallData, GpuContext};
+use crate::config::{Gain, LayerNormConfig, RmsNormConfig};
+use crate::dtype::Element;
+use crate::error::{Error, Result};
+use crate::kernel::{BackwardBuffers, BufferRegion, Layer, NormBackward, NormKind, Rms};
+use crate::platform;
+
+/// The tensors of a high-level backward call, `rows * hidden` elements each, of the config's
+/// dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardInputs<'a, T: Element> {
+    /// The forward's x; where it stored the sum (`Residual::AddStoreSum` or
+    /// `AddStoreSumInPlace`), that sum h.
+    pub input: &'a [T],
+    /// The forward's residual r, exactly where its residual is `Residual::Add`.
+    pub residual: Option<&'a [T]>,
+    /// dy, the gradient of the forward's output.
+    pub grad_output: &'a [T],
+    /// The gradient of the stored sum h, exactly where the forward stored it.
+    pub grad_sum: Option<&'a [T]>,
+}
+
+impl<'a, T: Element> BackwardInputs<'a, T> {
+    /// x and dy, for a forward without a residual add.
+    pub fn new(input: &'a [T], grad_output: &'a [T]) -> Self {
+        Self {
+            input,
+            residual: None,
+            grad_output,
+            grad_sum: None,
+        }
+    }
+}
+
+/// The gradients of a normalization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormGradients<T> {
+    /// dx, of the input's dtype: the gradient of x, and of r where the forward added one.
+    pub grad_input: Vec<T>,
+    /// dgain, f32, summed over rows in a fixed order; where the config has a gain.
+    pub grad_gain: Option<Vec<f32>>,
+    /// dbias, f32; where the config has a bias.
+    pub grad_bias: Option<Vec<f32>>,
+}
+
+/// A backward call's data as bytes: what the web API passes too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackwardData<'a> {
+    pub input: &'a [u8],
+    pub residual: Option<&'a [u8]>,
+    pub grad_output: &'a [u8],
+    pub grad_sum: Option<&'a [u8]>,
+    pub gain: Option<&'a [u8]>,
+}
+
+/// dx as bytes of the activations' dtype, dgain and dbias.
+pub(crate) type GradientBytes = (Vec<u8>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+impl<'a> BackwardData<'a> {
+    fn new<T: Element, W: Element>(
+        config: &RmsNormConfig,
+        inputs: &BackwardInputs<'a, T>,
+        gain: Option<&'a [W]>,
+    ) -> Result<Self> {
+        let weights = crate::Weights { gain, bias: None };
+        let data = CallData::new(config, inputs.input, inputs.residual, weights)?;
+        let bytes = |v: &'a [T]| bytemuck::cast_slice::<T, u8>(v);
+        Ok(Self {
+            input: data.x,
+            residual: data.residual,
+            grad_output: bytes(inputs.grad_output),
+            grad_sum: inputs.grad_sum.map(bytes),
+            gain: data.gain,
+        })
+    }
+}
+
+impl GpuContext {
+    /// The gradients of RMSNorm or pRMSNorm (`config` is the forward's) given dy: dx, and
+    /// dgain and dbias where the config has them. The statistics are recomputed (the
+    /// low-level [`RmsNormBackward`](crate::RmsNormBackward) reads saved ones).
+    pub async fn rms_norm_backward<T: Element, W: Element>(
+        &self,
+        inputs: BackwardInputs<'_, T>,
+        config: &RmsNormConfig,
+        gain: Option<&[W]>,
+    ) -> Result<NormGradients<T>> {
+        let data = BackwardData::new(config, &inputs, gain)?;
+        let bytes = self.backward_bytes::<Rms>(config, data).await?;
+        Ok(gradients(bytes))
+    }
+
+    /// The gradients of LayerNorm given dy, like [`GpuContext::rms_norm_backward`].
+    pub async fn layer_norm_backward<T: Element, W: Element>(
+        &self,
+        inputs: BackwardInputs<'_, T>,
+        config: &LayerNormConfig,
+        gain: Option<&[W]>,
+    ) -> Result<NormGradients<T>> {
+        let data = BackwardData::new(&config.as_rms_config(), &inputs, gain)?;
+        let bytes = self.backward_bytes::<Layer>(config, data).await?;
+        Ok(gradients(bytes))
+    }
+
+    /// One backward call on buffers made for it: dx as bytes, dgain, dbias.
+    pub(crate) async fn backward_bytes<N: NormKind>(
+        &self,
+        config: &N::Config,
+        data: BackwardData<'_>,
+    ) -> Result<GradientBytes> {
+        let core = N::core_config(config).with_saved_stats(false);
+        core.validate()?;
+        let rows = check_backward_call(&core, &data)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let submitted = self.submit_backward::<N>(config, &core, data, rows);
+        let error = scope.pop().await;
+        let (staging, sizes) = match (submitted, error) {
+            (Err(e), _) => return Err(self.classify_failure(e)),
+            (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),
+            (Ok(pair), None) => pair,
+        };
+        let slice = staging.slice(..);
+        platform::map_read(&self.device, slice)
+            .await
+            .map_err(|e| self.classify_failure(e))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        let floats = |at: u64| -> Vec<f32> {
+            let start = at as usize;
+            bytemuck::pod_collect_to_vec(&bytes[start..start + sizes.vector as usize])
+        };
+        let has_gain = core.gain != Gain::None;
+        Ok((
+            bytes[..data.input.len()].to_vec(),
+            has_gain.then(|| floats(sizes.tensor)),
+            core.bias.then(|| floats(sizes.tensor + sizes.vector)),
+        ))
+    }
+
+    /// Uploads a backward call's data, records it and the copies to a staging buffer
+    /// (dx, then dgain and dbias), and submits.
+    fn submit_backward<N: NormKind>(
+        &self,
+        config: &N::Config,
+        core: &RmsNormConfig,
+        data: BackwardData<'_>,
+        rows: u32,
+    ) -> Result<(wgpu::Buffer, StagingSizes)> {
+        use wgpu::BufferUsages as U;
+        let config = &N::without_saved_stats(config);
+        let kernel = NormBackward::<N>::with_cache(&self.pipelines, config, &self.kernel_options)?;
+        let sizes = StagingSizes {
+            tensor: (data.input.len() as u64).next_multiple_of(4),
+            vector: u64::from(core.hidden) * 4,
+        };
+        let upload = |label, bytes: &[u8]| {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (bytes.len() as u64).next_multiple_of(4).max(4),
+                usage: U::STORAGE | U::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.upload(&buffer, 0, bytes);
+            buffer
+        };
+        let output = |label, size: u64| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(4),
+                usage: U::STORAGE | U::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let input = upload("rmsnorm backward input", data.input);
+        let residual = data
+            .residual
+            .map(|r| upload("rmsnorm backward residual", r));
+        let grad_output = upload("rmsnorm backward dy", data.grad_output);
+        let grad_sum = data.grad_sum.map(|g| upload("rmsnorm backward dsum", g));
+        let gain = data.gain.map(|g| upload("rmsnorm backward gain", g));
+        let grad_input = output("rmsnorm backward dx", sizes.tensor);
+        let has_gain = core.gain != Gain::None;
+        let grad_gain = has_gain.then(|| output("rmsnorm backward dgain", sizes.vector));
+        let grad_bias = core
+            .bias
+            .then(|| output("rmsnorm backward dbias", sizes.vector));
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("rmsnorm backward staging"),
+            size: sizes.tensor + 2 * sizes.vector,
+            usage: U::MAP_READ | U::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let region = BufferRegion::whole;
+        let buffers = BackwardBuffers {
+            input: region(&input),
+            residual: residual.as_ref().map(region),
+            grad_output: region(&grad_output),
+            grad_sum: grad_sum.as_ref().map(region),
+            gain: gain.as_ref().map(region),
+            stats: None,
+            grad_input: region(&grad_input),
+            grad_gain: grad_gain.as_ref().map(region),
+            grad_bias: grad_bias.as_ref().map(region),
+        };
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("rmsnorm backward call"),
+            });
+        kernel.encode(&self.device, &mut encoder, &buffers, rows)?;
+        encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, sizes.tensor);
+        for (at, grad) in [
+            (sizes.tensor, &grad_gain),
+            (sizes.tensor + sizes.vector, &grad_bias),
+        ] {
+            if let Some(grad) = grad {
+                encoder.copy_buffer_to_buffer(grad, 0, &staging, at, sizes.vector);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        Ok((staging, sizes))
+    }
+}
+
+/// Bytes of dx (rounded up to whole words) and of dgain or dbias in the staging buffer.
+#[derive(Debug, Clone, Copy)]
+struct StagingSizes {
+    tensor: u64,
+    vector: u64,
+}
+
+/// Checks a high-level backward call; returns its row count. (The rest is checked by the
+/// kernel's own checks on the buffers made for it.)
+fn check_backward_call(config: &RmsNormConfig, data: &BackwardData<'_>) -> Result<u32> {
+    let element = config.dtype.bytes() as usize;
+    let rows = config.rows_in(data.input.len() / element)?;
+    let same_length = |which, other: Option<&[u8]>| match other {
+        Some(t) if t.len() != data.input.len() => Err(Error::LengthMismatch {
+            which,
+            len: t.len() / element,
+            expected: data.input.len() / element,
+        }),
+        _ => Ok(()),
+    };
+    same_length("grad_output", Some(data.grad_output))?;
+    same_length("residual", data.residual)?;
+    same_length("grad_sum", data.grad_sum)?;
+    u32::try_from(rows).map_err(|_| Error::TooManyRows {
+        rows: rows as u64,
+        hidden: config.hidden,
+    })
+}
+
+/// dx as elements of `T`.
+fn gradients<T: Element>((dx, grad_gain, grad_bias): GradientBytes) -> NormGradients<T> {
+    NormGradients {
+        grad_input: bytemuck::pod_collect_to_vec(&dx),
+        grad_gain,
+        grad_bias,
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl GpuContext {
+    /// [`GpuContext::rms_norm_backward`], blocking.
+    pub fn rms_norm_backward_blocking<T: Element, W: Element>(
+        &self,
+        inputs: BackwardInputs<'_, T>,
+        config: &RmsNormConfig,
+        gain: Option<&[W]>,
+    ) -> Result<NormGradients<T>> {
+        platform::block_on(self.rms_norm_backward(inputs, config, gain))
+    }
+
+    /// [`GpuContext::layer_norm_backward`], blocking.
+    pub fn layer_norm_backward_blocking<T: Element, W: Element>(
+        &self,
+        inputs: BackwardInputs<'_, T>,
+        config: &LayerNormConfig,
+        gain: Option<&[W]>,
+    ) -> Result<NormGradients<T>> {
+        platform::block_on(self.layer_norm_backward(inputs, config, gain))
+    }
+}
