@@ -96,9 +96,10 @@ mod native {
             options.min_sample_seconds * 1e3
         );
         println!(
-            "{:>6} x {:<8} {:<9} {:>6} {:<26} {:>9} {:>7} {:>8} {:>10} {:>10}",
+            "{:>6} x {:<8} {:<8} {:<9} {:>6} {:<26} {:>9} {:>7} {:>8} {:>10} {:>10}",
             "rows",
             "hidden",
+            "pass",
             "kernel",
             "p",
             "variant",
@@ -115,7 +116,8 @@ mod native {
                 .map_err(|e| e.to_string())?;
             for m in measured {
                 println!(
-                    "{rows:>6} x {hidden:<8} {:<9} {:>6} {:<26} {:>9.3} {:>7.2} {:>8.2} {:>10.2} {:>10}",
+                    "{rows:>6} x {hidden:<8} {:<8} {:<9} {:>6} {:<26} {:>9.3} {:>7.2} {:>8.2} {:>10.2} {:>10}",
+                    m.pass,
                     m.kernel,
                     m.p.map_or(String::new(), |p| format!("{p}")),
                     m.variant,
@@ -129,6 +131,7 @@ mod native {
             }
         }
         print_ratios(&records);
+        print_backward_ratios(&records);
         let format_shapes: &[(u32, u32)] = if quick {
             &QUICK_FORMAT_SHAPES
         } else {
@@ -241,7 +244,11 @@ mod native {
                 records
                     .iter()
                     .find(|r| {
-                        r.rows == rows && r.hidden == hidden && r.m.kernel == kernel && r.m.p == p
+                        r.rows == rows
+                            && r.hidden == hidden
+                            && r.m.pass == "forward"
+                            && r.m.kernel == kernel
+                            && r.m.p == p
                     })
                     .map_or(f64::NAN, |r| r.m.seconds)
             };
@@ -251,6 +258,69 @@ mod native {
                 rms / time("LayerNorm", None),
                 time("pRMSNorm", Some(1.0 / 16.0)) / rms,
                 time("pRMSNorm", Some(0.5)) / rms
+            );
+        }
+    }
+
+    /// The backward against the forward: sol_kernel of each backward over its forward's
+    /// (statistics recomputed, and saved for RMSNorm), and the share of RMSNorm's backward
+    /// time that dgain and dbias take (1 - time without them / time with them).
+    fn print_backward_ratios(records: &[Record]) {
+        println!("\nbackward against forward (sol_kernel ratio: 1 = the same fraction of the copy's speed)");
+        println!(
+            "{:>6} x {:<8} {:>12} {:>18} {:>13} {:>14} {:>18}",
+            "rows",
+            "hidden",
+            "RMSNorm",
+            "RMSNorm (saved)",
+            "pRMSNorm(1/16)",
+            "LayerNorm",
+            "dgain+dbias share"
+        );
+        let mut shapes: Vec<(u32, u32)> = records.iter().map(|r| (r.rows, r.hidden)).collect();
+        shapes.dedup();
+        for (rows, hidden) in shapes {
+            let find =
+                |pass: &str, kernel: &str, p: Option<f64>, variant: &dyn Fn(&str) -> bool| {
+                    records.iter().find(|r| {
+                        r.rows == rows
+                            && r.hidden == hidden
+                            && r.m.pass == pass
+                            && r.m.kernel == kernel
+                            && r.m.p == p
+                            && r.m.residual == "none"
+                            && r.m.dtype.name() == "f32"
+                            && variant(&r.m.variant)
+                    })
+                };
+            let recomputed = |v: &str| v.ends_with("recomputed stats");
+            let saved = |v: &str| v.ends_with("saved stats");
+            let any = |_: &str| true;
+            let ratio = |kernel, p, variant: &dyn Fn(&str) -> bool| match (
+                find("backward", kernel, p, variant),
+                find("forward", kernel, p, &any),
+            ) {
+                (Some(b), Some(f)) => b.m.sol_kernel / f.m.sol_kernel,
+                _ => f64::NAN,
+            };
+            let bare = find("backward", "RMSNorm", None, &|v: &str| {
+                v.ends_with("no gain or bias")
+            });
+            let weighted = find("backward", "RMSNorm", None, &recomputed);
+            let share = match (bare, weighted) {
+                (Some(b), Some(w)) => 1.0 - b.m.seconds / w.m.seconds,
+                _ => f64::NAN,
+            };
+            if weighted.is_none() {
+                continue;
+            }
+            println!(
+                "{rows:>6} x {hidden:<8} {:>12.2} {:>18.2} {:>13.2} {:>14.2} {:>18.2}",
+                ratio("RMSNorm", None, &recomputed),
+                ratio("RMSNorm", None, &saved),
+                ratio("pRMSNorm", Some(1.0 / 16.0), &recomputed),
+                ratio("LayerNorm", None, &recomputed),
+                share
             );
         }
     }
@@ -265,7 +335,7 @@ mod native {
                 "    {{\"adapter\": {}, \"backend\": {}, \"rows\": {}, \"hidden\": {}, \"kernel\": {}, \
                  \"p\": {}, \"variant\": {}, \"median_ms\": {:.6}, \"gbps\": {:.4}, \"sol_copy\": {:.4}, \
                  \"sol_kernel\": {:.4}, \"library_bytes\": {}, \"dtype\": {}, \"weight_dtype\": {}, \
-                 \"residual\": {}, \"bytes\": {}}}{}",
+                 \"residual\": {}, \"bytes\": {}, \"pass\": {}}}{}",
                 text(&info.name),
                 text(&format!("{:?}", info.backend)),
                 r.rows,
@@ -282,6 +352,7 @@ mod native {
                 text(m.weight_dtype.name()),
                 text(m.residual),
                 m.bytes,
+                text(m.pass),
                 if i + 1 < records.len() { "," } else { "" }
             );
         }

@@ -12,7 +12,7 @@ use crate::kernel::{
 use crate::platform;
 use std::sync::{Arc, Mutex, PoisonError};
 
-mod backward;
+pub(crate) mod backward;
 pub use backward::{BackwardInputs, NormGradients};
 
 /// Optional gain and bias vectors for a high-level call; each present exactly when the

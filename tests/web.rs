@@ -742,3 +742,255 @@ async fn the_formats_benchmark_runs() {
         assert!(m.seconds > 0.0 && m.gbps.is_finite(), "{m:?}");
     }
 }
+
+/// The backward in the browser through the Rust API: RMSNorm, pRMSNorm and LayerNorm, f32
+/// and f16, dx, dgain and dbias against the f64 reference, norm-wise; dgain the same bits
+/// twice.
+#[wasm_bindgen_test]
+async fn the_backward_matches_the_reference() {
+    use wgpu_rmsnorm::reference::{compare_normwise, BACKWARD_TOL};
+    use wgpu_rmsnorm::BackwardInputs;
+    let Some(gpu) = gpu(KernelOptions::default()).await else {
+        return;
+    };
+    for (rows, hidden) in [(7u32, 257u32), (33, 1024)] {
+        let n = hidden as usize;
+        let len = rows as usize * n;
+        for dtype in [DType::F32, DType::F16] {
+            let round = |v: Vec<f32>| v.into_iter().map(|e| dtype.round(e)).collect::<Vec<f32>>();
+            let x = round(data(len, 3));
+            let dy = round(reference::sample_data(len, 4, 1.0));
+            let gain: Vec<f32> = data(n, 5);
+            for which in ["RMSNorm", "pRMSNorm", "LayerNorm"] {
+                let config = RmsNormConfig::new(hidden)
+                    .with_dtype(dtype)
+                    .with_weight_dtype(DType::F32)
+                    .with_gain(Gain::Scale)
+                    .with_bias(true)
+                    .with_partial(if which == "pRMSNorm" {
+                        PartialRms::Fraction(0.0625)
+                    } else {
+                        PartialRms::Full
+                    });
+                let layer = LayerNormConfig::new(hidden)
+                    .with_dtype(dtype)
+                    .with_weight_dtype(DType::F32)
+                    .with_gain(Gain::Scale)
+                    .with_bias(true);
+                let xs: Vec<f16> = rounded(&x);
+                let dys: Vec<f16> = rounded(&dy);
+                let run = || async {
+                    let (dx, dgain, dbias) = match (which, dtype) {
+                        ("LayerNorm", DType::F32) => {
+                            let g = gpu
+                                .layer_norm_backward(
+                                    BackwardInputs::new(&x, &dy),
+                                    &layer,
+                                    Some(&gain[..]),
+                                )
+                                .await
+                                .unwrap();
+                            (g.grad_input, g.grad_gain, g.grad_bias)
+                        }
+                        ("LayerNorm", _) => {
+                            let g = gpu
+                                .layer_norm_backward(
+                                    BackwardInputs::new(&xs, &dys),
+                                    &layer,
+                                    Some(&gain[..]),
+                                )
+                                .await
+                                .unwrap();
+                            (widen(&g.grad_input), g.grad_gain, g.grad_bias)
+                        }
+                        (_, DType::F32) => {
+                            let g = gpu
+                                .rms_norm_backward(
+                                    BackwardInputs::new(&x, &dy),
+                                    &config,
+                                    Some(&gain[..]),
+                                )
+                                .await
+                                .unwrap();
+                            (g.grad_input, g.grad_gain, g.grad_bias)
+                        }
+                        _ => {
+                            let g = gpu
+                                .rms_norm_backward(
+                                    BackwardInputs::new(&xs, &dys),
+                                    &config,
+                                    Some(&gain[..]),
+                                )
+                                .await
+                                .unwrap();
+                            (widen(&g.grad_input), g.grad_gain, g.grad_bias)
+                        }
+                    };
+                    (dx, dgain.unwrap(), dbias.unwrap())
+                };
+                let (dx, dgain, dbias) = run().await;
+                let expected = if which == "LayerNorm" {
+                    reference::layer_norm_backward(&x, &dy, &layer, Some(&gain), None)
+                } else {
+                    reference::rms_norm_backward(&x, &dy, &config, Some(&gain), None)
+                }
+                .unwrap();
+                let what = format!("{which} {rows} x {hidden} {dtype}");
+                let stats = compare_normwise(
+                    &dx,
+                    &expected.dx,
+                    &expected.dx_scale,
+                    n,
+                    dtype,
+                    BACKWARD_TOL,
+                );
+                assert_eq!(stats.failures, 0, "{what} dx: {stats:?}");
+                let f32_type = DType::F32;
+                let g = expected.dgain.as_ref().unwrap();
+                let stats =
+                    compare_normwise(&dgain, g, &expected.dgain_scale, 1, f32_type, BACKWARD_TOL);
+                assert_eq!(stats.failures, 0, "{what} dgain: {stats:?}");
+                let b = expected.dbias.as_ref().unwrap();
+                let stats =
+                    compare_normwise(&dbias, b, &expected.dbias_scale, 1, f32_type, BACKWARD_TOL);
+                assert_eq!(stats.failures, 0, "{what} dbias: {stats:?}");
+                let (_, again, _) = run().await;
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&dgain), bits(&again), "{what}: dgain run to run");
+            }
+        }
+    }
+}
+
+/// rmsNormBackward, pRMSNorm through it, layerNormBackward and the residual form through
+/// the JS API, checked with its own referenceRmsNormBackward and compareGradient; bad
+/// input rejected with a message.
+#[wasm_bindgen_test]
+async fn the_js_backward_computes_and_rejects_bad_input() {
+    use wgpu_rmsnorm::web::{
+        compare_gradient, reference_layer_norm_backward, reference_rms_norm_backward,
+    };
+    let Ok(normalizer) = Normalizer::create(JsValue::UNDEFINED).await else {
+        assert!(
+            option_env!("REQUIRE_GPU") != Some("1"),
+            "Normalizer.create failed"
+        );
+        return;
+    };
+    let hidden = 48usize;
+    let x = data(5 * hidden, 21);
+    let dy = data(5 * hidden, 22);
+    let dsum = data(5 * hidden, 23);
+    let gain = data(hidden, 24);
+    let bias = data(hidden, 25);
+    let get = |object: &JsValue, key: &str| Reflect::get(object, &key.into()).unwrap();
+    let floats = |v: JsValue| v.dyn_into::<js_sys::Float64Array>().unwrap().to_vec();
+    let cases = [
+        (
+            "rmsNorm",
+            vec![("gain", js(&gain)), ("bias", js(&bias))],
+            false,
+        ),
+        (
+            "pRmsNorm",
+            vec![("gain", js(&gain)), ("k", 5.into())],
+            false,
+        ),
+        (
+            "layerNorm",
+            vec![("gain", js(&gain)), ("bias", js(&bias))],
+            false,
+        ),
+        (
+            "rmsNormResidual",
+            vec![("gain", js(&gain)), ("gainOffset", true.into())],
+            true,
+        ),
+    ];
+    for (what, pairs, residual) in cases {
+        let opts = options(&pairs);
+        let grad_sum = if residual {
+            js(&dsum)
+        } else {
+            JsValue::UNDEFINED
+        };
+        let layer = what == "layerNorm";
+        let promise = if layer {
+            normalizer.layer_norm_backward(
+                js(&x),
+                js(&dy),
+                hidden as f64,
+                opts.clone(),
+                grad_sum.clone(),
+            )
+        } else {
+            normalizer.rms_norm_backward(
+                js(&x),
+                js(&dy),
+                hidden as f64,
+                opts.clone(),
+                grad_sum.clone(),
+            )
+        };
+        let got = JsFuture::from(promise).await.unwrap();
+        let expected = if layer {
+            reference_layer_norm_backward(js(&x), js(&dy), hidden as f64, opts, grad_sum)
+        } else {
+            reference_rms_norm_backward(js(&x), js(&dy), hidden as f64, opts, grad_sum)
+        }
+        .unwrap();
+        for (key, scale, group) in [
+            ("gradInput", "gradInputScale", hidden),
+            ("gradGain", "gradGainScale", 1),
+            ("gradBias", "gradBiasScale", 1),
+        ] {
+            let (actual, want) = (get(&got, key), get(&expected, key));
+            assert_eq!(
+                actual.is_undefined(),
+                want.is_undefined(),
+                "{what} {key} present"
+            );
+            if actual.is_undefined() {
+                continue;
+            }
+            let result = compare_gradient(
+                actual,
+                &floats(want),
+                &floats(get(&expected, scale)),
+                group as f64,
+                JsValue::UNDEFINED,
+            )
+            .unwrap();
+            assert_eq!(get(&result, "pass").as_bool(), Some(true), "{what} {key}");
+        }
+    }
+    // Bad input: dy of another length, an unknown option, a gradSum of another type.
+    let short = js(&dy[..hidden]);
+    let message = rejection(normalizer.rms_norm_backward(
+        js(&x),
+        short,
+        hidden as f64,
+        JsValue::UNDEFINED,
+        JsValue::UNDEFINED,
+    ))
+    .await;
+    assert!(message.contains("grad_output"), "{message}");
+    let message = rejection(normalizer.rms_norm_backward(
+        js(&x),
+        js(&dy),
+        hidden as f64,
+        options(&[("gian", js(&gain))]),
+        JsValue::UNDEFINED,
+    ))
+    .await;
+    assert!(message.contains("unknown option"), "{message}");
+    let message = rejection(normalizer.layer_norm_backward(
+        js(&x),
+        js(&dy),
+        hidden as f64,
+        JsValue::UNDEFINED,
+        Uint16Array::new_with_length(x.len() as u32).into(),
+    ))
+    .await;
+    assert!(message.contains("gradSum"), "{message}");
+}

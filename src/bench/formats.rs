@@ -173,6 +173,7 @@ fn measurements(
                 weight_dtype: format.dtype,
                 residual,
                 bytes,
+                pass: "forward",
             }
         };
         let variant = |(kernel, prepared): &(RmsNorm, PreparedDispatch)| {

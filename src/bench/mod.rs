@@ -6,11 +6,14 @@
 //! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`,
 //!   workgroup sizes 8, 64, 256);
 //! - effective bandwidth = bytes moved / time: x read and y written (x counted once
-//!   where a kernel reads it twice), and with the residual add r read and h written.
+//!   where a kernel reads it twice), and with the residual add r read and h written; for
+//!   the backward x and dy read and dx written (each once), the gain read and dgain and
+//!   dbias written.
 //!
 //! [`bench_formats`] measures the element types and the fused residual add (against an
 //! add kernel followed by RMSNorm) on one shape.
 
+mod backward;
 mod formats;
 
 pub use formats::bench_formats;
@@ -71,6 +74,8 @@ pub struct Measurement {
     pub residual: &'static str,
     /// Bytes moved per call, as counted for `gbps`.
     pub bytes: u64,
+    /// "forward" or "backward".
+    pub pass: &'static str,
 }
 
 /// The timer the benchmarks use: timestamps where they can bracket copies too, else the
@@ -84,7 +89,8 @@ pub fn timer(gpu: &GpuContext) -> GpuTimer {
     }
 }
 
-/// Measures the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`.
+/// Measures the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`,
+/// and their backward (see `backward.rs` for which).
 pub async fn bench_shape(
     gpu: &GpuContext,
     timer: &GpuTimer,
@@ -120,10 +126,22 @@ pub async fn bench_shape(
     let (layer_name, layer, layer_prepared) =
         layer_contestant(gpu, &x, rows, hidden, &buffers).await?;
     names.push(layer_name);
+    let backward_tensors = backward::BackwardTensors::new(device, rows, hidden);
+    let (backward_names, backward) = backward::backward_contestants(
+        gpu,
+        &x,
+        &x_buffer,
+        &y_buffer,
+        &backward_tensors,
+        rows,
+        hidden,
+    )
+    .await?;
 
     // Contestant c records one repetition: 0 the copy engine, 1..=3 the copy kernels,
-    // then the normalizations in the order of `names`.
-    let contestants = 1 + copies.len() + names.len();
+    // then the normalizations in the order of `names`, then the backward ones.
+    let forward_end = 1 + copies.len() + names.len();
+    let contestants = forward_end + backward.len();
     let record = |c: usize, encoder: &mut wgpu::CommandEncoder, ts: PassTimestamps<'_>| {
         match c {
             0 => encoder.copy_buffer_to_buffer(&x_buffer, 0, &y_buffer, 0, bytes),
@@ -135,12 +153,43 @@ pub async fn bench_shape(
                 let (kernel, prepared) = &rms[c - 1 - copies.len()];
                 kernel.record(prepared, encoder, ts)?;
             }
-            _ => layer.record(&layer_prepared, encoder, ts)?,
+            c if c < forward_end => layer.record(&layer_prepared, encoder, ts)?,
+            c => backward[c - forward_end](encoder, ts)?,
         }
         Ok(())
     };
     let medians = round_robin_medians(gpu, timer, contestants, options, &record).await?;
-    Ok(measurements(&medians, &copies, names, bytes))
+    let mut out = measurements(&medians[..forward_end], &copies, names, bytes);
+    // The backward's bytes: x, dy, dx; the gain, dgain and dbias (f32) where it has them.
+    let vectors = 3 * u64::from(hidden) * 4;
+    let (copy_engine, copy_kernel) = (out[0].seconds, out[1].seconds);
+    for ((name, p, variant, _), &seconds) in backward_names.into_iter().zip(&medians[forward_end..])
+    {
+        let weights = if variant.ends_with("no gain or bias") {
+            0
+        } else {
+            vectors
+        };
+        let moved = 3 * bytes + weights;
+        let copy_gbps = |copy: f64| 2.0 * bytes as f64 / copy / 1e9;
+        let gbps = moved as f64 / seconds / 1e9;
+        out.push(Measurement {
+            kernel: name,
+            p,
+            variant,
+            seconds,
+            gbps,
+            sol_copy: gbps / copy_gbps(copy_engine),
+            sol_kernel: gbps / copy_gbps(copy_kernel),
+            library_bytes: 0,
+            dtype: DType::F32,
+            weight_dtype: DType::F32,
+            residual: "none",
+            bytes: moved,
+            pass: "backward",
+        });
+    }
+    Ok(out)
 }
 
 /// RMSNorm and pRMSNorm (p = 1/16, 1/2), each checked against the reference on a context of
@@ -266,6 +315,7 @@ fn measurements(
         weight_dtype: DType::F32,
         residual: "none",
         bytes: 2 * bytes,
+        pass: "forward",
     };
     let mut out = vec![
         measurement("copy", None, "copy_buffer_to_buffer".into(), copy_engine, 0),

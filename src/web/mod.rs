@@ -11,6 +11,8 @@
 //! console.log(gpu.adapterInfo(), gpu.lastGpuTimeMs());
 //! ```
 
+mod backward;
+pub use backward::{compare_gradient, reference_layer_norm_backward, reference_rms_norm_backward};
 mod options;
 mod tensors;
 
@@ -89,6 +91,8 @@ export interface BenchmarkRecord {
   hidden: number;
   /** "copy", "RMSNorm", "pRMSNorm" or "LayerNorm". */
   kernel: string;
+  /** "forward" or "backward" (x and dy read, dx written; dgain and dbias). */
+  pass: "forward" | "backward";
   p: number | null;
   variant: string;
   medianMs: number;
@@ -552,6 +556,7 @@ fn benchmark_records(rows: u32, hidden: u32, measured: Vec<crate::bench::Measure
         set(&object, "solKernel", &m.sol_kernel.into());
         set(&object, "dtype", &m.dtype.name().into());
         set(&object, "residual", &m.residual.into());
+        set(&object, "pass", &m.pass.into());
         records.push(&object);
     }
     records.into()
