@@ -2,20 +2,18 @@
 // upstream gradient through the gain, the store of dx, and dgain and dbias summed over rows
 // without float atomics.
 //
-// Rows are taken in blocks of ROW_BLOCK: a workgroup takes blocks group.x, group.x + groups,
+// Rows are taken in blocks of ROW_BLOCK (set by the host): a workgroup takes blocks group.x, group.x + groups,
 // ... and first computes each row's statistics and correction (a reduction per row), then
 // dx column by column across the block's rows, summing their dy x^ and dy per column.
 //
 // dgain = sum over rows of dy x^ and dbias = sum over rows of dy, per column. Each workgroup
-// adds its blocks' sums into a partial row of its own (`slot`), each invocation into its own
-// Elems of it: no two invocations touch one address, and the partial row stays in cache
-// while the workgroup walks its blocks (one read and write of it per ROW_BLOCK rows).
-// `weight_grads` then adds the partial rows in slot order. The rows a workgroup takes and
+// adds its blocks' sums into a partial row of its own (`slot`: workgroup g of every dispatch
+// of a call adds into row g), each invocation into its own Elems of it: no two invocations
+// touch one address, and the partial row stays in cache while the workgroup walks its blocks
+// (one read and write of it per ROW_BLOCK rows). `weight_grads` then adds the partial rows
+// in slot order. The rows a workgroup takes and
 // the order of every sum depend on the launch alone, so dgain and dbias are bit-identical
 // run to run.
-
-// Rows per block.
-const ROW_BLOCK: u32 = 8u;
 
 // Blocks of the dispatch's rows.
 fn row_blocks() -> u32 {
@@ -47,7 +45,7 @@ fn store_grad_input(at: u32, grad_norm: Elem) {
 }
 
 // Adds the sums of dy x^ and dy over a block's rows at Elem i into the workgroup's partial
-// rows (`first`: the workgroup's first block, which writes them).
+// rows (`first`: the workgroup's first block in the call, which writes them).
 fn accumulate_weight_grads(first: bool, slot: u32, i: u32, grad_gain: Elem, grad_bias: Elem) {
     if (HAS_GAIN) {
         weight_partial_add(first, slot * params.row_len + i, grad_gain);

@@ -18,7 +18,6 @@ fn layer_norm_backward(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     reduce_setup(lane);
-    let slot = params.partial_first + group.x;
     // The statistics, mean(u) and mean(u x^) of each row of a block.
     var moments: array<Moments, ROW_BLOCK>;
     var means: array<vec2<f32>, ROW_BLOCK>;
@@ -60,7 +59,8 @@ fn layer_norm_backward(
                 grad_gain = grad_gain + dy * x_hat;
                 grad_bias = grad_bias + dy;
             }
-            accumulate_weight_grads(block == group.x, slot, i, grad_gain, grad_bias);
+            let first = block == group.x && params.partials_written == 0u;
+            accumulate_weight_grads(first, group.x, i, grad_gain, grad_bias);
         }
     }
 }

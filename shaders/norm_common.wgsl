@@ -32,10 +32,10 @@ struct Params {
     // Backward only: dy and the gradient of the stored sum h (Elems, like x_base).
     dy_base: u32,
     dsum_base: u32,
-    // Backward only: partial rows of dgain and dbias (one per workgroup of the call, this
-    // dispatch's first at partial_first; partial_rows in the call), and the Elem bases of
-    // dgain and dbias.
-    partial_first: u32,
+    // Backward only: whether an earlier dispatch of the call wrote the partial rows of dgain
+    // and dbias (1; 0 for the first, which writes them), the partial rows (one per workgroup
+    // of the call's first dispatch, the most of any), and the Elem bases of dgain and dbias.
+    partials_written: u32,
     partial_rows: u32,
     dgain_base: u32,
     dbias_base: u32,

@@ -39,7 +39,6 @@ fn rms_norm_backward(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     reduce_setup(lane);
-    let slot = params.partial_first + group.x;
     // The factors and c beta of each row of a block.
     var factors: array<vec2<f32>, ROW_BLOCK>;
     var corrections: array<f32, ROW_BLOCK>;
@@ -78,7 +77,8 @@ fn rms_norm_backward(
                 grad_gain = grad_gain + dy * x_hat;
                 grad_bias = grad_bias + dy;
             }
-            accumulate_weight_grads(block == group.x, slot, i, grad_gain, grad_bias);
+            let first = block == group.x && params.partials_written == 0u;
+            accumulate_weight_grads(first, group.x, i, grad_gain, grad_bias);
         }
     }
 }

@@ -724,6 +724,13 @@ impl GpuContext {
         }
     }
 
+    fn set_last_gpu_seconds(&self, seconds: f64) {
+        *self
+            .last_gpu_seconds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(seconds);
+    }
+
     /// GPU time of the compute pass of the last call to finish, from timestamp queries
     /// (`None` without `Features::TIMESTAMP_QUERY`, or before the first call).
     pub fn last_gpu_seconds(&self) -> Option<f64> {

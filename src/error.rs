@@ -180,11 +180,14 @@ pub enum Error {
 
     /// More storage buffers than the device allows per shader stage.
     #[error(
-        "the call binds {needed} storage buffers (x, y, gain, bias, residual, sum) and this \
-         device allows {limit} per shader stage: drop the bias or the stored sum, or run the \
-         residual add as a kernel of its own before the normalization"
+        "the call binds {needed} storage buffers ({tensors}) and this device allows {limit} \
+         per shader stage: {fix}"
     )]
     TooManyStorageBuffers {
+        /// The tensors a call of the config binds.
+        tensors: &'static str,
+        /// What to change.
+        fix: &'static str,
         /// Storage buffers the config needs.
         needed: u32,
         /// The device's `max_storage_buffers_per_shader_stage`.

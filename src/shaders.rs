@@ -215,6 +215,11 @@ impl TensorIo {
     }
 }
 
+/// Rows a backward workgroup takes per block (`ROW_BLOCK` in the module's prelude): each
+/// row's statistics first, then dx of the block column by column, dgain and dbias summed
+/// over the block before they reach the workgroup's partial row.
+pub const BACKWARD_ROW_BLOCK: u32 = 8;
+
 /// `@binding` of the parameters (uniform).
 pub const BINDING_PARAMS: u32 = 0;
 /// `@binding` of x.
@@ -427,6 +432,7 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
     }
     source.push_str(&tensor_code(&shape.io, shape.elem, kernel.backward));
     if kernel.backward {
+        source.push_str(&format!("const ROW_BLOCK: u32 = {BACKWARD_ROW_BLOCK}u;\n"));
         source.push_str(&backward_tensor_code(&shape.io, shape.elem));
     }
     let mut parts = vec![(1, "<prelude>")];

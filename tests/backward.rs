@@ -328,6 +328,44 @@ fn vec4_and_scalar_rows_and_few_workgroups_match_the_reference() {
     }
 }
 
+/// Calls the plan cuts into several dispatches (a workgroup of one invocation, one workgroup
+/// per dispatch: a block of 8 rows of 2048 each): every dispatch adds into the first one's
+/// partial rows, and the result matches the reference as the one-dispatch call does.
+#[test]
+fn dispatches_of_one_call_add_into_the_same_partial_rows() {
+    let Some(gpu) = gpu() else { return };
+    let config = RmsNormConfig::new(2048)
+        .with_gain(Gain::Scale)
+        .with_bias(true);
+    for which in ALL {
+        let mut case = Case::new(config, which, 29, 13);
+        case.options = KernelOptions {
+            workgroup_size: Some(1),
+            reduction: wgpu_rmsnorm::Reduction::WorkgroupTree,
+            max_workgroups: Some(1),
+            ..KernelOptions::default()
+        };
+        let kernel = NormBackward::<wgpu_rmsnorm::kernel::Rms>::new(
+            gpu.device(),
+            &case.config,
+            &case.options,
+        )
+        .unwrap();
+        let launch = kernel.plan().launch(29, true).unwrap();
+        assert!(
+            launch.chunks.len() >= 4,
+            "{which:?}: {} chunks",
+            launch.chunks.len()
+        );
+        let chunked = case.check(&gpu, "several dispatches");
+        case.options.max_workgroups = None;
+        case.options.workgroup_size = None;
+        case.options.reduction = wgpu_rmsnorm::Reduction::Auto;
+        case.check(&gpu, "one dispatch");
+        assert!(chunked.dgain.is_some() && chunked.dbias.is_some());
+    }
+}
+
 #[test]
 fn every_element_type_matches_the_reference() {
     let Some(gpu) = gpu() else { return };

@@ -5,7 +5,9 @@
 #![cfg(not(target_arch = "wasm32"))] // Native; tests/web.rs runs in the browser.
 
 use wgpu_rmsnorm::kernel::plan::StagePlan;
-use wgpu_rmsnorm::kernel::plan::{DeviceCaps, Entry, Launch, Plan, LOOP_ITERATION_BUDGET};
+use wgpu_rmsnorm::kernel::plan::{
+    DeviceCaps, Entry, Launch, Pass, Plan, BACKWARD_ROW_BLOCK, LOOP_ITERATION_BUDGET,
+};
 use wgpu_rmsnorm::kernel::Norm;
 use wgpu_rmsnorm::shaders::{ElemLayout, ReductionKind, ShaderTarget, Storage};
 use wgpu_rmsnorm::{
@@ -320,7 +322,8 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         Entry::SplitScale => (2 * u64::from(p.div_ceil(wg)) + piece, 2),
         // The backward: the statistics (two passes, two reductions, where recomputed), the
         // correction's pass and reductions (one for RMSNorm, two for LayerNorm), dx's pass.
-        Entry::RmsNormBackward | Entry::LayerNormBackward => (4 * row, 4),
+        // Per block of 8 rows, with the block's own loops.
+        Entry::RmsNormBackward | Entry::LayerNormBackward => (8 * (4 * row + 2), 8 * 4),
         // Planned apart: one pass over the partial rows per Elem.
         Entry::WeightGrads => (row, 0),
     };
@@ -354,7 +357,13 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
             chunk.scratch_bytes <= caps.max_storage_binding,
             "{what}: scratch"
         );
-        let items = u64::from(chunk.rows) * u64::from(launch.split_pieces.unwrap_or(1));
+        // The backward's work item is a block of rows.
+        let rows_per_item = match plan.pass {
+            Pass::Forward => 1,
+            Pass::Backward => u64::from(BACKWARD_ROW_BLOCK),
+        };
+        let items = u64::from(chunk.rows).div_ceil(rows_per_item)
+            * u64::from(launch.split_pieces.unwrap_or(1));
         for stage in &launch.stages {
             let per_item = loops_of(device, stage, row_len, launch.split_pieces);
             let per_invocation = items.div_ceil(u64::from(chunk.workgroups)) * per_item;
@@ -365,6 +374,30 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
         }
     }
     assert_eq!(covered, u64::from(rows), "{what}: every row once");
+    // The backward: partial rows of dgain and dbias in one binding, the pass over them
+    // within the budget, and no chunk with more workgroups than the first (whose
+    // workgroups write the partial rows every later chunk adds into).
+    if let Some((stage, groups)) = launch.weight_grads {
+        let partial_rows = launch.partial_rows();
+        assert!(
+            partial_rows * 2 * u64::from(plan.hidden) * 4 <= caps.max_storage_binding,
+            "{what}"
+        );
+        let wg = u64::from(stage.shape.workgroup_size);
+        let per_invocation =
+            u64::from(row_len).div_ceil(u64::from(groups) * wg) * (partial_rows + 1);
+        assert!(
+            per_invocation <= LOOP_ITERATION_BUDGET,
+            "{what}: weight grads {per_invocation}"
+        );
+        assert!(
+            launch
+                .chunks
+                .iter()
+                .all(|c| u64::from(c.workgroups) <= partial_rows),
+            "{what}"
+        );
+    }
 }
 
 fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
@@ -391,7 +424,11 @@ fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
             );
         }
         let split = matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale);
-        let buffers = shape.io.storage_buffers() + u32::from(split);
+        let buffers = if stage.entry.is_backward() {
+            shape.io.backward_storage_buffers()
+        } else {
+            shape.io.storage_buffers() + u32::from(split)
+        };
         assert!(
             buffers <= caps.max_storage_buffers_per_stage,
             "{what}: {buffers} storage buffers"
@@ -406,20 +443,36 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
     for device in devices() {
         for options in option_sets() {
             for hidden in HIDDEN {
-                for norm in [Norm::Rms, Norm::Layer] {
+                let passes = [
+                    (Norm::Rms, Pass::Forward),
+                    (Norm::Layer, Pass::Forward),
+                    (Norm::Rms, Pass::Backward),
+                    (Norm::Layer, Pass::Backward),
+                ];
+                for (norm, pass) in passes {
                     let config =
                         RmsNormConfig::new(hidden).with_partial(PartialRms::Fraction(0.0625));
-                    let what = format!("{} {norm:?} n={hidden} {options:?}", device.name);
-                    let plan = match Plan::new(&device.caps, norm, &config, &options) {
+                    // The backward with its widest binding set.
+                    let config = match pass {
+                        Pass::Forward => config,
+                        Pass::Backward => config.with_gain(Gain::Scale).with_bias(true),
+                    };
+                    let what = format!("{} {norm:?} {pass:?} n={hidden} {options:?}", device.name);
+                    let plan = match Plan::for_pass(&device.caps, norm, pass, &config, &options) {
                         Ok(plan) => plan,
                         Err(e) => {
                             // Refusals are typed and say what to change; defaults refuse only
                             // rows too long for any workgroup that cannot be split.
                             let defaults = options == KernelOptions::default();
                             let long_row = matches!(e, Error::RowTooLong { .. });
-                            assert!(!defaults || long_row, "{what}: {e}");
+                            // The backward's gain and its partial sums: 5 storage buffers.
+                            let buffers = matches!(e, Error::TooManyStorageBuffers { .. })
+                                && pass == Pass::Backward
+                                && device.caps.max_storage_buffers_per_stage < 5;
+                            assert!(!defaults || long_row || buffers, "{what}: {e}");
                             assert!(
                                 long_row
+                                    || buffers
                                     || matches!(
                                         e,
                                         Error::UnsupportedOption { .. }
@@ -558,13 +611,35 @@ fn formats_and_residual_are_planned_by_the_device() {
         .with_residual(Residual::AddStoreSum);
     let downlevel = simulated("WebGPU compatibility");
     let e = Plan::new(&downlevel.caps, Norm::Layer, &fused, &default).unwrap_err();
-    assert_eq!(
-        e,
-        Error::TooManyStorageBuffers {
-            needed: 6,
-            limit: 4
-        }
+    assert!(
+        matches!(
+            e,
+            Error::TooManyStorageBuffers {
+                needed: 6,
+                limit: 4,
+                ..
+            }
+        ),
+        "{e:?}"
     );
+    assert!(e.to_string().contains("drop the bias"), "{e}");
+    // The backward: x, dy, dx, the gain and the partial sums of dgain and dbias are 5.
+    let weighted = RmsNormConfig::new(64).with_gain(Gain::Scale);
+    let e = Plan::for_pass(
+        &downlevel.caps,
+        Norm::Rms,
+        Pass::Backward,
+        &weighted,
+        &default,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::TooManyStorageBuffers { needed: 5, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("partial sums of dgain"), "{e}");
+    let bare = RmsNormConfig::new(64);
+    Plan::for_pass(&downlevel.caps, Norm::Rms, Pass::Backward, &bare, &default).unwrap();
     // In place, without a bias: x, r, y and the gain fit.
     let in_place = fused
         .with_bias(false)
@@ -655,6 +730,19 @@ fn planned_pipelines_build_on_each_simulated_device() {
                 if let Ok(kernel) = LayerNorm::new(&device_handle, &layer, &options) {
                     encode_one(&device_handle, &kernel, hidden);
                 }
+                // The backward, with a gain and a bias (its widest binding set).
+                let weighted = config.with_gain(Gain::Scale).with_bias(true);
+                let backward =
+                    wgpu_rmsnorm::RmsNormBackward::new(&device_handle, &weighted, &options);
+                if let Ok(kernel) = backward {
+                    encode_backward(&device_handle, &kernel, hidden);
+                }
+                let layer = layer.with_gain(Gain::Scale).with_bias(true);
+                let backward =
+                    wgpu_rmsnorm::LayerNormBackward::new(&device_handle, &layer, &options);
+                if let Ok(kernel) = backward {
+                    encode_backward(&device_handle, &kernel, hidden);
+                }
             }
         }
         drop(context);
@@ -688,6 +776,38 @@ fn encode_one<N: wgpu_rmsnorm::kernel::NormKind>(
     kernel
         .encode(device, &mut encoder, &buffers, rows as u32)
         .expect("encode");
+    drop(encoder.finish());
+}
+
+fn encode_backward<N: wgpu_rmsnorm::kernel::NormKind>(
+    device: &wgpu::Device,
+    kernel: &wgpu_rmsnorm::NormBackward<N>,
+    hidden: u32,
+) {
+    let buffer = |len: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: len * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    // 21 rows: two blocks of 8 and a short one.
+    let rows = 21;
+    let tensor = || buffer(u64::from(hidden) * rows);
+    let vector = || buffer(u64::from(hidden));
+    let (x, dy, dx) = (tensor(), tensor(), tensor());
+    let (gain, grad_gain, grad_bias) = (vector(), vector(), vector());
+    let buffers = wgpu_rmsnorm::BackwardBuffers {
+        gain: Some((&gain).into()),
+        grad_gain: Some((&grad_gain).into()),
+        grad_bias: Some((&grad_bias).into()),
+        ..wgpu_rmsnorm::BackwardBuffers::new((&x).into(), (&dy).into(), (&dx).into())
+    };
+    let mut encoder = device.create_command_encoder(&Default::default());
+    kernel
+        .encode(device, &mut encoder, &buffers, rows as u32)
+        .expect("encode backward");
     drop(encoder.finish());
 }
 

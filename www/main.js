@@ -4,6 +4,9 @@ import init, {
   Normalizer,
   referenceRmsNorm,
   referenceLayerNorm,
+  referenceRmsNormBackward,
+  referenceLayerNormBackward,
+  compareGradient,
   compareToReference,
   sampleData,
   toDType,
@@ -105,20 +108,51 @@ function kernelsFor(normalizer, form, x, r) {
   // LayerNorm keeps eps inside the root whatever the eps mode.
   const { epsMode, ...layerOptions } = options;
   const partial = { ...options, p: form.p };
-  const kernel = (name, k, plain, fused, reference, opts) => ({
+  const kernel = (name, k, plain, fused, reference, backward, backwardReference, opts) => ({
     name,
     k,
     call: r ? () => fused(x, r, hidden, opts) : async () => ({ output: await plain(x, hidden, opts) }),
     reference: () => reference(x, hidden, opts, r),
+    // The backward at the forward's input (h = x + r with the residual, whose gradient
+    // gradSum adds to dx), for the gradient dy of its output.
+    backward: (input, dy, gradSum) => backward(input, dy, hidden, opts, gradSum),
+    backwardReference: (input, dy, gradSum) => backwardReference(input, dy, hidden, opts, gradSum),
   });
+  const rmsBackward = (...a) => normalizer.rmsNormBackward(...a);
   return [
     kernel("RMSNorm", hidden, (...a) => normalizer.rmsNorm(...a), (...a) => normalizer.rmsNormResidual(...a),
-      referenceRmsNorm, options),
+      referenceRmsNorm, rmsBackward, referenceRmsNormBackward, options),
     kernel("pRMSNorm", Math.min(hidden, Math.max(1, Math.ceil(hidden * form.p))),
-      (...a) => normalizer.pRmsNorm(...a), (...a) => normalizer.rmsNormResidual(...a), referenceRmsNorm, partial),
+      (...a) => normalizer.pRmsNorm(...a), (...a) => normalizer.rmsNormResidual(...a), referenceRmsNorm,
+      rmsBackward, referenceRmsNormBackward, partial),
     kernel("LayerNorm", hidden, (...a) => normalizer.layerNorm(...a),
-      (...a) => normalizer.layerNormResidual(...a), referenceLayerNorm, layerOptions),
+      (...a) => normalizer.layerNormResidual(...a), referenceLayerNorm,
+      (...a) => normalizer.layerNormBackward(...a), referenceLayerNormBackward, layerOptions),
   ];
+}
+
+// The backward of one kernel at the forward's input, checked norm-wise against the f64
+// reference (dx per row, dgain and dbias per column): a row of the backward table.
+async function runBackward(normalizer, form, kernel, input, dy, gradSum) {
+  const { rows, hidden, dtype } = form;
+  const { y, ms } = await timed(() => kernel.backward(input, dy, gradSum), normalizer);
+  const expected = kernel.backwardReference(input, dy, gradSum);
+  const checks = [
+    compareGradient(y.gradInput, expected.gradInput, expected.gradInputScale, hidden, dtype),
+    ...[["gradGain", "gradGainScale"], ["gradBias", "gradBiasScale"]].map(([key, scale]) =>
+      y[key] ? compareGradient(y[key], expected[key], expected[scale], 1) : undefined),
+  ];
+  const cell = (check) => check ? check.errOverScale.toExponential(2) : "—";
+  // Bytes moved: x, dy read and dx written (with gradSum read too).
+  const tensors = gradSum ? 4 : 3;
+  return resultRow([
+    `${kernel.name} backward` + (gradSum ? " + residual" : ""),
+    dtype === form.weightDtype ? dtype : `${dtype} (weights ${form.weightDtype})`,
+    String(kernel.k),
+    ms.toFixed(3),
+    ((tensors * rows * hidden * BYTES[dtype]) / (ms * 1e-3) / 1e9).toFixed(2),
+    ...checks.map(cell),
+  ], checks.every((c) => !c || c.pass));
 }
 
 async function runKernels(normalizer, form) {
@@ -128,6 +162,10 @@ async function runKernels(normalizer, form) {
   const r = form.residual ? toDType(sampleData(values, 4, 2), dtype) : undefined;
   const body = $("results").querySelector("tbody");
   body.replaceChildren();
+  const backwardBody = $("backward-results").querySelector("tbody");
+  backwardBody.replaceChildren();
+  const dy = toDType(sampleData(values, 5, 1), dtype);
+  const gradSum = r ? toDType(sampleData(values, 6, 1), dtype) : undefined;
   for (const kernel of kernelsFor(normalizer, form, x, r)) {
     setStatus(`Running ${kernel.name} on ${rows} x ${hidden} ${dtype}…`, "busy");
     const { y, ms } = await timed(kernel.call, normalizer);
@@ -144,6 +182,8 @@ async function runKernels(normalizer, form) {
       error.maxRel.toExponential(2),
       error.maxUlps.toFixed(2),
     ], error.pass && sumOk));
+    setStatus(`Running ${kernel.name} backward on ${rows} x ${hidden} ${dtype}…`, "busy");
+    backwardBody.append(await runBackward(normalizer, form, kernel, r ? y.sum : x, dy, gradSum));
   }
 }
 
@@ -231,21 +271,29 @@ async function runBenchmark(normalizer) {
   const body = $("bench-results").querySelector("tbody");
   body.replaceChildren();
   const ratios = [];
+  const backwardRatios = [];
   for (const [rows, hidden] of BENCH_SHAPES) {
     $("bench-status").textContent = `Measuring ${rows} x ${hidden}…`;
     $("bench-status").className = "busy";
     const records = await normalizer.benchmark(rows, hidden);
     for (const r of records) {
-      body.append(tableRow([`${rows} x ${hidden}`, r.kernel, r.p ?? "", r.variant, r.medianMs.toFixed(3),
-        r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]));
+      body.append(tableRow([`${rows} x ${hidden}`, r.pass, r.kernel, r.p ?? "", r.variant,
+        r.medianMs.toFixed(3), r.gbps.toFixed(2), r.solCopy.toFixed(2), r.solKernel.toFixed(2)]));
     }
-    const ms = (kernel) => records.find((r) => r.kernel === kernel && r.p === null)?.medianMs;
+    const find = (pass, kernel, variant = "") => records.find((r) =>
+      r.pass === pass && r.kernel === kernel && r.p === null && r.variant.endsWith(variant));
+    const ms = (kernel) => find("forward", kernel)?.medianMs;
+    const sol = (kernel) =>
+      find("backward", kernel, "recomputed stats").solKernel / find("forward", kernel).solKernel;
     ratios.push(`${rows} x ${hidden}: ${(ms("RMSNorm") / ms("LayerNorm")).toFixed(2)}`);
+    backwardRatios.push(`${rows} x ${hidden}: RMSNorm ${sol("RMSNorm").toFixed(2)}, ` +
+      `LayerNorm ${sol("LayerNorm").toFixed(2)}`);
   }
   await runFormatBenchmark(normalizer);
   $("bench-status").textContent = "Measuring round trips…";
   const trips = await normalizer.roundTrips();
   $("bench-summary").textContent = `RMSNorm / LayerNorm time: ${ratios.join("; ")}. ` +
+    `Backward sol_kernel / forward sol_kernel: ${backwardRatios.join("; ")}. ` +
     `Round trip of one 1 x 4096 rmsNorm call: ${trips.callMs.toFixed(2)} ms; of an empty dispatch ` +
     `with readback: ${trips.emptyMs.toFixed(2)} ms.`;
   $("bench-status").textContent = "Done.";

@@ -4,6 +4,9 @@ export {
   referenceRmsNorm,
   referenceLayerNorm,
   compareToReference,
+  referenceRmsNormBackward,
+  referenceLayerNormBackward,
+  compareGradient,
   sampleData,
   toDType,
 } from "./pkg/wgpu_rmsnorm.js";

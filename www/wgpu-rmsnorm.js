@@ -49,5 +49,9 @@ export const Normalizer = guarded("Normalizer", bindings.Normalizer);
 export const referenceRmsNorm = guarded("referenceRmsNorm", bindings.referenceRmsNorm);
 export const referenceLayerNorm = guarded("referenceLayerNorm", bindings.referenceLayerNorm);
 export const compareToReference = guarded("compareToReference", bindings.compareToReference);
+export const referenceRmsNormBackward = guarded("referenceRmsNormBackward", bindings.referenceRmsNormBackward);
+export const referenceLayerNormBackward =
+  guarded("referenceLayerNormBackward", bindings.referenceLayerNormBackward);
+export const compareGradient = guarded("compareGradient", bindings.compareGradient);
 export const sampleData = guarded("sampleData", bindings.sampleData);
 export const toDType = guarded("toDType", bindings.toDType);

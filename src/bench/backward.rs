@@ -129,7 +129,7 @@ pub(crate) async fn backward_contestants(
             )
         };
         if config.save_stats {
-            save_stats(gpu, &config, x_buffer, dx_buffer, &tensors.stats, rows)?;
+            save_stats(gpu, &config, x_buffer, dx_buffer, tensors, rows)?;
         }
         let (variant, recorder) = match contestant {
             Contestant::Layer => recorder::<Layer>(gpu, &layer, &buffers, rows)?,
@@ -160,19 +160,23 @@ fn recorder<N: NormKind>(
     Ok((variant, record))
 }
 
-/// Runs the forward once, saving the rows' statistics for the saved-statistics contestant.
+/// Runs the forward once (the gain as gain and bias), saving the rows' statistics for the
+/// saved-statistics contestant.
 fn save_stats(
     gpu: &GpuContext,
     config: &RmsNormConfig,
     x: &wgpu::Buffer,
     y: &wgpu::Buffer,
-    stats: &wgpu::Buffer,
+    tensors: &BackwardTensors,
     rows: u32,
 ) -> Result<()> {
     let device = gpu.device();
     let forward = RmsNorm::new(device, config, &Default::default())?;
+    let weights = || Some(BufferRegion::whole(&tensors.gain));
     let buffers = RmsNormBuffers {
-        stats: Some(BufferRegion::whole(stats)),
+        gain: (config.gain != Gain::None).then(weights).flatten(),
+        bias: config.bias.then(weights).flatten(),
+        stats: Some(BufferRegion::whole(&tensors.stats)),
         ..RmsNormBuffers::new(BufferRegion::whole(x), BufferRegion::whole(y))
     };
     let mut encoder = device.create_command_encoder(&Default::default());

@@ -113,6 +113,15 @@ impl GpuContext {
         let core = N::core_config(config).with_saved_stats(false);
         core.validate()?;
         let rows = check_backward_call(&core, &data)?;
+        if rows == 0 {
+            // Sums over no rows.
+            let zeros = || vec![0.0; core.hidden as usize];
+            return Ok((
+                Vec::new(),
+                (core.gain != Gain::None).then(zeros),
+                core.bias.then(zeros),
+            ));
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let submitted = self.submit_backward::<N>(config, &core, data, rows);
         let error = scope.pop().await;
@@ -130,6 +139,13 @@ impl GpuContext {
             .map_err(|e| Error::Readback(e.to_string()))?
             .to_vec();
         staging.unmap();
+        // The call's timestamps, behind the gradients where the device has them.
+        if let Some(t) = &self.call_timer {
+            let at = (sizes.tensor + 2 * sizes.vector) as usize;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[at..at + 16]);
+            let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * t.period_ns * 1e-9;
+            self.set_last_gpu_seconds(seconds);
+        }
         let floats = |at: u64| -> Vec<f32> {
             let start = at as usize;
             bytemuck::pod_collect_to_vec(&bytes[start..start + sizes.vector as usize])
@@ -189,9 +205,10 @@ impl GpuContext {
         let grad_bias = core
             .bias
             .then(|| output("rmsnorm backward dbias", sizes.vector));
+        let timestamps = if self.call_timer.is_some() { 16 } else { 0 };
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("rmsnorm backward staging"),
-            size: sizes.tensor + 2 * sizes.vector,
+            size: sizes.tensor + 2 * sizes.vector + timestamps,
             usage: U::MAP_READ | U::COPY_DST,
             mapped_at_creation: false,
         });
@@ -212,7 +229,21 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("rmsnorm backward call"),
             });
-        kernel.encode(&self.device, &mut encoder, &buffers, rows)?;
+        let timestamp_writes = self
+            .call_timer
+            .as_ref()
+            .map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+        kernel.encode_with_timestamps(
+            &self.device,
+            &mut encoder,
+            &buffers,
+            rows,
+            timestamp_writes,
+        )?;
         encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, sizes.tensor);
         for (at, grad) in [
             (sizes.tensor, &grad_gain),
@@ -221,6 +252,11 @@ impl GpuContext {
             if let Some(grad) = grad {
                 encoder.copy_buffer_to_buffer(grad, 0, &staging, at, sizes.vector);
             }
+        }
+        if let Some(t) = &self.call_timer {
+            let at = sizes.tensor + 2 * sizes.vector;
+            encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &staging, at, 16);
         }
         self.queue.submit([encoder.finish()]);
         Ok((staging, sizes))

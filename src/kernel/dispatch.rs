@@ -33,7 +33,7 @@ pub(crate) struct Params {
     stats_base: u32,
     dy_base: u32,
     dsum_base: u32,
-    partial_first: u32,
+    partials_written: u32,
     partial_rows: u32,
     dgain_base: u32,
     dbias_base: u32,
@@ -62,7 +62,10 @@ pub const PARAMS_FIELDS: [(&str, usize); 21] = [
     ("stats_base", std::mem::offset_of!(Params, stats_base)),
     ("dy_base", std::mem::offset_of!(Params, dy_base)),
     ("dsum_base", std::mem::offset_of!(Params, dsum_base)),
-    ("partial_first", std::mem::offset_of!(Params, partial_first)),
+    (
+        "partials_written",
+        std::mem::offset_of!(Params, partials_written),
+    ),
     ("partial_rows", std::mem::offset_of!(Params, partial_rows)),
     ("dgain_base", std::mem::offset_of!(Params, dgain_base)),
     ("dbias_base", std::mem::offset_of!(Params, dbias_base)),
@@ -426,14 +429,12 @@ pub(crate) fn bind_groups(
             rows * u64::from(plan.hidden) * 4,
         )
     });
-    let mut partial_first = 0;
     let mut groups = Vec::with_capacity(launch.chunks.len());
     for chunk in &launch.chunks {
         let bound = ChunkBindings::new(plan, tensors, chunk);
         let mut params = bound.params(plan, config, launch, chunk);
-        params.partial_first = partial_first;
+        params.partials_written = u32::from(chunk.first_row > 0);
         params.partial_rows = partial_rows as u32;
-        partial_first += chunk.workgroups;
         let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
         let partials = (chunk.scratch_bytes > 0)
             .then(|| scratch_buffer(device, "split partials", chunk.scratch_bytes));
@@ -598,7 +599,7 @@ impl<'a> ChunkBindings<'a> {
             stats_base: base(BINDING_STATS),
             dy_base: base(BINDING_GRAD_OUTPUT),
             dsum_base: base(BINDING_GRAD_SUM),
-            partial_first: 0,
+            partials_written: 0,
             partial_rows: 0,
             dgain_base: 0,
             dbias_base: 0,

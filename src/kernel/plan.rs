@@ -278,9 +278,9 @@ pub struct Launch {
 
 impl Launch {
     /// Backward: the partial rows of dgain (and as many of dbias), one per workgroup of the
-    /// row stage over every chunk.
+    /// first chunk (the most of any: workgroup g of every chunk adds into row g).
     pub fn partial_rows(&self) -> u64 {
-        self.chunks.iter().map(|c| u64::from(c.workgroups)).sum()
+        self.chunks.first().map_or(0, |c| u64::from(c.workgroups))
     }
 }
 
@@ -308,6 +308,7 @@ const BACKWARD_CPU_MAX_WORKGROUPS: u32 = 64;
 /// Backward on GPUs: workgroups per dispatch by default (partial rows of dgain: 2 MiB per
 /// 1024 elements of hidden size).
 const BACKWARD_GPU_MAX_WORKGROUPS: u32 = 512;
+pub use crate::shaders::BACKWARD_ROW_BLOCK;
 /// GPUs: the fewest invocations per workgroup (two 32-wide SIMDs, one 64-wide), so that no
 /// short row leaves most of a SIMD idle.
 const GPU_MIN_WORKGROUP: u32 = 64;
@@ -337,9 +338,12 @@ pub fn item_iterations(
         // The scaling of the piece, after two passes over the row's pieces.
         Entry::SplitScale => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
         Entry::LayerNorm => 2 * per_pass,
-        // The statistics where they are recomputed (two passes, as rms_norm's sum), the
-        // correction's pass, dx's pass.
-        Entry::RmsNormBackward | Entry::LayerNormBackward => 4 * per_pass,
+        // Per block of rows: for each, the statistics where they are recomputed (two
+        // passes, as rms_norm's sum), the correction's pass, dx's pass; and the block's
+        // loops over its rows.
+        Entry::RmsNormBackward | Entry::LayerNormBackward => {
+            u64::from(BACKWARD_ROW_BLOCK) * (4 * per_pass + 2)
+        }
         // One pass over the partial rows per Elem; planned apart (`weight_grads_workgroups`).
         Entry::WeightGrads => per_pass,
     };
@@ -352,7 +356,7 @@ pub fn item_iterations(
     // the backward (the statistics', the correction's).
     let reductions = match entry {
         Entry::SplitPartials => 3,
-        Entry::RmsNormBackward | Entry::LayerNormBackward => 4,
+        Entry::RmsNormBackward | Entry::LayerNormBackward => 4 * u64::from(BACKWARD_ROW_BLOCK),
         _ => 2,
     };
     passes + reductions * per_reduction + 3
@@ -405,7 +409,22 @@ impl Plan {
             Pass::Backward => io.backward_storage_buffers(),
         };
         if caps.max_storage_buffers_per_stage < needed {
+            let (tensors, fix) = match pass {
+                Pass::Forward => (
+                    "x, y, gain, bias, residual, sum, statistics",
+                    "drop the bias, the stored sum or the saved statistics, or run the residual \
+                     add as a kernel of its own before the normalization",
+                ),
+                Pass::Backward => (
+                    "x, dy, dx, gain, residual or the gradient of the sum, statistics, the \
+                     partial sums of dgain and dbias",
+                    "drop the residual add or the saved statistics (recomputed then), or the \
+                     gain and bias",
+                ),
+            };
             return Err(Error::TooManyStorageBuffers {
+                tensors,
+                fix,
                 needed,
                 limit: caps.max_storage_buffers_per_stage,
             });
@@ -516,12 +535,18 @@ impl Plan {
             _ => vec![layout.first_stage()],
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
-        let rows_per_chunk = self.rows_per_chunk(per_item, pieces)?;
+        // The backward's work item is a block of rows.
+        let rows_per_item = match self.pass {
+            Pass::Forward => 1,
+            Pass::Backward => u64::from(BACKWARD_ROW_BLOCK),
+        };
+        let rows_per_chunk = self.rows_per_chunk(per_item, pieces, rows_per_item)?;
         let mut chunks: Vec<LaunchChunk> = Vec::new();
         let mut first_row = 0u64;
         while first_row < u64::from(rows) {
             let chunk_rows = rows_per_chunk.min(u64::from(rows) - first_row) as u32;
-            let items = u64::from(chunk_rows) * u64::from(pieces.unwrap_or(1));
+            let items =
+                u64::from(chunk_rows).div_ceil(rows_per_item) * u64::from(pieces.unwrap_or(1));
             let workgroups = self.workgroups(items, per_item, pieces.is_some());
             chunks.push(LaunchChunk {
                 first_row,
@@ -531,7 +556,7 @@ impl Plan {
             });
             first_row += u64::from(chunk_rows);
         }
-        let partial_rows: u64 = chunks.iter().map(|c| u64::from(c.workgroups)).sum();
+        let partial_rows = chunks.first().map_or(0, |c| u64::from(c.workgroups));
         let weight_grads = match layout.weight_grads {
             Some(stage) if !chunks.is_empty() => Some((
                 stage,
@@ -612,7 +637,12 @@ impl Plan {
 
     /// Rows per dispatch: within one binding (x, y, and split rows' partial sums) and within
     /// the iteration budget at the device's most workgroups per dispatch.
-    fn rows_per_chunk(&self, per_item: u64, pieces: Option<u32>) -> Result<u64> {
+    fn rows_per_chunk(
+        &self,
+        per_item: u64,
+        pieces: Option<u32>,
+        rows_per_item: u64,
+    ) -> Result<u64> {
         let caps = &self.caps;
         let row_bytes = u64::from(self.hidden) * self.io.activations.element_bytes();
         let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
@@ -621,7 +651,16 @@ impl Plan {
             rows = rows.min(caps.binding_limit() / (pieces * 8));
         }
         let items_per_workgroup = (LOOP_ITERATION_BUDGET / per_item).max(1);
-        let items = u64::from(caps.max_workgroups_per_dimension) * items_per_workgroup;
+        // The backward keeps every chunk within the workgroup cap (its partial rows are as
+        // many as the first chunk's workgroups), taking more chunks instead.
+        let workgroups = match self.pass {
+            Pass::Forward => caps.max_workgroups_per_dimension,
+            Pass::Backward => self
+                .workgroup_cap()
+                .unwrap_or(caps.max_workgroups_per_dimension)
+                .min(caps.max_workgroups_per_dimension),
+        };
+        let items = u64::from(workgroups) * items_per_workgroup;
         // Each chunk's item count stays a u32 for the shader.
         let items = items.min(u64::from(u32::MAX));
         if items < pieces {
@@ -634,7 +673,21 @@ impl Plan {
                 ),
             });
         }
-        Ok(rows.min(items / pieces).max(1))
+        Ok(rows.min(items / pieces * rows_per_item).max(1))
+    }
+
+    /// The most workgroups per dispatch: the option or the default, and for the backward no
+    /// more partial rows (one per workgroup) than fit one binding.
+    fn workgroup_cap(&self) -> Option<u32> {
+        match self.pass {
+            Pass::Forward => self.max_workgroups,
+            Pass::Backward => {
+                let weights = u64::from(self.io.gain) + u64::from(self.io.bias);
+                let row_bytes = weights.max(1) * u64::from(self.hidden) * 4;
+                let fit = (self.caps.binding_limit() / row_bytes).clamp(1, u64::from(u32::MAX));
+                self.max_workgroups.map(|cap| cap.min(fit as u32))
+            }
+        }
     }
 
     /// Workgroups for `items` rows (or pieces): one each up to the device's limit, fewer
@@ -642,7 +695,7 @@ impl Plan {
     fn workgroups(&self, items: u64, per_item: u64, split: bool) -> u32 {
         let limit = u64::from(self.caps.max_workgroups_per_dimension);
         let needed = items.div_ceil((LOOP_ITERATION_BUDGET / per_item).max(1));
-        let wanted = match (self.max_workgroups, split) {
+        let wanted = match (self.workgroup_cap(), split) {
             (Some(cap), false) => u64::from(cap).max(needed),
             _ => items,
         };

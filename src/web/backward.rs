@@ -86,7 +86,8 @@ impl Normalizer {
         #[wasm_bindgen(unchecked_param_type = "Tensor")] dy: JsValue,
         hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
-        #[wasm_bindgen(unchecked_optional_param_type = "Tensor")] grad_sum: JsValue,
+        #[wasm_bindgen(js_name = gradSum, unchecked_optional_param_type = "Tensor")]
+        grad_sum: JsValue,
     ) -> js_sys::Promise {
         let kind = Kind::Rms {
             partial: partial(&options),
@@ -102,7 +103,8 @@ impl Normalizer {
         #[wasm_bindgen(unchecked_param_type = "Tensor")] dy: JsValue,
         hidden: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
-        #[wasm_bindgen(unchecked_optional_param_type = "Tensor")] grad_sum: JsValue,
+        #[wasm_bindgen(js_name = gradSum, unchecked_optional_param_type = "Tensor")]
+        grad_sum: JsValue,
     ) -> js_sys::Promise {
         self.backward(x, dy, hidden, options, grad_sum, Kind::Layer)
     }

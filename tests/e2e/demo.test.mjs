@@ -49,6 +49,7 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   for (const row of rows) console.log(row.cells.join(" | "));
   assert.deepEqual(rows.map((r) => r.cells[0]), ["RMSNorm", "pRMSNorm", "LayerNorm"]);
   for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} failed verification`);
+  await checkBackward(page, "1024 x 4096", ["RMSNorm backward", "pRMSNorm backward", "LayerNorm backward"]);
 
   // f16 and bf16 with the fused residual add, on odd rows (packed words shared by rows).
   for (const [dtype, weights] of [["f16", "f32"], ["bf16", ""]]) {
@@ -71,6 +72,8 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
       assert.equal(row.pass, "true", `${row.cells[0]} ${dtype} failed verification`);
       assert.ok(Number(row.cells[7]) <= 1, `${row.cells[0]} ${dtype}: ${row.cells[7]} ulps`);
     }
+    await checkBackward(page, `64 x 4097 ${dtype}, residual`,
+      ["RMSNorm backward + residual", "pRMSNorm backward + residual", "LayerNorm backward + residual"]);
   }
   await page.selectOption("#dtype", "f32");
   await page.selectOption("#weight-dtype", "");
@@ -89,10 +92,11 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   assert.equal(await page.getAttribute("#bench-panel", "data-done"), "true", await page.textContent("#bench-status"));
   const bench = await page.$$eval("#bench-results tbody tr", (trs) =>
     trs.map((tr) => [...tr.children].map((td) => td.textContent).join(" | ")));
-  console.log("benchmark panel: shape | kernel | p | variant | ms | GB/s | sol_copy | sol_kernel");
+  console.log("benchmark panel: shape | pass | kernel | p | variant | ms | GB/s | sol_copy | sol_kernel");
   for (const line of bench) console.log(line);
   console.log(await page.textContent("#bench-summary"));
-  assert.equal(bench.length, 5 * 6, "5 shapes x (2 copies, RMSNorm, 2 pRMSNorm, LayerNorm)");
+  assert.equal(bench.length, 5 * 11,
+    "5 shapes x (2 copies, RMSNorm, 2 pRMSNorm, LayerNorm; backward: RMSNorm x 3, pRMSNorm, LayerNorm)");
   const formats = await page.$$eval("#bench-formats tbody tr", (trs) =>
     trs.map((tr) => [...tr.children].map((td) => td.textContent).join(" | ")));
   console.log("element types and the residual add: shape | kernel | dtype | residual | variant | ms | GB/s | sol_copy | sol_kernel");
@@ -106,6 +110,17 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   console.log(`screenshot: ${path}`);
   assert.deepEqual(problems, []);
 });
+
+// The backward table after a run: the expected kernels, every one verified.
+async function checkBackward(page, what, names) {
+  const rows = await page.$$eval("#backward-results tbody tr", (trs) =>
+    trs.map((tr) => ({ cells: [...tr.children].map((td) => td.textContent), pass: tr.dataset.pass })));
+  console.log(`backward (${what}):`);
+  console.log("kernel | dtype | k | GPU ms | GB/s | dx err/scale | dgain err/scale | dbias err/scale | check");
+  for (const row of rows) console.log(row.cells.join(" | "));
+  assert.deepEqual(rows.map((r) => r.cells[0]), names);
+  for (const row of rows) assert.equal(row.pass, "true", `${row.cells[0]} (${what}) failed verification`);
+}
 
 test("the page explains how to get WebGPU when the browser has none", { timeout: 60_000 }, async () => {
   const { page, problems } = await openPage([...quietFlags, "--disable-webgpu"]);
