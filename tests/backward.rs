@@ -366,6 +366,17 @@ fn dispatches_of_one_call_add_into_the_same_partial_rows() {
     }
 }
 
+/// A million rows: dgain and dbias summed over all of them (64 partial rows on a CPU
+/// adapter, 512 on a GPU, then one pass), within the norm-wise tolerance.
+#[test]
+fn a_million_rows_sum_into_dgain_and_dbias() {
+    let Some(gpu) = gpu() else { return };
+    let config = RmsNormConfig::new(8).with_gain(Gain::Scale).with_bias(true);
+    for which in [Which::Rms, Which::Layer] {
+        Case::new(config, which, 1_000_000, 17).check(&gpu, "a million rows");
+    }
+}
+
 #[test]
 fn every_element_type_matches_the_reference() {
     let Some(gpu) = gpu() else { return };

@@ -96,3 +96,27 @@ fn a_huge_shape_is_refused_before_allocating() {
     assert!(text.contains("too large a tensor"), "{text}");
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
 }
+
+/// `--backward` checks dx, dgain and dbias of RMSNorm, pRMSNorm and LayerNorm against the
+/// reference and prints PASS for each (the acceptance run, on a smaller shape), with
+/// a timing row for statistics recomputed and saved; f16 too.
+#[test]
+fn backward_passes_for_every_kernel() {
+    for extra in [&[][..], &["--dtype", "f16"][..]] {
+        let mut args = vec!["--rows", "16", "--hidden", "4097", "--p", "0.0625", "--backward"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--samples", "1"]);
+        let (code, text, _) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {text}");
+        for kernel in ["RMSNorm", "pRMSNorm", "LayerNorm"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(kernel) && l.contains(" dx "))
+                .unwrap_or_else(|| panic!("{args:?}: no {kernel} row in\n{text}"));
+            assert!(line.contains("PASS"), "{args:?}: {line}");
+        }
+        assert_eq!(text.matches("PASS").count(), 9, "{args:?}: {text}");
+        assert!(!text.contains("FAIL"), "{args:?}: {text}");
+        assert_eq!(text.matches("saved stats").count(), 3, "{args:?}: {text}");
+    }
+}

@@ -25,7 +25,9 @@ pub struct Gradients {
     /// RMSNorm, with `sum |u| / n` too for LayerNorm, and max |dsum|), so that a dx near
     /// zero by cancellation is held to the accuracy its terms allow ([`compare_normwise`]).
     pub dx_scale: Vec<f64>,
-    /// The same for dgain, per column: `sum over rows of |dy x̂|`.
+    /// The same for dgain, per column: `sum over rows of |dy x̂|`, and for LayerNorm of
+    /// `|dy| max |x̂|` too (x̂ = (x − mean) / σ is a difference: its error is relative to the
+    /// row's spread, not to the element).
     pub dgain_scale: Vec<f64>,
     /// The same for dbias, per column: `sum over rows of |dy|`.
     pub dbias_scale: Vec<f64>,
@@ -160,6 +162,8 @@ struct RowOut<'a> {
     normalized: &'a mut [f64],
     /// The row's error scale (see [`Gradients::dx_scale`]).
     scale: &'a mut f64,
+    /// What x̂'s error is relative to besides x̂ itself (LayerNorm: the row's max |x̂|).
+    spread: &'a mut f64,
 }
 
 /// The batch, converted once.
@@ -218,6 +222,7 @@ impl Rows {
         let (mut dgain_scale, mut dbias_scale) = (vec![0.0; n], vec![0.0; n]);
         for (row, dx_row) in dx.chunks_exact_mut(n).enumerate() {
             let range = row * n..(row + 1) * n;
+            let mut spread = 0.0;
             let data = Row {
                 x: &self.x[range.clone()],
                 u: &self.u[range.clone()],
@@ -226,13 +231,14 @@ impl Rows {
                 dx: dx_row,
                 normalized: &mut normalized,
                 scale: &mut dx_scale[row],
+                spread: &mut spread,
             };
             row_grad(data, out);
             for i in 0..n {
                 let dy = self.dy[range.start + i];
                 dgain[i] += dy * normalized[i];
                 dbias[i] += dy;
-                dgain_scale[i] += (dy * normalized[i]).abs();
+                dgain_scale[i] += dy.abs() * (normalized[i].abs() + spread);
                 dbias_scale[i] += dy.abs();
             }
         }
@@ -337,6 +343,7 @@ fn layer_row(row: Row<'_>, eps: f64, out: RowOut<'_>) {
         * (max_abs(row.u)
             + sum_abs(&mut row.u.iter().copied())
             + max_abs(out.normalized) * sum_abs(products));
+    *out.spread = max_abs(out.normalized);
 }
 
 #[cfg(test)]
