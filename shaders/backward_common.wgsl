@@ -33,6 +33,11 @@ fn gain_factor(i: u32) -> Elem {
     return Elem(1.0);
 }
 
+// u of Elem i of the row whose Elems start at `row_offset`.
+fn upstream(row_offset: u32, i: u32) -> Elem {
+    return dy_load(params.dy_base + row_offset + i) * gain_factor(i);
+}
+
 // Stores Elem `at` (from row 0 of the dispatch) of dx: the gradient through the norm, plus
 // the gradient of the stored sum h where the forward stored it (dh = dh_norm + dh_out, the
 // gradient of x and of r alike), added in f32 and rounded once.

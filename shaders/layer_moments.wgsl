@@ -18,9 +18,23 @@ struct Moments {
 // Saved statistics (`STORES_STATS`, `LOADS_STATS`): shift, mean, scale per row, f32.
 const STATS_PER_ROW: u32 = 3u;
 
+// A row's statistics and, for the backward, the sums of u and u (x - shift) over it, u being
+// the gradient reaching the normalized value (`upstream`).
+struct MomentsAndSums {
+    m: Moments,
+    sum_u: f32,
+    sum_u_v: f32,
+}
+
 // The statistics of row `row_offset`, each invocation starting at Elem `lane`. Every
 // invocation of the workgroup calls it (it reduces).
 fn row_moments(row_offset: u32, lane: u32) -> Moments {
+    return row_statistics(row_offset, lane, false).m;
+}
+
+// The statistics, and with `with_upstream` (a constant at every call) the backward's sums in
+// the same pass over the row.
+fn row_statistics(row_offset: u32, lane: u32, with_upstream: bool) -> MomentsAndSums {
     // Statistics of x - K: x - K is exact for x near K, so a row far from zero keeps the
     // digits that matter (the mean of x rounded back to x's magnitude would lose them).
     // K is the median of the row's first, middle and last elements, so that one outlier
@@ -33,12 +47,19 @@ fn row_moments(row_offset: u32, lane: u32) -> Moments {
     var count = 0.0;
     var local_mean = Elem(0.0);
     var local_m2 = Elem(0.0);
+    var sum_u = Elem(0.0);
+    var sum_u_v = Elem(0.0);
     for (var i = lane; i < params.row_len; i = i + WG) {
         let v = load_input(row_offset + i) - shift;
         count = count + 1.0;
         let delta = v - local_mean;
         local_mean = local_mean + delta * (1.0 / count);
         local_m2 = local_m2 + delta * (v - local_mean);
+        if (with_upstream) {
+            let u = upstream(row_offset, i);
+            sum_u = sum_u + u;
+            sum_u_v = sum_u_v + u * v;
+        }
     }
     let mean = reduce_sum(elem_sum(local_mean * count)) / params.k_f32;
     let deviation = local_mean - Elem(mean);
@@ -47,7 +68,11 @@ fn row_moments(row_offset: u32, lane: u32) -> Moments {
     // A constant row with eps = 0 has no defined scale: 0, as RMSNorm does, never NaN.
     let denominator = variance + params.eps;
     let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
-    return Moments(shift, mean, scale);
+    var sums = vec2<f32>(0.0);
+    if (with_upstream) {
+        sums = vec2<f32>(reduce_sum(elem_sum(sum_u)), reduce_sum(elem_sum(sum_u_v)));
+    }
+    return MomentsAndSums(Moments(shift, mean, scale), sums.x, sums.y);
 }
 
 // Saves a row's statistics where the call saves them (one invocation calls it).

@@ -12,6 +12,11 @@
 // norm_common.wgsl (Params, the options, load_input with the residual add, store),
 // layer_moments.wgsl (row_moments) and the tensors' accessors for the call's storage formats.
 
+// The backward's upstream gradient, which the forward's statistics do not take.
+fn upstream(row_offset: u32, i: u32) -> Elem {
+    return Elem(0.0);
+}
+
 @compute @workgroup_size(WG)
 fn layer_norm(
     @builtin(local_invocation_index) lane: u32,

@@ -6,7 +6,9 @@
 //
 //   dx_i = scale (u_i - mean_j(u_j) - x^_i mean_j(u_j x^_j))
 //
-// A constant row with eps = 0 has scale 0 in the forward, and dx = 0 here.
+// A constant row with eps = 0 has scale 0 in the forward, and dx = 0 here. Where the forward
+// did not save the statistics, they come from the same pass as sum u and sum u (x - shift)
+// (row_statistics): x and dy are read twice either way.
 //
 // The host prepends an element layout, a reduction, norm_common.wgsl, layer_moments.wgsl,
 // backward_common.wgsl and the tensors' accessors.
@@ -27,22 +29,28 @@ fn layer_norm_backward(
         for (var j = 0u; j < count; j = j + 1u) {
             let row_offset = (first_row + j) * params.row_len;
             var m: Moments;
+            // sum u and sum u x^.
+            var sums: vec2<f32>;
             if (LOADS_STATS) {
                 m = stats_load_moments(first_row + j);
+                var acc_u = Elem(0.0);
+                var acc_u_x_hat = Elem(0.0);
+                for (var i = lane; i < params.row_len; i = i + WG) {
+                    let x_hat = ((load_input(row_offset + i) - m.shift) - m.mean) * m.scale;
+                    let u = upstream(row_offset, i);
+                    acc_u = acc_u + u;
+                    acc_u_x_hat = acc_u_x_hat + u * x_hat;
+                }
+                sums = vec2<f32>(reduce_sum(elem_sum(acc_u)), reduce_sum(elem_sum(acc_u_x_hat)));
             } else {
-                m = row_moments(row_offset, lane);
-            }
-            var acc_u = Elem(0.0);
-            var acc_u_x_hat = Elem(0.0);
-            for (var i = lane; i < params.row_len; i = i + WG) {
-                let x_hat = ((load_input(row_offset + i) - m.shift) - m.mean) * m.scale;
-                let u = dy_load(params.dy_base + row_offset + i) * gain_factor(i);
-                acc_u = acc_u + u;
-                acc_u_x_hat = acc_u_x_hat + u * x_hat;
+                // One pass: the statistics with sum u and sum u (x - shift), whence
+                // sum u x^ = scale (sum u (x - shift) - mean sum u).
+                let s = row_statistics(row_offset, lane, true);
+                m = s.m;
+                sums = vec2<f32>(s.sum_u, (s.sum_u_v - m.mean * s.sum_u) * m.scale);
             }
             moments[j] = m;
-            let mean_u = reduce_sum(elem_sum(acc_u)) / params.k_f32;
-            means[j] = vec2<f32>(mean_u, reduce_sum(elem_sum(acc_u_x_hat)) / params.k_f32);
+            means[j] = sums / params.k_f32;
         }
         // dx of the block's rows column by column, dgain and dbias summed over them.
         for (var i = lane; i < params.row_len; i = i + WG) {

@@ -1,14 +1,14 @@
 // RMSNorm and pRMSNorm backward: dx, and each workgroup's partial sums of dgain and dbias
-// (backward_common.wgsl). One workgroup per row, looping over rows.
+// (backward_common.wgsl), rows in blocks of ROW_BLOCK.
 //
-// With x^ = x / rms the forward's normalized row (the same f32 values, from the same factors
-// f: 1 / rms = f.x f.y), u = dy * g, and c = sum_j u_j x^_j / k over the whole row (every
-// output depends on the rms, which depends on the first k elements only):
+// With r = 1 / rms, x^ = x r the forward's normalized row (from the forward's factors f:
+// r = f.x f.y), u = dy * g, and c = sum_j u_j x^_j / k over the whole row (every output
+// depends on r, which depends on the first k elements only):
 //
-//   dx_i = (u_i - [i < k] x^_i c beta) / rms
+//   dx_i = r (u_i - [i < k] x^_i c beta)
 //
-// beta = 1 with eps inside the root; with eps added to the rms, beta = (rms) / (rms - eps)
-// = 1 / (1 - eps / rms). (docs/backward.md derives both.) dx is taken through the forward's
+// beta = 1 with eps inside the root; with eps added to the RMS (r = 1 / (m + eps), m the
+// plain RMS), beta = (m + eps) / m = 1 / (1 - eps r). (docs/backward.md derives both.) dx is taken through the forward's
 // factors, ((u - x^ c beta) * f.x) * f.y, so that no intermediate overflows for rows of any
 // magnitude (x / (k rms^3) would beyond |x| ~ 1e13).
 //
@@ -16,9 +16,30 @@
 // derivative with eps inside the root; with eps added, the one-sided limit), or 0 when
 // eps = 0, as the forward's output there is defined.
 //
+// Where the forward saved the factors, a row takes two passes (c, then dx); where it did not,
+// one pass finds the sum of squares and sum u x together (row_sums), then dx: x and dy are
+// read twice either way.
+//
 // The host prepends an element layout, a reduction, norm_common.wgsl, rms_scale.wgsl
-// (row_factors, to recompute the factors where no statistics were saved),
-// backward_common.wgsl and the tensors' accessors.
+// (the forward's scale; row_factors for rows out of range), backward_common.wgsl and the
+// tensors' accessors.
+
+// Where the statistics are recomputed: one pass over the row for both its sum of squares over
+// the first k elements and sum u x over the whole row (x as it is). A row whose sum of
+// squares is in range (every row of ordinary magnitude) takes its factors and correction from
+// them; the others (a zero, tiny or huge first k, or a sum of u x that overflowed) take the
+// forward's rescaled path (row_factors) and a pass of their own for the correction.
+fn row_sums(row_offset: u32, lane: u32) -> vec2<f32> {
+    var squares = Elem(0.0);
+    var products = Elem(0.0);
+    for (var i = lane; i < params.row_len; i = i + WG) {
+        let v = load_input(row_offset + i);
+        let head = first_k(v, i);
+        squares = squares + head * head;
+        products = products + upstream(row_offset, i) * v;
+    }
+    return vec2<f32>(reduce_sum(elem_sum(squares)), reduce_sum(elem_sum(products)));
+}
 
 // c beta.
 fn correction(c: f32, f: vec2<f32>) -> f32 {
@@ -48,19 +69,32 @@ fn rms_norm_backward(
         for (var j = 0u; j < count; j = j + 1u) {
             let row_offset = (first_row + j) * params.row_len;
             var f: vec2<f32>;
+            // sum u x^, where the pass that found the factors found it too.
+            var sum_u_x_hat = 0.0;
+            var summed = false;
             if (LOADS_STATS) {
                 f = vec2<f32>(stats_load(first_row + j, 0u), stats_load(first_row + j, 1u));
             } else {
-                f = row_factors(row_offset, lane);
+                let sums = row_sums(row_offset, lane);
+                if (!sum_needs_rescaling(sums.x) && !sum_overflowed(sums.y)) {
+                    // In range: the forward's phase 0, f = (1 / rms, 1).
+                    f = output_factors(1.0, scale_from_sum(sums.x));
+                    sum_u_x_hat = sums.y * f.x;
+                    summed = true;
+                } else {
+                    f = row_factors(row_offset, lane);
+                }
             }
-            var acc = Elem(0.0);
-            for (var i = lane; i < params.row_len; i = i + WG) {
-                let x_hat = (load_input(row_offset + i) * f.x) * f.y;
-                let u = dy_load(params.dy_base + row_offset + i) * gain_factor(i);
-                acc = acc + u * x_hat;
+            if (!summed) {
+                var acc = Elem(0.0);
+                for (var i = lane; i < params.row_len; i = i + WG) {
+                    let x_hat = (load_input(row_offset + i) * f.x) * f.y;
+                    acc = acc + upstream(row_offset, i) * x_hat;
+                }
+                sum_u_x_hat = reduce_sum(elem_sum(acc));
             }
             factors[j] = f;
-            corrections[j] = correction(reduce_sum(elem_sum(acc)) / params.k_f32, f);
+            corrections[j] = correction(sum_u_x_hat / params.k_f32, f);
         }
         // dx of the block's rows column by column, dgain and dbias summed over them.
         for (var i = lane; i < params.row_len; i = i + WG) {

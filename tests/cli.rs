@@ -103,7 +103,15 @@ fn a_huge_shape_is_refused_before_allocating() {
 #[test]
 fn backward_passes_for_every_kernel() {
     for extra in [&[][..], &["--dtype", "f16"][..]] {
-        let mut args = vec!["--rows", "16", "--hidden", "4097", "--p", "0.0625", "--backward"];
+        let mut args = vec![
+            "--rows",
+            "16",
+            "--hidden",
+            "4097",
+            "--p",
+            "0.0625",
+            "--backward",
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--samples", "1"]);
         let (code, text, _) = cli(&args);

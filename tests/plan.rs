@@ -320,10 +320,11 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         Entry::SplitPartials => (3 * piece, 3),
         // split_scale: two passes over the pieces, then the piece's scaling.
         Entry::SplitScale => (2 * u64::from(p.div_ceil(wg)) + piece, 2),
-        // The backward: the statistics (two passes, two reductions, where recomputed), the
-        // correction's pass and reductions (one for RMSNorm, two for LayerNorm), dx's pass.
+        // The backward, per row at most: one pass with two reductions (the statistics and the
+        // correction's sums), for a row out of range the forward's two passes and
+        // reductions and the correction's own, dx's pass.
         // Per block of 8 rows, with the block's own loops.
-        Entry::RmsNormBackward | Entry::LayerNormBackward => (8 * (4 * row + 2), 8 * 4),
+        Entry::RmsNormBackward | Entry::LayerNormBackward => (8 * (5 * row + 2), 8 * 5),
         // Planned apart: one pass over the partial rows per Elem.
         Entry::WeightGrads => (row, 0),
     };

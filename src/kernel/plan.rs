@@ -338,11 +338,11 @@ pub fn item_iterations(
         // The scaling of the piece, after two passes over the row's pieces.
         Entry::SplitScale => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
         Entry::LayerNorm => 2 * per_pass,
-        // Per block of rows: for each, the statistics where they are recomputed (two
-        // passes, as rms_norm's sum), the correction's pass, dx's pass; and the block's
-        // loops over its rows.
+        // Per block of rows, for each at most: the statistics with the correction's sums
+        // where they are recomputed, for a row out of range the forward's two passes and the
+        // correction's own, dx's pass; and the block's loops over its rows.
         Entry::RmsNormBackward | Entry::LayerNormBackward => {
-            u64::from(BACKWARD_ROW_BLOCK) * (4 * per_pass + 2)
+            u64::from(BACKWARD_ROW_BLOCK) * (5 * per_pass + 2)
         }
         // One pass over the partial rows per Elem; planned apart (`weight_grads_workgroups`).
         Entry::WeightGrads => per_pass,
@@ -356,7 +356,7 @@ pub fn item_iterations(
     // the backward (the statistics', the correction's).
     let reductions = match entry {
         Entry::SplitPartials => 3,
-        Entry::RmsNormBackward | Entry::LayerNormBackward => 4 * u64::from(BACKWARD_ROW_BLOCK),
+        Entry::RmsNormBackward | Entry::LayerNormBackward => 5 * u64::from(BACKWARD_ROW_BLOCK),
         _ => 2,
     };
     passes + reductions * per_reduction + 3
