@@ -41,6 +41,8 @@ fn row_sums(row_offset: u32, lane: u32) -> vec2<f32> {
     return vec2<f32>(reduce_sum(elem_sum(squares)), reduce_sum(elem_sum(products)));
 }
 
+const F32_MAX: f32 = 3.40282347e38;
+
 // c beta.
 fn correction(c: f32, f: vec2<f32>) -> f32 {
     if (EPS_INSIDE_ROOT) {
@@ -50,7 +52,8 @@ fn correction(c: f32, f: vec2<f32>) -> f32 {
     // magnitude is below 2^-24 eps), the term is that much smaller than u / rms and beta
     // stops at 2^24.
     let eps_ratio = (params.eps * f.x) * f.y;
-    return c / max(1.0 - eps_ratio, 0x1p-24);
+    // Finite, so that where x^ is 0 (an all-zero first k) the term is 0, not 0 * inf.
+    return clamp(c / max(1.0 - eps_ratio, 0x1p-24), -F32_MAX, F32_MAX);
 }
 
 @compute @workgroup_size(WG)

@@ -440,10 +440,12 @@ fn zero_and_extreme_rows_are_defined_and_right() {
         (1e-30, 1e-30),
         (1.5e38, 1.5e38),
         (1e-38, 1e-38),
-        (0.0, 5.0),
+        (0.0, 300.0),
         (1e20, 1e-20),
     ];
-    for eps in [1e-6, 0.0] {
+    // eps = 1e-30 added to the RMS of a row with a zero first k: beta reaches its cap and c
+    // beta overflows f32, yet dx = u / eps there, with no NaN.
+    for eps in [1e-6, 1e-30, 0.0] {
         for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
             for which in [Which::Rms, Which::Partial] {
                 for save in [false, true] {
@@ -934,4 +936,15 @@ fn mismatched_backward_buffers_are_refused() {
         )
         .unwrap_err();
     assert!(matches!(e, Error::DTypeMismatch { .. }), "{e:?}");
+    let e = gpu
+        .rms_norm_backward_blocking(
+            BackwardInputs::new(&x, &x),
+            &RmsNormConfig::new(n).with_gain(Gain::Scale),
+            Some(&[1.0f32; 9][..]),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::WeightLength { which: "gain", .. }),
+        "{e:?}"
+    );
 }

@@ -111,7 +111,18 @@ impl GpuContext {
         data: BackwardData<'_>,
     ) -> Result<GradientBytes> {
         let core = N::core_config(config).with_saved_stats(false);
-        core.validate()?;
+        // What the forward's calls check (the device, the rows, the gain's length, one
+        // buffer's size), on x and the gain; then dy, r and the gradient of h against x.
+        let forward_data = CallData {
+            x: data.input,
+            residual: None,
+            gain: data.gain,
+            bias: None,
+        };
+        let forward_config = core
+            .with_bias(false)
+            .with_residual(crate::config::Residual::None);
+        self.check_call(&forward_data, &forward_config)?;
         let rows = check_backward_call(&core, &data)?;
         if rows == 0 {
             // Sums over no rows.
@@ -122,9 +133,13 @@ impl GpuContext {
                 core.bias.then(zeros),
             ));
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let submitted = self.submit_backward::<N>(config, &core, data, rows);
-        let error = scope.pop().await;
+        // Both popped (innermost first) before any await: the guards are not Send.
+        let validation = validation.pop();
+        let out_of_memory = out_of_memory.pop();
+        let error = validation.await.or(out_of_memory.await);
         let (staging, sizes) = match (submitted, error) {
             (Err(e), _) => return Err(self.classify_failure(e)),
             (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),

@@ -586,8 +586,10 @@ impl Plan {
         let groups = u64::from(row_len)
             .div_ceil(wg)
             .min(u64::from(self.caps.max_workgroups_per_dimension));
-        let iterations = u64::from(row_len).div_ceil(groups * wg) * (partial_rows + 1);
-        let bytes = partial_rows * 2 * u64::from(self.hidden) * 4;
+        // dgain's and dbias's loops, each over the partial rows, per Elem.
+        let weights = (u64::from(self.io.gain) + u64::from(self.io.bias)).max(1);
+        let iterations = u64::from(row_len).div_ceil(groups * wg) * (weights * partial_rows + 1);
+        let bytes = partial_rows * weights * u64::from(self.hidden) * 4;
         if iterations > LOOP_ITERATION_BUDGET || bytes > self.caps.binding_limit() {
             return Err(Error::RowTooLong {
                 hidden: self.hidden,
