@@ -33,6 +33,31 @@ fn gain_factor(i: u32) -> Elem {
     return Elem(1.0);
 }
 
+// Split rows (few long rows, each across many workgroups): per (row, piece) g, PIECE_STRIDE
+// f32 at PIECE_STRIDE g: the piece's statistics (dispatch 1), then its sums for the
+// correction (dispatch 2), which dispatch 3 combines with the row's other pieces for dx.
+@group(0) @binding(13) var<storage, read_write> pieces: array<f32>;
+const PIECE_STRIDE: u32 = 4u;
+
+fn piece_load(i: u32) -> f32 {
+    return pieces[i];
+}
+
+// The Elems [begin, end) of piece g's part of its row.
+fn piece_range(g: u32) -> vec2<u32> {
+    let begin = (g % params.chunks) * params.chunk_len;
+    return vec2<u32>(begin, min(begin + params.chunk_len, params.row_len));
+}
+
+// The sum over row `row`'s pieces of word `word` of each.
+fn sum_of_pieces(row: u32, word: u32, lane: u32) -> f32 {
+    var local_sum = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        local_sum = local_sum + pieces[PIECE_STRIDE * (row * params.chunks + j) + word];
+    }
+    return reduce_sum(local_sum);
+}
+
 // u of Elem i of the row whose Elems start at `row_offset`.
 fn upstream(row_offset: u32, i: u32) -> Elem {
     return dy_load(params.dy_base + row_offset + i) * gain_factor(i);

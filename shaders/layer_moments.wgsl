@@ -35,21 +35,48 @@ fn row_moments(row_offset: u32, lane: u32) -> Moments {
 // The statistics, and with `with_upstream` (a constant at every call) the backward's sums in
 // the same pass over the row.
 fn row_statistics(row_offset: u32, lane: u32, with_upstream: bool) -> MomentsAndSums {
-    // Statistics of x - K: x - K is exact for x near K, so a row far from zero keeps the
-    // digits that matter (the mean of x rounded back to x's magnitude would lose them).
-    // K is the median of the row's first, middle and last elements, so that one outlier
-    // (anywhere, the first element included) does not become the shift: x - K for the
-    // rest of the row would then be rounded to the outlier's magnitude.
+    let shift = row_shift(row_offset);
+    let s = range_statistics(row_offset, 0u, params.row_len, lane, shift, params.k_f32, with_upstream);
+    return MomentsAndSums(moments_from(shift, s.mean, s.m2), s.sum_u, s.sum_u_v);
+}
+
+// The shift K of a row's statistics of x - K: x - K is exact for x near K, so a row far from
+// zero keeps the digits that matter (the mean of x rounded back to x's magnitude would lose
+// them). K is the median of the row's first, middle and last elements, so that one outlier
+// (anywhere, the first element included) does not become the shift: x - K for the rest of
+// the row would then be rounded to the outlier's magnitude.
+fn row_shift(row_offset: u32) -> f32 {
     let a = elem_first(load_input(row_offset));
     let b = elem_first(load_input(row_offset + params.row_len / 2u));
     let c = elem_first(load_input(row_offset + params.row_len - 1u));
-    let shift = max(min(a, b), min(max(a, b), c));
+    return max(min(a, b), min(max(a, b), c));
+}
+
+// The mean and sum of squared deviations of x - shift over Elems [begin, end) of a row (`n`
+// elements), and with `with_upstream` the sums of u and u (x - shift).
+struct RangeStatistics {
+    mean: f32,
+    m2: f32,
+    sum_u: f32,
+    sum_u_v: f32,
+}
+
+// Every invocation of the workgroup calls it (it reduces).
+fn range_statistics(
+    row_offset: u32,
+    begin: u32,
+    end: u32,
+    lane: u32,
+    shift: f32,
+    n: f32,
+    with_upstream: bool,
+) -> RangeStatistics {
     var count = 0.0;
     var local_mean = Elem(0.0);
     var local_m2 = Elem(0.0);
     var sum_u = Elem(0.0);
     var sum_u_v = Elem(0.0);
-    for (var i = lane; i < params.row_len; i = i + WG) {
+    for (var i = begin + lane; i < end; i = i + WG) {
         let v = load_input(row_offset + i) - shift;
         count = count + 1.0;
         let delta = v - local_mean;
@@ -61,18 +88,23 @@ fn row_statistics(row_offset: u32, lane: u32, with_upstream: bool) -> MomentsAnd
             sum_u_v = sum_u_v + u * v;
         }
     }
-    let mean = reduce_sum(elem_sum(local_mean * count)) / params.k_f32;
+    let mean = reduce_sum(elem_sum(local_mean * count)) / n;
     let deviation = local_mean - Elem(mean);
     let m2 = reduce_sum(elem_sum(local_m2 + deviation * deviation * count));
-    let variance = max(m2 / params.k_f32, 0.0);
-    // A constant row with eps = 0 has no defined scale: 0, as RMSNorm does, never NaN.
-    let denominator = variance + params.eps;
-    let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
     var sums = vec2<f32>(0.0);
     if (with_upstream) {
         sums = vec2<f32>(reduce_sum(elem_sum(sum_u)), reduce_sum(elem_sum(sum_u_v)));
     }
-    return MomentsAndSums(Moments(shift, mean, scale), sums.x, sums.y);
+    return RangeStatistics(mean, m2, sums.x, sums.y);
+}
+
+// A row's statistics from the mean and sum of squared deviations of x - shift over it.
+fn moments_from(shift: f32, mean: f32, m2: f32) -> Moments {
+    let variance = max(m2 / params.k_f32, 0.0);
+    // A constant row with eps = 0 has no defined scale: 0, as RMSNorm does, never NaN.
+    let denominator = variance + params.eps;
+    let scale = select(inverseSqrt(denominator), 0.0, denominator == 0.0);
+    return Moments(shift, mean, scale);
 }
 
 // Saves a row's statistics where the call saves them (one invocation calls it).

@@ -72,3 +72,112 @@ fn layer_norm_backward(
         }
     }
 }
+
+// Split rows: a few long rows, each across params.chunks workgroups (g = row * chunks +
+// piece), in three dispatches of one pass; dgain and dbias go to partial row `row` (the
+// dispatch's row), each workgroup into its piece's Elems of it.
+
+// Elements in piece j of a row.
+fn piece_elements(j: u32) -> f32 {
+    let begin = j * params.chunk_len;
+    return f32((min(begin + params.chunk_len, params.row_len) - begin) * LANES);
+}
+
+// Dispatch 1 (without saved statistics): each piece's mean and sum of squared deviations of
+// x - shift (the row's shift).
+@compute @workgroup_size(WG)
+fn backward_split_statistics(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row_offset = (g / params.chunks) * params.row_len;
+        let shift = row_shift(row_offset);
+        let range = piece_range(g);
+        let n = piece_elements(g % params.chunks);
+        let s = range_statistics(row_offset, range.x, range.y, lane, shift, n, false);
+        if (lane == 0u) {
+            pieces[PIECE_STRIDE * g] = s.mean;
+            pieces[PIECE_STRIDE * g + 1u] = s.m2;
+        }
+    }
+}
+
+// The statistics of split row `row`: saved, or its pieces' merged by Chan's formula.
+fn split_moments(row: u32, lane: u32) -> Moments {
+    if (LOADS_STATS) {
+        return stats_load_moments(row);
+    }
+    let first = PIECE_STRIDE * row * params.chunks;
+    var local_sum = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        local_sum = local_sum + piece_elements(j) * pieces[first + PIECE_STRIDE * j];
+    }
+    let mean = reduce_sum(local_sum) / params.k_f32;
+    var local_m2 = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        let deviation = pieces[first + PIECE_STRIDE * j] - mean;
+        local_m2 = local_m2 + pieces[first + PIECE_STRIDE * j + 1u]
+            + piece_elements(j) * deviation * deviation;
+    }
+    let m2 = reduce_sum(local_m2);
+    return moments_from(row_shift(row * params.row_len), mean, m2);
+}
+
+// Dispatch 2: each piece's sums of u and u x^.
+@compute @workgroup_size(WG)
+fn backward_split_sums(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row = g / params.chunks;
+        let row_offset = row * params.row_len;
+        let m = split_moments(row, lane);
+        let range = piece_range(g);
+        var acc_u = Elem(0.0);
+        var acc_u_x_hat = Elem(0.0);
+        for (var i = range.x + lane; i < range.y; i = i + WG) {
+            let x_hat = ((load_input(row_offset + i) - m.shift) - m.mean) * m.scale;
+            let u = upstream(row_offset, i);
+            acc_u = acc_u + u;
+            acc_u_x_hat = acc_u_x_hat + u * x_hat;
+        }
+        let sum_u = reduce_sum(elem_sum(acc_u));
+        let sum_u_x_hat = reduce_sum(elem_sum(acc_u_x_hat));
+        if (lane == 0u) {
+            pieces[PIECE_STRIDE * g + 2u] = sum_u;
+            pieces[PIECE_STRIDE * g + 3u] = sum_u_x_hat;
+        }
+    }
+}
+
+// Dispatch 3: dx of each piece, from its row's means of u and u x^.
+@compute @workgroup_size(WG)
+fn backward_split_dx(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    let first = params.partials_written == 0u;
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row = g / params.chunks;
+        let row_offset = row * params.row_len;
+        let m = split_moments(row, lane);
+        let mean_u = sum_of_pieces(row, 2u, lane) / params.k_f32;
+        let mean_u_x_hat = sum_of_pieces(row, 3u, lane) / params.k_f32;
+        let range = piece_range(g);
+        for (var i = range.x + lane; i < range.y; i = i + WG) {
+            let dy = dy_load(params.dy_base + row_offset + i);
+            let x_hat = ((load_input(row_offset + i) - m.shift) - m.mean) * m.scale;
+            let dx = (((dy * gain_factor(i)) - mean_u) - x_hat * mean_u_x_hat) * m.scale;
+            store_grad_input(row_offset + i, dx);
+            accumulate_weight_grads(first, row, i, dy * x_hat, dy);
+        }
+    }
+}

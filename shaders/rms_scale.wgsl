@@ -169,3 +169,72 @@ fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
     let scale = row_scale(sumsq, phase, e);
     return output_factors(pre, scale);
 }
+
+// Split rows: each piece sums its squares as they are where that sum is in range (e_p = 0),
+// else scaled by its own exact power of two 2^-e_p (from its max |x|), and the row combines
+// the pieces at the largest exponent, so no sum overflows or underflows whatever the row's
+// magnitude, and a piece in range is read once. Kept per (row, piece): the scaled sum, and
+// e_p + 1000 (0 for an all-zero piece, so that the pieces' max is a max of values >= 0 and
+// ignores them).
+const EXPONENT_BIAS: f32 = 1000.0;
+
+// Piece [begin, end) (Elems) of a row's first k: its (scaled) sum of squares and biased
+// exponent. Every invocation of the workgroup calls it (it reduces).
+fn piece_squares(row_offset: u32, begin: u32, end: u32, lane: u32) -> vec2<f32> {
+    // One look where the piece's plain sum of squares is in range, as in row_factors (with
+    // the residual add, each look computes x + r again).
+    var acc = Elem(0.0);
+    for (var i = begin + lane; i < end; i = i + WG) {
+        let v = first_k(load_input(row_offset + i), i);
+        acc = acc + v * v;
+    }
+    var sum = reduce_sum(elem_sum(acc));
+    var e = 0;
+    if (sum_needs_rescaling(sum)) {
+        // Out of range: the piece's max |x| sets its power of two, and the piece (small
+        // enough to be in cache) is summed again scaled by it.
+        var local_max = 0.0;
+        for (var i = begin + lane; i < end; i = i + WG) {
+            let v = first_k(load_input(row_offset + i), i);
+            local_max = max(local_max, elem_abs_max(v));
+        }
+        e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
+        var scaled = Elem(0.0);
+        for (var i = begin + lane; i < end; i = i + WG) {
+            let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
+            scaled = scaled + v * v;
+        }
+        sum = reduce_sum(elem_sum(scaled));
+    }
+    return vec2<f32>(sum, select(f32(e) + EXPONENT_BIAS, 0.0, sum == 0.0));
+}
+
+// The factors of a split row from its pieces' (sum, biased exponent), read with the
+// module's `piece_load` at first, first + stride, ... (params.chunks pieces). Every
+// invocation of the workgroup calls it (it reduces).
+fn factors_of_pieces(first: u32, stride: u32, lane: u32) -> vec2<f32> {
+    var local_max = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        local_max = max(local_max, piece_load(first + stride * j + 1u));
+    }
+    let biased = reduce_max(local_max);
+    // The row's exponent; its sum of squares is sumsq * 2^(2e).
+    let e = i32(biased - EXPONENT_BIAS);
+    var local_sum = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        let piece_e = i32(piece_load(first + stride * j + 1u) - EXPONENT_BIAS);
+        let piece_sum = piece_load(first + stride * j);
+        // Pieces 2^-252 or more below the largest add nothing an f32 keeps (and the
+        // exponent stays in ldexp's range in both arms of the select).
+        let shift = 2 * (piece_e - e);
+        let scaled = ldexp_wide(piece_sum, max(shift, -252));
+        local_sum = local_sum + select(0.0, scaled, shift >= -252);
+    }
+    let sumsq = reduce_sum(local_sum);
+    // An all-zero first k: phase 1 of row_scale.
+    let zero = biased == 0.0;
+    let phase = select(2u, 1u, zero);
+    let scale = row_scale(sumsq, phase, e);
+    let pre = select(ldexp(1.0, -clamp(e, -126, 126)), 1.0, zero);
+    return output_factors(pre, scale);
+}

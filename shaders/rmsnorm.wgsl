@@ -109,13 +109,11 @@ fn rms_norm_cached(
     }
 }
 
-// Split rows: each piece sums its squares as they are where that sum is in range (e_p = 0),
-// else scaled by its own exact power of two 2^-e_p (from its max |x|), and the row combines
-// the pieces at the largest exponent, so no sum overflows or underflows whatever the row's
-// magnitude, and a piece in range is read once. Stored per
-// (row, piece): the scaled sum, and e_p + 1000 (0 for an all-zero piece, so that the
-// pieces' max is a max of values >= 0 and ignores them).
-const EXPONENT_BIAS: f32 = 1000.0;
+// Split rows' partial sums, as `piece_squares` and `factors_of_pieces` (rms_scale.wgsl) read
+// them: two per (row, piece).
+fn piece_load(i: u32) -> f32 {
+    return row_partials[i];
+}
 
 // Dispatch 1 of a split row: workgroup g = row * chunks + c handles piece c of the row's
 // first k elements.
@@ -131,34 +129,10 @@ fn split_partials(
         let row_offset = (g / params.chunks) * params.row_len;
         let begin = (g % params.chunks) * params.k_chunk_len;
         let end = min(begin + params.k_chunk_len, k_len);
-        // One look where the piece's plain sum of squares is in range, as in rms_norm (with
-        // the residual add, each look computes x + r again).
-        var acc = Elem(0.0);
-        for (var i = begin + lane; i < end; i = i + WG) {
-            let v = first_k(load_input(row_offset + i), i);
-            acc = acc + v * v;
-        }
-        var sum = reduce_sum(elem_sum(acc));
-        var e = 0;
-        if (sum_needs_rescaling(sum)) {
-            // Out of range: the piece's max |x| sets its power of two, and the piece (small
-            // enough to be in cache) is summed again scaled by it.
-            var local_max = 0.0;
-            for (var i = begin + lane; i < end; i = i + WG) {
-                let v = first_k(load_input(row_offset + i), i);
-                local_max = max(local_max, elem_abs_max(v));
-            }
-            e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
-            var scaled = Elem(0.0);
-            for (var i = begin + lane; i < end; i = i + WG) {
-                let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
-                scaled = scaled + v * v;
-            }
-            sum = reduce_sum(elem_sum(scaled));
-        }
+        let piece = piece_squares(row_offset, begin, end, lane);
         if (lane == 0u) {
-            row_partials[2u * g] = sum;
-            row_partials[2u * g + 1u] = select(f32(e) + EXPONENT_BIAS, 0.0, sum == 0.0);
+            row_partials[2u * g] = piece.x;
+            row_partials[2u * g + 1u] = piece.y;
         }
     }
 }
@@ -175,33 +149,9 @@ fn split_scale(
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row = g / params.chunks;
         let row_offset = row * params.row_len;
-        let first_piece = 2u * row * params.chunks;
-        var local_max = 0.0;
-        for (var j = lane; j < params.chunks; j = j + WG) {
-            local_max = max(local_max, row_partials[first_piece + 2u * j + 1u]);
-        }
-        let biased = reduce_max(local_max);
-        // The row's exponent; its sum of squares is sumsq * 2^(2e).
-        let e = i32(biased - EXPONENT_BIAS);
-        var local_sum = 0.0;
-        for (var j = lane; j < params.chunks; j = j + WG) {
-            let piece_e = i32(row_partials[first_piece + 2u * j + 1u] - EXPONENT_BIAS);
-            let piece_sum = row_partials[first_piece + 2u * j];
-            // Pieces 2^-252 or more below the largest add nothing an f32 keeps (and the
-            // exponent stays in ldexp's range in both arms of the select).
-            let shift = 2 * (piece_e - e);
-            let scaled = ldexp_wide(piece_sum, max(shift, -252));
-            local_sum = local_sum + select(0.0, scaled, shift >= -252);
-        }
-        let sumsq = reduce_sum(local_sum);
-        // An all-zero first k: phase 1 of row_scale.
-        let zero = biased == 0.0;
-        let phase = select(2u, 1u, zero);
-        let scale = row_scale(sumsq, phase, e);
-        let pre = select(ldexp(1.0, -clamp(e, -126, 126)), 1.0, zero);
+        let f = factors_of_pieces(2u * row * params.chunks, 2u, lane);
         let begin = (g % params.chunks) * params.chunk_len;
         let end = min(begin + params.chunk_len, params.row_len);
-        let f = output_factors(pre, scale);
         if (lane == 0u && g % params.chunks == 0u) {
             stats_store_factors(row, f);
         }

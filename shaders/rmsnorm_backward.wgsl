@@ -119,3 +119,87 @@ fn rms_norm_backward(
         }
     }
 }
+
+// Split rows: a few long rows, each across params.chunks workgroups (g = row * chunks +
+// piece), in three dispatches of one pass; dgain and dbias go to partial row `row` (the
+// dispatch's row), each workgroup into its piece's Elems of it.
+
+// Dispatch 1 (without saved statistics): each piece's sum of squares over its part of the
+// first k, as the forward's split rows take it.
+@compute @workgroup_size(WG)
+fn backward_split_statistics(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    let k_len = k_elems();
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row_offset = (g / params.chunks) * params.row_len;
+        let begin = (g % params.chunks) * params.k_chunk_len;
+        let end = min(begin + params.k_chunk_len, k_len);
+        let piece = piece_squares(row_offset, begin, end, lane);
+        if (lane == 0u) {
+            pieces[PIECE_STRIDE * g] = piece.x;
+            pieces[PIECE_STRIDE * g + 1u] = piece.y;
+        }
+    }
+}
+
+// The factors of split row `row`: saved, or from its pieces' sums of squares.
+fn split_factors(row: u32, lane: u32) -> vec2<f32> {
+    if (LOADS_STATS) {
+        return vec2<f32>(stats_load(row, 0u), stats_load(row, 1u));
+    }
+    return factors_of_pieces(PIECE_STRIDE * row * params.chunks, PIECE_STRIDE, lane);
+}
+
+// Dispatch 2: each piece's sum of u x^.
+@compute @workgroup_size(WG)
+fn backward_split_sums(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row = g / params.chunks;
+        let row_offset = row * params.row_len;
+        let f = split_factors(row, lane);
+        let range = piece_range(g);
+        var acc = Elem(0.0);
+        for (var i = range.x + lane; i < range.y; i = i + WG) {
+            let x_hat = (load_input(row_offset + i) * f.x) * f.y;
+            acc = acc + upstream(row_offset, i) * x_hat;
+        }
+        let sum = reduce_sum(elem_sum(acc));
+        if (lane == 0u) {
+            pieces[PIECE_STRIDE * g + 2u] = sum;
+        }
+    }
+}
+
+// Dispatch 3: dx of each piece, from its row's c.
+@compute @workgroup_size(WG)
+fn backward_split_dx(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    let first = params.partials_written == 0u;
+    for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
+        let row = g / params.chunks;
+        let row_offset = row * params.row_len;
+        let f = split_factors(row, lane);
+        let c = correction(sum_of_pieces(row, 2u, lane) / params.k_f32, f);
+        let range = piece_range(g);
+        for (var i = range.x + lane; i < range.y; i = i + WG) {
+            let dy = dy_load(params.dy_base + row_offset + i);
+            let x_hat = (load_input(row_offset + i) * f.x) * f.y;
+            let dx = (((dy * gain_factor(i)) - first_k(x_hat, i) * c) * f.x) * f.y;
+            store_grad_input(row_offset + i, dx);
+            accumulate_weight_grads(first, row, i, dy * x_hat, dy);
+        }
+    }
+}

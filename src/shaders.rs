@@ -249,6 +249,8 @@ pub const BINDING_GRAD_BIAS: u32 = 12;
 /// `@binding` of the backward's per-workgroup partial sums of dgain and dbias (the split
 /// rows' binding: no module has both).
 pub const BINDING_WEIGHT_PARTIALS: u32 = BINDING_PARTIALS;
+/// `@binding` of the backward's split rows' values per (row, piece).
+pub const BINDING_PIECES: u32 = 13;
 
 /// One source file of `shaders/`.
 #[derive(Debug, Clone, Copy)]
@@ -318,7 +320,13 @@ pub const LAYERNORM: Kernel = Kernel {
 pub const RMSNORM_BACKWARD: Kernel = Kernel {
     path: RMSNORM_BACKWARD_FILE.path,
     files: &[RMS_SCALE, BACKWARD_COMMON, RMSNORM_BACKWARD_FILE],
-    entries: &["rms_norm_backward", "weight_grads"],
+    entries: &[
+        "rms_norm_backward",
+        "backward_split_statistics",
+        "backward_split_sums",
+        "backward_split_dx",
+        "weight_grads",
+    ],
     row_cache: false,
     backward: true,
 };
@@ -327,7 +335,13 @@ pub const RMSNORM_BACKWARD: Kernel = Kernel {
 pub const LAYERNORM_BACKWARD: Kernel = Kernel {
     path: LAYERNORM_BACKWARD_FILE.path,
     files: &[LAYER_MOMENTS, BACKWARD_COMMON, LAYERNORM_BACKWARD_FILE],
-    entries: &["layer_norm_backward", "weight_grads"],
+    entries: &[
+        "layer_norm_backward",
+        "backward_split_statistics",
+        "backward_split_sums",
+        "backward_split_dx",
+        "weight_grads",
+    ],
     row_cache: false,
     backward: true,
 };

@@ -366,6 +366,49 @@ fn dispatches_of_one_call_add_into_the_same_partial_rows() {
     }
 }
 
+/// Few long rows split across workgroups (three dispatches, two with saved statistics): every
+/// norm, with and without saved statistics, f32 and bf16, the residual, odd offsets, and the
+/// default policy's split of long rows.
+#[test]
+fn split_rows_match_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let split = KernelOptions {
+        split_rows: Some(true),
+        ..KernelOptions::default()
+    };
+    for which in ALL {
+        for dtype in [DType::F32, DType::Bf16] {
+            for residual in [Residual::None, Residual::AddStoreSum] {
+                for (save, offset) in [(false, 0), (true, 1)] {
+                    let config = RmsNormConfig::new(1000)
+                        .with_dtype(dtype)
+                        .with_gain(Gain::UnitOffset)
+                        .with_bias(true)
+                        .with_residual(residual)
+                        .with_saved_stats(save);
+                    let mut case = Case::new(config, which, 5, 23);
+                    case.options = split;
+                    case.offset = offset;
+                    let kernel = NormBackward::<wgpu_rmsnorm::kernel::Rms>::new(
+                        gpu.device(),
+                        &case.config,
+                        &case.options,
+                    )
+                    .unwrap();
+                    let launch = kernel.plan().launch(5, offset == 0).unwrap();
+                    assert!(launch.split_pieces.is_some(), "split");
+                    case.check(&gpu, &format!("split {dtype} {residual:?} saved {save}"));
+                }
+            }
+        }
+        // Long rows split by default: 3 rows of 40000.
+        let config = RmsNormConfig::new(40000)
+            .with_gain(Gain::Scale)
+            .with_bias(true);
+        Case::new(config, which, 3, 29).check(&gpu, "long rows");
+    }
+}
+
 /// A million rows: dgain and dbias summed over all of them (64 partial rows on a CPU
 /// adapter, 512 on a GPU, then one pass), within the norm-wise tolerance.
 #[test]
@@ -448,7 +491,7 @@ fn zero_and_extreme_rows_are_defined_and_right() {
     for eps in [1e-6, 1e-30, 0.0] {
         for eps_mode in [EpsMode::InsideRoot, EpsMode::AddedToRms] {
             for which in [Which::Rms, Which::Partial] {
-                for save in [false, true] {
+                for (save, split_rows) in [(false, None), (true, None), (false, Some(true))] {
                     let config = RmsNormConfig::new(n as u32)
                         .with_eps(eps)
                         .with_eps_mode(eps_mode)
@@ -456,6 +499,7 @@ fn zero_and_extreme_rows_are_defined_and_right() {
                         .with_bias(true)
                         .with_saved_stats(save);
                     let mut case = Case::new(config, which, rows.len() as u32, 41);
+                    case.options.split_rows = split_rows;
                     // Row i: its first quarter (pRMSNorm's k) at `head`, the rest at `tail`.
                     for (i, (head, tail)) in rows.iter().enumerate() {
                         for j in 0..n {

@@ -327,6 +327,11 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         Entry::RmsNormBackward | Entry::LayerNormBackward => (8 * (5 * row + 2), 8 * 5),
         // Planned apart: one pass over the partial rows per Elem.
         Entry::WeightGrads => (row, 0),
+        // The backward's split rows: the piece's statistics as split_partials; two passes
+        // over the row's pieces and the piece; four and the piece.
+        Entry::BackwardSplitStatistics => (3 * piece, 3),
+        Entry::BackwardSplitSums => (2 * u64::from(p.div_ceil(wg)) + piece, 4),
+        Entry::BackwardSplitDx => (4 * u64::from(p.div_ceil(wg)) + piece, 4),
     };
     // The row loop itself, the rescaling loop's turns.
     passes + reductions * reduce + 3
@@ -359,9 +364,9 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
             "{what}: scratch"
         );
         // The backward's work item is a block of rows.
-        let rows_per_item = match plan.pass {
-            Pass::Forward => 1,
-            Pass::Backward => u64::from(BACKWARD_ROW_BLOCK),
+        let rows_per_item = match (plan.pass, launch.split_pieces) {
+            (Pass::Backward, None) => u64::from(BACKWARD_ROW_BLOCK),
+            _ => 1,
         };
         let items = u64::from(chunk.rows).div_ceil(rows_per_item)
             * u64::from(launch.split_pieces.unwrap_or(1));
@@ -392,10 +397,10 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
             "{what}: weight grads {per_invocation}"
         );
         assert!(
-            launch
-                .chunks
-                .iter()
-                .all(|c| u64::from(c.workgroups) <= partial_rows),
+            launch.chunks.iter().all(|c| match launch.split_pieces {
+                Some(_) => u64::from(c.rows) <= partial_rows,
+                None => u64::from(c.workgroups) <= partial_rows,
+            }),
             "{what}"
         );
     }
@@ -426,7 +431,7 @@ fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
         }
         let split = matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale);
         let buffers = if stage.entry.is_backward() {
-            shape.io.backward_storage_buffers()
+            shape.io.backward_storage_buffers() + u32::from(stage.entry.is_backward_split())
         } else {
             shape.io.storage_buffers() + u32::from(split)
         };

@@ -2,8 +2,8 @@
 
 use super::pipelines::{
     BindingSet, Layouts, BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN,
-    BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL,
-    BINDING_STATS, BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
+    BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_PIECES,
+    BINDING_RESIDUAL, BINDING_STATS, BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
 };
 use super::plan::{lanes, DeviceCaps, Launch, LaunchChunk, Plan};
 use super::{BackwardBuffers, BufferRegion, Norm, RmsNormBuffers};
@@ -450,11 +450,22 @@ pub(crate) fn bind_groups(
             binding: BINDING_PARAMS,
             resource: params_buffer.as_entire_binding(),
         });
-        for scratch in [&partials, &weight_partials].into_iter().flatten() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: BINDING_PARTIALS,
-                resource: scratch.as_entire_binding(),
-            });
+        // Split rows' values per piece: the forward's partial sums, the backward's pieces.
+        let piece_binding = if stage.entry.is_backward() {
+            BINDING_PIECES
+        } else {
+            BINDING_PARTIALS
+        };
+        for (binding, scratch) in [
+            (piece_binding, &partials),
+            (BINDING_WEIGHT_PARTIALS, &weight_partials),
+        ] {
+            if let Some(scratch) = scratch {
+                entries.push(wgpu::BindGroupEntry {
+                    binding,
+                    resource: scratch.as_entire_binding(),
+                });
+            }
         }
         groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rmsnorm bind group"),

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::shaders::{
     BINDING_BIAS, BINDING_GAIN, BINDING_GRAD_BIAS, BINDING_GRAD_GAIN, BINDING_GRAD_OUTPUT,
-    BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_RESIDUAL, BINDING_STATS,
-    BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
+    BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_PIECES, BINDING_RESIDUAL,
+    BINDING_STATS, BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
 };
 
 /// Pipelines a cache keeps; the oldest beyond this are dropped (kernels that use them keep
@@ -78,7 +78,13 @@ impl BindingSet {
                 add(BINDING_GRAD_GAIN, io.gain, true);
                 add(BINDING_GRAD_BIAS, io.bias, true);
             }
-            Entry::RmsNormBackward | Entry::LayerNormBackward => {
+            // Every stage of the backward's rows binds the same set (split rows' stages share
+            // one bind group), the pieces' values with split rows.
+            Entry::RmsNormBackward
+            | Entry::LayerNormBackward
+            | Entry::BackwardSplitStatistics
+            | Entry::BackwardSplitSums
+            | Entry::BackwardSplitDx => {
                 add(BINDING_X, true, false);
                 add(BINDING_Y, true, true);
                 add(BINDING_GRAD_OUTPUT, true, false);
@@ -87,6 +93,7 @@ impl BindingSet {
                 add(BINDING_GRAD_SUM, io.grad_sum, false);
                 add(BINDING_STATS, io.stats == StatsIo::Load, false);
                 add(BINDING_WEIGHT_PARTIALS, io.gain || io.bias, true);
+                add(BINDING_PIECES, stage.entry.is_backward_split(), true);
             }
             _ => {
                 add(BINDING_X, true, false);

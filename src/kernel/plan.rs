@@ -134,6 +134,13 @@ pub enum Entry {
     LayerNormBackward,
     /// `weight_grads`: dgain and dbias from the backward's partial sums.
     WeightGrads,
+    /// `backward_split_statistics`: the backward's split rows, dispatch 1 (each piece's
+    /// statistics, where none were saved).
+    BackwardSplitStatistics,
+    /// `backward_split_sums`: dispatch 2 (each piece's sums for the correction).
+    BackwardSplitSums,
+    /// `backward_split_dx`: dispatch 3 (dx, and dgain and dbias into partial rows).
+    BackwardSplitDx,
 }
 
 impl Entry {
@@ -148,6 +155,9 @@ impl Entry {
             Entry::RmsNormBackward => "rms_norm_backward",
             Entry::LayerNormBackward => "layer_norm_backward",
             Entry::WeightGrads => "weight_grads",
+            Entry::BackwardSplitStatistics => "backward_split_statistics",
+            Entry::BackwardSplitSums => "backward_split_sums",
+            Entry::BackwardSplitDx => "backward_split_dx",
         }
     }
 
@@ -155,7 +165,20 @@ impl Entry {
     pub fn is_backward(self) -> bool {
         matches!(
             self,
-            Entry::RmsNormBackward | Entry::LayerNormBackward | Entry::WeightGrads
+            Entry::RmsNormBackward
+                | Entry::LayerNormBackward
+                | Entry::WeightGrads
+                | Entry::BackwardSplitStatistics
+                | Entry::BackwardSplitSums
+                | Entry::BackwardSplitDx
+        )
+    }
+
+    /// Whether the entry point is one of the backward's split rows.
+    pub fn is_backward_split(self) -> bool {
+        matches!(
+            self,
+            Entry::BackwardSplitStatistics | Entry::BackwardSplitSums | Entry::BackwardSplitDx
         )
     }
 }
@@ -169,14 +192,15 @@ pub struct StagePlan {
     pub shape: ModuleShape,
 }
 
-/// The pipelines of one element layout: one stage, or two for split rows.
+/// The pipelines of one element layout: one stage, or two or three for split rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayoutPlan {
     /// The kernel for whole rows; `None` where no workgroup the device allows keeps a whole
     /// row within the iteration budget, so that every call splits its rows.
     pub rows: Option<StagePlan>,
-    /// Split rows' two stages, where this kernel splits rows.
-    pub split: Option<[StagePlan; 2]>,
+    /// Split rows' stages (two for the forward, two or three for the backward), where this
+    /// kernel splits rows.
+    pub split: Option<Vec<StagePlan>>,
     /// Backward with a gain or a bias: the pass that sums dgain and dbias over the
     /// partial sums of the row stage's workgroups.
     pub weight_grads: Option<StagePlan>,
@@ -185,9 +209,9 @@ pub struct LayoutPlan {
 impl LayoutPlan {
     /// The stage a call runs first by default: whole rows, else split rows' first.
     pub fn first_stage(&self) -> StagePlan {
-        match (self.rows, self.split) {
+        match (self.rows, self.split.as_ref().and_then(|s| s.first())) {
             (Some(rows), _) => rows,
-            (None, Some([first, _])) => first,
+            (None, Some(first)) => *first,
             // The planner makes one or the other.
             (None, None) => unreachable!("a layout plan has whole-row or split stages"),
         }
@@ -257,7 +281,8 @@ pub struct LaunchChunk {
     pub rows: u32,
     /// Workgroups dispatched (each stage).
     pub workgroups: u32,
-    /// Bytes of split rows' partial sums (two f32 per row piece), 0 when not split.
+    /// Bytes of split rows' values per row piece (the forward's two f32, the backward's
+    /// four), 0 when not split.
     pub scratch_bytes: u64,
 }
 
@@ -274,13 +299,16 @@ pub struct Launch {
     pub chunks: Vec<LaunchChunk>,
     /// Backward with a gain or a bias: the pass over the partial sums, and its workgroups.
     pub weight_grads: Option<(StagePlan, u32)>,
+    /// Backward: partial rows of dgain (and as many of dbias): one per workgroup of the
+    /// first chunk (whole rows), or per row of the first chunk (split rows); later chunks
+    /// add into the same rows.
+    pub partial_rows: u64,
 }
 
 impl Launch {
-    /// Backward: the partial rows of dgain (and as many of dbias), one per workgroup of the
-    /// first chunk (the most of any: workgroup g of every chunk adds into row g).
+    /// Backward: the partial rows of dgain (and as many of dbias).
     pub fn partial_rows(&self) -> u64 {
-        self.chunks.first().map_or(0, |c| u64::from(c.workgroups))
+        self.partial_rows
     }
 }
 
@@ -346,6 +374,12 @@ pub fn item_iterations(
         }
         // One pass over the partial rows per Elem; planned apart (`weight_grads_workgroups`).
         Entry::WeightGrads => per_pass,
+        // The backward's split rows: the piece's statistics (the forward's split_partials'
+        // three passes); then, after two passes over the row's pieces (its statistics), the
+        // sums over the piece; then the same two, one or two more (the sums), and dx.
+        Entry::BackwardSplitStatistics => 3 * per_pass,
+        Entry::BackwardSplitSums => per_pass + 2 * u64::from(pieces.div_ceil(wg)),
+        Entry::BackwardSplitDx => per_pass + 4 * u64::from(pieces.div_ceil(wg)),
     };
     let per_reduction = match reduction {
         ReductionKind::WorkgroupTree => u64::from(wg.trailing_zeros()),
@@ -357,6 +391,8 @@ pub fn item_iterations(
     let reductions = match entry {
         Entry::SplitPartials => 3,
         Entry::RmsNormBackward | Entry::LayerNormBackward => 5 * u64::from(BACKWARD_ROW_BLOCK),
+        Entry::BackwardSplitStatistics => 3,
+        Entry::BackwardSplitSums | Entry::BackwardSplitDx => 4,
         _ => 2,
     };
     passes + reductions * per_reduction + 3
@@ -439,10 +475,7 @@ impl Plan {
                 limit: caps.binding_limit(),
             });
         }
-        let split_policy = match pass {
-            Pass::Forward => split_policy(caps, norm, &io, config.hidden, options)?,
-            Pass::Backward => SplitPolicy::Never,
-        };
+        let split_policy = split_policy(caps, norm, pass, &io, config.hidden, options)?;
         let planner = LayoutPlanner {
             caps,
             norm,
@@ -525,20 +558,24 @@ impl Plan {
         };
         let row_len = self.hidden / lanes(elem);
         // Split where the layout has no whole-row stage, else by the policy.
-        let pieces = match (layout.rows, layout.split) {
+        let pieces = match (layout.rows, &layout.split) {
             (None, Some(_)) => Some(split_piece_count(row_len, self.split_policy)),
             (Some(_), Some(_)) => self.split_pieces(rows, row_len),
             _ => None,
         };
-        let stages: Vec<StagePlan> = match (pieces, layout.split) {
-            (Some(_), Some(split)) => split.to_vec(),
+        let stages: Vec<StagePlan> = match (pieces, &layout.split) {
+            (Some(_), Some(split)) => split.clone(),
             _ => vec![layout.first_stage()],
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
-        // The backward's work item is a block of rows.
-        let rows_per_item = match self.pass {
-            Pass::Forward => 1,
-            Pass::Backward => u64::from(BACKWARD_ROW_BLOCK),
+        // The backward's work item is a block of rows (whole rows).
+        let rows_per_item = match (self.pass, pieces) {
+            (Pass::Backward, None) => u64::from(BACKWARD_ROW_BLOCK),
+            _ => 1,
+        };
+        let piece_bytes = match self.pass {
+            Pass::Forward => 8,
+            Pass::Backward => 16,
         };
         let rows_per_chunk = self.rows_per_chunk(per_item, pieces, rows_per_item)?;
         let mut chunks: Vec<LaunchChunk> = Vec::new();
@@ -552,11 +589,14 @@ impl Plan {
                 first_row,
                 rows: chunk_rows,
                 workgroups,
-                scratch_bytes: pieces.map_or(0, |_| items * 8),
+                scratch_bytes: pieces.map_or(0, |_| items * piece_bytes),
             });
             first_row += u64::from(chunk_rows);
         }
-        let partial_rows = chunks.first().map_or(0, |c| u64::from(c.workgroups));
+        let partial_rows = chunks.first().map_or(0, |c| match pieces {
+            Some(_) => u64::from(c.rows),
+            None => u64::from(c.workgroups),
+        });
         let weight_grads = match layout.weight_grads {
             Some(stage) if !chunks.is_empty() => Some((
                 stage,
@@ -570,6 +610,7 @@ impl Plan {
             split_pieces: pieces,
             chunks,
             weight_grads,
+            partial_rows,
         })
     }
 
@@ -648,16 +689,24 @@ impl Plan {
         let caps = &self.caps;
         let row_bytes = u64::from(self.hidden) * self.io.activations.element_bytes();
         let mut rows = (caps.binding_limit() - caps.binding_slack()) / row_bytes;
+        let split = pieces.is_some();
         let pieces = u64::from(pieces.unwrap_or(1));
-        if pieces > 1 {
-            rows = rows.min(caps.binding_limit() / (pieces * 8));
+        if split {
+            rows = rows.min(caps.binding_limit() / (pieces * 16));
+            // The backward's partial rows are the first chunk's rows: at most the few rows
+            // split rows are for, and what fits one binding.
+            if self.pass == Pass::Backward {
+                let cap = self.workgroup_cap().unwrap_or(SPLIT_MAX_ROWS);
+                rows = rows.min(u64::from(cap.min(SPLIT_MAX_ROWS)));
+            }
         }
         let items_per_workgroup = (LOOP_ITERATION_BUDGET / per_item).max(1);
         // The backward keeps every chunk within the workgroup cap (its partial rows are as
         // many as the first chunk's workgroups), taking more chunks instead.
-        let workgroups = match self.pass {
-            Pass::Forward => caps.max_workgroups_per_dimension,
-            Pass::Backward => self
+        // (Split rows take a workgroup per piece.)
+        let workgroups = match (self.pass, split) {
+            (Pass::Forward, _) | (Pass::Backward, true) => caps.max_workgroups_per_dimension,
+            (Pass::Backward, false) => self
                 .workgroup_cap()
                 .unwrap_or(caps.max_workgroups_per_dimension)
                 .min(caps.max_workgroups_per_dimension),
@@ -714,17 +763,24 @@ impl Plan {
             ElemLayout::Scalar => "scalar",
         };
         let wg = stage.shape.workgroup_size;
+        let pass = match self.pass {
+            Pass::Forward => "",
+            Pass::Backward => "backward ",
+        };
+        let stats = match self.io.stats {
+            StatsIo::Load => " saved stats",
+            _ => " recomputed stats",
+        };
         let name = match launch.split_pieces {
+            Some(pieces) if self.pass == Pass::Backward => {
+                format!("{pass}split x{pieces} {reduction:?} wg={wg} {loads}{stats}")
+            }
             Some(pieces) => format!("split x{pieces} {reduction:?} wg={wg} {loads}"),
             None if stage.entry == Entry::RmsNormCached => {
                 format!("{reduction:?} wg={wg} {loads} read-once")
             }
             None if self.pass == Pass::Backward => {
-                let stats = match self.io.stats {
-                    StatsIo::Load => "saved stats",
-                    _ => "recomputed stats",
-                };
-                format!("backward {reduction:?} wg={wg} {loads} {stats}")
+                format!("{pass}{reduction:?} wg={wg} {loads}{stats}")
             }
             None => format!("{reduction:?} wg={wg} {loads}"),
         };
@@ -812,17 +868,23 @@ fn tensor_io(
 fn split_policy(
     caps: &DeviceCaps,
     norm: Norm,
+    pass: Pass,
     io: &TensorIo,
     hidden: u32,
     options: &KernelOptions,
 ) -> Result<SplitPolicy> {
-    // Split rows bind their partial sums besides the tensors.
-    let split_buffers = io.storage_buffers() + 1;
+    // Split rows bind their values per piece besides the tensors.
+    let split_buffers = match pass {
+        Pass::Forward => io.storage_buffers(),
+        Pass::Backward => io.backward_storage_buffers(),
+    } + 1;
     let fits = caps.max_storage_buffers_per_stage >= split_buffers;
-    match (norm, options.split_rows) {
-        (Norm::Layer, _) | (_, Some(false)) => Ok(SplitPolicy::Never),
-        (Norm::Rms, Some(true)) if fits => Ok(SplitPolicy::Always),
-        (Norm::Rms, Some(true)) => Err(Error::UnsupportedOption {
+    // LayerNorm's forward does not split; its backward does.
+    let splits = norm == Norm::Rms || pass == Pass::Backward;
+    match (splits, options.split_rows) {
+        (false, _) | (_, Some(false)) => Ok(SplitPolicy::Never),
+        (true, Some(true)) if fits => Ok(SplitPolicy::Always),
+        (true, Some(true)) => Err(Error::UnsupportedOption {
             option: "split_rows",
             reason: format!(
                 "split rows bind {split_buffers} storage buffers and this device allows \
@@ -830,10 +892,8 @@ fn split_policy(
                 caps.max_storage_buffers_per_stage
             ),
         }),
-        (Norm::Rms, None) if fits && hidden >= SPLIT_MIN_ROW_LOADS * 4 => {
-            Ok(SplitPolicy::FewLongRows)
-        }
-        (Norm::Rms, None) => Ok(SplitPolicy::Never),
+        (true, None) if fits && hidden >= SPLIT_MIN_ROW_LOADS * 4 => Ok(SplitPolicy::FewLongRows),
+        (true, None) => Ok(SplitPolicy::Never),
     }
 }
 
@@ -882,7 +942,7 @@ impl LayoutPlanner<'_> {
             loads,
             pieces: 1,
         };
-        let rows = match (self.reduction(elem, work)?, split) {
+        let rows = match (self.reduction(elem, work)?, &split) {
             (Some((reduction, workgroup_size)), _) => {
                 let shape = ModuleShape {
                     elem,
@@ -916,16 +976,16 @@ impl LayoutPlanner<'_> {
                         self.caps.workgroup_limit(),
                         LOOP_ITERATION_BUDGET,
                         match (self.pass, self.norm) {
-                            (Pass::Backward, _) => "; the backward does not split rows",
-                            (_, Norm::Layer) => "; LayerNorm does not split rows",
-                            (_, Norm::Rms) => ", and split_rows is off or this device cannot split",
+                            (Pass::Forward, Norm::Layer) => "; LayerNorm does not split rows",
+                            _ => ", and split_rows is off or this device cannot split",
                         }
                     ),
                 })
             }
         };
         let io = self.io_of(elem);
-        let weight_grads = match rows {
+        let any_stage = rows.or_else(|| split.as_ref().map(|stages| stages[0]));
+        let weight_grads = match any_stage {
             Some(stage) if self.pass == Pass::Backward && (io.gain || io.bias) => Some(StagePlan {
                 entry: Entry::WeightGrads,
                 shape: stage.shape,
@@ -939,16 +999,25 @@ impl LayoutPlanner<'_> {
         })
     }
 
-    /// Split rows' two stages, sized for one piece of a row, not for the row.
+    /// Split rows' stages, sized for one piece of a row, not for the row: the forward's two,
+    /// the backward's three (two where the statistics were saved).
     fn split_stages(
         &self,
         elem: ElemLayout,
         loads: u32,
         policy: SplitPolicy,
-    ) -> Result<[StagePlan; 2]> {
-        let entries = [Entry::SplitPartials, Entry::SplitScale];
+    ) -> Result<Vec<StagePlan>> {
+        let entries: &[Entry] = match (self.pass, self.io.stats) {
+            (Pass::Forward, _) => &[Entry::SplitPartials, Entry::SplitScale],
+            (Pass::Backward, StatsIo::Load) => &[Entry::BackwardSplitSums, Entry::BackwardSplitDx],
+            (Pass::Backward, _) => &[
+                Entry::BackwardSplitStatistics,
+                Entry::BackwardSplitSums,
+                Entry::BackwardSplitDx,
+            ],
+        };
         let work = Work {
-            entries: &entries,
+            entries,
             loads: SPLIT_PIECE_LOADS.min(loads),
             pieces: split_piece_count(loads, policy),
         };
@@ -969,7 +1038,10 @@ impl LayoutPlanner<'_> {
             cache_len: 1,
             io: self.io_of(elem),
         };
-        Ok(entries.map(|entry| StagePlan { entry, shape }))
+        Ok(entries
+            .iter()
+            .map(|&entry| StagePlan { entry, shape })
+            .collect())
     }
 
     /// Loop iterations per invocation of `work` with `wg` invocations and `reduction`.
