@@ -658,8 +658,8 @@ pub struct NormBackward<N: NormKind> {
 
 impl<N: NormKind> NormBackward<N> {
     /// Validates `config` (the forward's), plans its backward for the device and builds the
-    /// pipelines. `options` apply as to the forward, except that the backward never splits
-    /// rows nor reads them once.
+    /// pipelines. `options` apply as to the forward (`split_rows` for LayerNorm too), except
+    /// `read_once`: the backward reads x and dy twice.
     pub fn new(device: &wgpu::Device, config: &N::Config, options: &KernelOptions) -> Result<Self> {
         Self::with_cache(&PipelineCache::new(device), config, options)
     }

@@ -420,12 +420,12 @@ impl Plan {
         Self::for_pass(caps, norm, Pass::Forward, config, options)
     }
 
-    /// Plans `norm`'s forward or backward. The backward runs whole rows (never split, never
-    /// read once: it reads x and dy twice, or three times where it recomputes the
-    /// statistics), at most [`BACKWARD_CPU_MAX_WORKGROUPS`] or
+    /// Plans `norm`'s forward or backward. The backward reads x and dy twice (never once: no
+    /// read-once variant), runs at most [`BACKWARD_CPU_MAX_WORKGROUPS`] or
     /// [`BACKWARD_GPU_MAX_WORKGROUPS`] workgroups per dispatch by default, each summing
-    /// dgain and dbias over its rows. Where the forward saved statistics the backward reads
-    /// them (8 or 12 bytes per row instead of the row's first k elements).
+    /// dgain and dbias over its blocks of rows, and splits few long rows as the forward does
+    /// (LayerNorm's backward too). Where the forward saved statistics the backward reads them
+    /// (8 or 12 bytes per row, always cheaper than recomputing them from the row).
     pub fn for_pass(
         caps: &DeviceCaps,
         norm: Norm,
