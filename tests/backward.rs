@@ -211,11 +211,36 @@ impl Case {
             self.config.dtype,
             BACKWARD_TOL,
         );
-        assert_eq!(
-            dx.failures, 0,
-            "{what}: dx: {} elements off, max err/scale {:e}",
-            dx.failures, dx.max_rel
-        );
+        if dx.failures > 0 {
+            // The first element off, for the message.
+            let off = (0..expected.dx.len()).find(|&i| {
+                let one = compare_normwise(
+                    &written.dx[i..=i],
+                    &expected.dx[i..=i],
+                    &expected.dx_scale[i / n..=i / n],
+                    1,
+                    self.config.dtype,
+                    BACKWARD_TOL,
+                );
+                one.failures > 0
+            });
+            let detail = off.map(|i| {
+                format!(
+                    "first at row {} element {}: {} against {} (scale {:e})",
+                    i / n,
+                    i % n,
+                    written.dx[i],
+                    expected.dx[i],
+                    expected.dx_scale[i / n]
+                )
+            });
+            panic!(
+                "{what}: dx: {} elements off, max err/scale {:e}; {}",
+                dx.failures,
+                dx.max_rel,
+                detail.unwrap_or_default()
+            );
+        }
         for (name, got, want, scale) in [
             (
                 "dgain",
@@ -472,7 +497,8 @@ fn every_residual_form_matches_the_reference() {
 }
 
 /// Rows of zeros (eps > 0: dx = dy g / sqrt(eps); eps = 0: dx = 0), of huge and tiny
-/// magnitude, with a zero first k and a large tail: finite, and right norm-wise.
+/// magnitude (normal f32: llvmpipe's GL flushes subnormal inputs to zero), with a zero first
+/// k and a large tail: finite, and right norm-wise.
 #[test]
 fn zero_and_extreme_rows_are_defined_and_right() {
     let Some(gpu) = gpu() else { return };
@@ -482,7 +508,7 @@ fn zero_and_extreme_rows_are_defined_and_right() {
         (1e30, 1e30),
         (1e-30, 1e-30),
         (1.5e38, 1.5e38),
-        (1e-38, 1e-38),
+        (2e-38, 2e-38),
         (0.0, 300.0),
         (1e20, 1e-20),
     ];
