@@ -41,7 +41,7 @@ fn row_sums(row_offset: u32, lane: u32) -> vec2<f32> {
     return vec2<f32>(reduce_sum(elem_sum(squares)), reduce_sum(elem_sum(products)));
 }
 
-const F32_MAX: f32 = 3.40282347e38;
+const F32_MAX: f32 = 0x1.fffffep+127;
 
 // c beta.
 fn correction(c: f32, f: vec2<f32>) -> f32 {
