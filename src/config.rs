@@ -350,6 +350,20 @@ impl LayerNormConfig {
         self
     }
 
+    /// LayerNorm with an RMSNorm config's hidden size, eps, gain, bias, element types,
+    /// residual add and saved statistics (its k and eps mode do not apply: LayerNorm's eps
+    /// is inside the root, over the whole row).
+    pub fn from_rms_config(config: &RmsNormConfig) -> Self {
+        Self::new(config.hidden)
+            .with_eps(config.eps)
+            .with_gain(config.gain)
+            .with_bias(config.bias)
+            .with_dtype(config.dtype)
+            .with_weight_dtype(config.weight_dtype)
+            .with_residual(config.residual)
+            .with_saved_stats(config.save_stats)
+    }
+
     /// The same checks as RMSNorm's: the fields they share are validated alike.
     pub(crate) fn as_rms_config(&self) -> RmsNormConfig {
         RmsNormConfig::new(self.hidden)

@@ -96,15 +96,7 @@ impl Case {
     }
 
     fn layer_config(&self) -> LayerNormConfig {
-        let c = &self.config;
-        LayerNormConfig::new(c.hidden)
-            .with_eps(c.eps)
-            .with_gain(c.gain)
-            .with_bias(c.bias)
-            .with_dtype(c.dtype)
-            .with_weight_dtype(c.weight_dtype)
-            .with_residual(c.residual)
-            .with_saved_stats(c.save_stats)
+        LayerNormConfig::from_rms_config(&self.config)
     }
 
     fn reference(&self) -> Gradients {

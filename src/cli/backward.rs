@@ -2,12 +2,12 @@
 //! reference (dx, dgain, dbias, norm-wise) and timed with statistics recomputed and saved.
 
 use super::{widen, Args, Data};
+use wgpu_rmsnorm::kernel::{Layer, NormKind, Rms};
 use wgpu_rmsnorm::reference::{self, compare_normwise, Gradients, BACKWARD_TOL};
 use wgpu_rmsnorm::timing::GpuTimer;
 use wgpu_rmsnorm::{
-    BackwardBuffers, BackwardInputs, BufferRegion, Element, GpuContext, LayerNorm,
-    LayerNormBackward, LayerNormConfig, NormGradients, PartialRms, RmsNorm, RmsNormBackward,
-    RmsNormBuffers, RmsNormConfig,
+    BackwardBuffers, BackwardInputs, BufferRegion, Element, GpuContext, LayerNormConfig,
+    NormBackward, NormGradients, NormKernel, PartialRms, RmsNormBuffers, RmsNormConfig,
 };
 
 /// Which normalization a table row is.
@@ -184,7 +184,7 @@ async fn check<T: Element, W: Element>(
             (config.rms_count()?, got, expected)
         }
         Which::Layer => {
-            let config = layer_config(config);
+            let config = LayerNormConfig::from_rms_config(config);
             let got = gpu
                 .layer_norm_backward(inputs, &config, data.gain.as_deref())
                 .await?;
@@ -229,19 +229,8 @@ async fn check<T: Element, W: Element>(
     ))
 }
 
-/// LayerNorm with the run's eps, weights, types and residual.
-fn layer_config(config: &RmsNormConfig) -> LayerNormConfig {
-    LayerNormConfig::new(config.hidden)
-        .with_eps(config.eps)
-        .with_gain(config.gain)
-        .with_bias(config.bias)
-        .with_dtype(config.dtype)
-        .with_weight_dtype(config.weight_dtype)
-        .with_residual(config.residual)
-}
-
 /// Median GPU times of the backward with statistics recomputed and with them saved by the
-/// forward (run once before), with the variants' names; and of the forward, for the ratio.
+/// forward (run once before), with the variants' names.
 async fn time(
     gpu: &GpuContext,
     timer: &GpuTimer,
@@ -249,58 +238,54 @@ async fn time(
     b: &Buffers,
     which: Which,
 ) -> wgpu_rmsnorm::Result<Vec<(String, f64)>> {
-    let (device, queue, rows) = (gpu.device(), gpu.queue(), args.rows);
-    let options = &args.options;
     let mut times = Vec::new();
     for saved in [false, true] {
         let config = args.config.with_saved_stats(saved);
         let forward = b.forward_buffers(saved);
         let backward = b.backward_buffers(&config, saved);
-        let (name, seconds) = match which {
+        let timed = match which {
             Which::Rms(partial) => {
                 let config = config.with_partial(partial);
-                if saved {
-                    let mut encoder = device.create_command_encoder(&Default::default());
-                    RmsNorm::new(device, &config, options)?.encode(
-                        device,
-                        &mut encoder,
-                        &forward,
-                        rows,
-                    )?;
-                    queue.submit([encoder.finish()]);
-                }
-                let kernel = RmsNormBackward::new(device, &config, options)?;
-                let seconds = timer
-                    .median(device, queue, args.samples, 0.01, |encoder, ts| {
-                        kernel.encode_with_timestamps(device, encoder, &backward, rows, ts)
-                    })
-                    .await?;
-                (kernel.variant_name(&backward, rows), seconds)
+                time_one::<Rms>(gpu, timer, args, &config, &forward, &backward).await?
             }
             Which::Layer => {
-                let config = layer_config(&config).with_saved_stats(saved);
-                if saved {
-                    let mut encoder = device.create_command_encoder(&Default::default());
-                    LayerNorm::new(device, &config, options)?.encode(
-                        device,
-                        &mut encoder,
-                        &forward,
-                        rows,
-                    )?;
-                    queue.submit([encoder.finish()]);
-                }
-                let kernel = LayerNormBackward::new(device, &config, options)?;
-                let seconds = timer
-                    .median(device, queue, args.samples, 0.01, |encoder, ts| {
-                        kernel.encode_with_timestamps(device, encoder, &backward, rows, ts)
-                    })
-                    .await?;
-                (kernel.variant_name(&backward, rows), seconds)
+                let config = LayerNormConfig::from_rms_config(&config);
+                time_one::<Layer>(gpu, timer, args, &config, &forward, &backward).await?
             }
         };
-        times.push((name, seconds));
+        times.push(timed);
     }
     Ok(times)
+}
+
+/// One backward's median time and variant name, after a forward that saves the statistics
+/// where the config does.
+async fn time_one<N: NormKind>(
+    gpu: &GpuContext,
+    timer: &GpuTimer,
+    args: &Args,
+    config: &N::Config,
+    forward: &RmsNormBuffers<'_>,
+    backward: &BackwardBuffers<'_>,
+) -> wgpu_rmsnorm::Result<(String, f64)> {
+    let (device, queue, rows) = (gpu.device(), gpu.queue(), args.rows);
+    if forward.stats.is_some() {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        NormKernel::<N>::new(device, config, &args.options)?.encode(
+            device,
+            &mut encoder,
+            forward,
+            rows,
+        )?;
+        queue.submit([encoder.finish()]);
+    }
+    let kernel = NormBackward::<N>::new(device, config, &args.options)?;
+    let seconds = timer
+        .median(device, queue, args.samples, 0.01, |encoder, ts| {
+            kernel.encode_with_timestamps(device, encoder, backward, rows, ts)
+        })
+        .await?;
+    Ok((kernel.variant_name(backward, rows), seconds))
 }
 
 impl Buffers {

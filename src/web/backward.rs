@@ -138,7 +138,7 @@ impl Normalizer {
             let (dx, grad_gain, grad_bias) = match call.kind {
                 Kind::Rms { .. } => gpu.backward_bytes::<Rms>(&call.config, data).await,
                 Kind::Layer => {
-                    let layer = layer_config(&call.config);
+                    let layer = LayerNormConfig::from_rms_config(&call.config);
                     gpu.backward_bytes::<Layer>(&layer, data).await
                 }
             }
@@ -153,17 +153,6 @@ impl Normalizer {
             Ok(object.into())
         })
     }
-}
-
-/// LayerNorm's config from the core's.
-fn layer_config(config: &RmsNormConfig) -> LayerNormConfig {
-    LayerNormConfig::new(config.hidden)
-        .with_eps(config.eps)
-        .with_gain(config.gain)
-        .with_bias(config.bias)
-        .with_dtype(config.dtype)
-        .with_weight_dtype(config.weight_dtype)
-        .with_residual(config.residual)
 }
 
 /// The f64 reference of rmsNormBackward (same arguments, on the CPU).
@@ -217,7 +206,7 @@ fn reference_backward(
         Kind::Layer => reference::layer_norm_backward(
             &x,
             &dy,
-            &layer_config(&call.config),
+            &LayerNormConfig::from_rms_config(&call.config),
             gain.as_deref(),
             dsum.as_deref(),
         ),

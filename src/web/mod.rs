@@ -449,12 +449,7 @@ fn reference_call(
     let y = match norm {
         Norm::Rms => reference::rms_norm(&input, &config, gain.as_deref(), bias.as_deref()),
         Norm::Layer => {
-            let layer = crate::config::LayerNormConfig::new(hidden)
-                .with_eps(config.eps)
-                .with_gain(config.gain)
-                .with_bias(config.bias)
-                .with_dtype(config.dtype)
-                .with_weight_dtype(config.weight_dtype);
+            let layer = crate::config::LayerNormConfig::from_rms_config(&config);
             reference::layer_norm(&input, &layer, gain.as_deref(), bias.as_deref())
         }
     }
