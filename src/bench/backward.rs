@@ -3,9 +3,10 @@
 //! recomputed; RMSNorm's with the forward's saved statistics; and RMSNorm's without weights,
 //! so that what dgain and dbias cost (their partial sums and the pass over them) shows.
 
-use super::Named;
+use super::{Measurement, Named};
 use crate::config::{Gain, LayerNormConfig, PartialRms, RmsNormConfig};
 use crate::context::{BackwardInputs, GpuContext};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{
     BackwardBuffers, BufferRegion, Layer, NormBackward, NormKind, PreparedDispatch, Rms, RmsNorm,
@@ -235,4 +236,46 @@ async fn verify(
         )));
     }
     Ok(())
+}
+
+/// The backward's measurements from their medians, next to the copies' (`copies`: the copy
+/// engine's and the fastest copy kernel's seconds for `bytes` of one tensor). Bytes counted:
+/// x, dy and dx; the gain, dgain and dbias (f32) where the contestant has them.
+pub(crate) fn measurements(
+    names: Vec<Named>,
+    medians: &[f64],
+    bytes: u64,
+    hidden: u32,
+    copies: (f64, f64),
+) -> Vec<Measurement> {
+    let vectors = 3 * u64::from(hidden) * 4;
+    let copy_gbps = |copy: f64| 2.0 * bytes as f64 / copy / 1e9;
+    names
+        .into_iter()
+        .zip(medians)
+        .map(|((name, p, variant, _), &seconds)| {
+            let weights = if variant.ends_with("no gain or bias") {
+                0
+            } else {
+                vectors
+            };
+            let moved = 3 * bytes + weights;
+            let gbps = moved as f64 / seconds / 1e9;
+            Measurement {
+                kernel: name,
+                p,
+                variant,
+                seconds,
+                gbps,
+                sol_copy: gbps / copy_gbps(copies.0),
+                sol_kernel: gbps / copy_gbps(copies.1),
+                library_bytes: 0,
+                dtype: DType::F32,
+                weight_dtype: DType::F32,
+                residual: "none",
+                bytes: moved,
+                pass: "backward",
+            }
+        })
+        .collect()
 }

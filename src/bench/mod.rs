@@ -160,35 +160,15 @@ pub async fn bench_shape(
     };
     let medians = round_robin_medians(gpu, timer, contestants, options, &record).await?;
     let mut out = measurements(&medians[..forward_end], &copies, names, bytes);
-    // The backward's bytes: x, dy, dx; the gain, dgain and dbias (f32) where it has them.
-    let vectors = 3 * u64::from(hidden) * 4;
-    let (copy_engine, copy_kernel) = (out[0].seconds, out[1].seconds);
-    for ((name, p, variant, _), &seconds) in backward_names.into_iter().zip(&medians[forward_end..])
-    {
-        let weights = if variant.ends_with("no gain or bias") {
-            0
-        } else {
-            vectors
-        };
-        let moved = 3 * bytes + weights;
-        let copy_gbps = |copy: f64| 2.0 * bytes as f64 / copy / 1e9;
-        let gbps = moved as f64 / seconds / 1e9;
-        out.push(Measurement {
-            kernel: name,
-            p,
-            variant,
-            seconds,
-            gbps,
-            sol_copy: gbps / copy_gbps(copy_engine),
-            sol_kernel: gbps / copy_gbps(copy_kernel),
-            library_bytes: 0,
-            dtype: DType::F32,
-            weight_dtype: DType::F32,
-            residual: "none",
-            bytes: moved,
-            pass: "backward",
-        });
-    }
+    let copies = (out[0].seconds, out[1].seconds);
+    let backward = &medians[forward_end..];
+    out.extend(backward::measurements(
+        backward_names,
+        backward,
+        bytes,
+        hidden,
+        copies,
+    ));
     Ok(out)
 }
 
@@ -285,7 +265,7 @@ pub(crate) async fn round_robin_medians(
 }
 
 /// A normalization's name, p, variant and the bytes its context held.
-type Named = (&'static str, Option<f64>, String, u64);
+pub(crate) type Named = (&'static str, Option<f64>, String, u64);
 
 /// The measurements from the medians: the copy engine, the fastest copy kernel, then the
 /// normalizations in the order of `names`.

@@ -73,59 +73,56 @@ pub async fn run<T: Element, W: Element>(
         ("LayerNorm", Which::Layer),
     ];
     for (name, which) in kernels {
-        let check = check(gpu, args, data, &upstream, which).await?;
+        let (k, stats) = check(gpu, args, data, &upstream, which).await?;
         let times = time(gpu, timer, args, &buffers, which).await?;
-        let moved = moved_bytes(args, data);
-        let mut first = true;
-        for (tensor, stats) in ["dx", "dgain", "dbias"].into_iter().zip(check.1) {
-            let pass = stats.failures == 0;
-            all_pass &= pass;
-            let (variant, ms, rate) = match (first, &times) {
-                (true, t) => (
-                    t[0].0.clone(),
-                    format!("{:.3}", t[0].1 * 1e3),
-                    moved / t[0].1,
-                ),
-                _ => (String::new(), String::new(), 0.0),
-            };
-            println!(
-                "{:<9} {:>8} {:<44} {:<6} {:>11.3e} {:>9.2e} {:>6} {:>10} {:>8}",
-                if first { name } else { "" },
-                if first {
-                    check.0.to_string()
-                } else {
-                    String::new()
-                },
-                variant,
-                tensor,
-                stats.max_abs,
-                stats.max_rel,
-                if pass { "PASS" } else { "FAIL" },
-                ms,
-                if rate > 0.0 {
-                    format!("{:.2}", rate / 1e9)
-                } else {
-                    String::new()
-                }
-            );
-            first = false;
-        }
-        for (variant, seconds) in &times[1..] {
-            println!(
-                "{:<9} {:>8} {:<44} {:<6} {:>11} {:>9} {:>6} {:>10.3} {:>8.2}",
-                "",
-                "",
-                variant,
-                "",
-                "",
-                "",
-                "",
-                seconds * 1e3,
-                moved / seconds / 1e9
-            );
-        }
+        all_pass &= print_kernel(name, k, &stats, &times, moved_bytes(args, data));
     }
     Ok(all_pass)
+}
+
+/// One kernel's rows of the table: dx, dgain and dbias checked (with the first timing), then
+/// the other timings. Returns whether all three passed.
+fn print_kernel(
+    name: &str,
+    k: u32,
+    checks: &[reference::ErrorStats; 3],
+    times: &[(String, f64)],
+    moved: f64,
+) -> bool {
+    let mut all_pass = true;
+    for (row, (tensor, stats)) in ["dx", "dgain", "dbias"].into_iter().zip(checks).enumerate() {
+        let pass = stats.failures == 0;
+        all_pass &= pass;
+        let first = row == 0;
+        let (variant, ms, rate) = match first {
+            true => (
+                times[0].0.clone(),
+                format!("{:.3}", times[0].1 * 1e3),
+                format!("{:.2}", moved / times[0].1 / 1e9),
+            ),
+            false => (String::new(), String::new(), String::new()),
+        };
+        println!(
+            "{:<9} {:>8} {:<44} {:<6} {:>11.3e} {:>9.2e} {:>6} {:>10} {:>8}",
+            if first { name } else { "" },
+            if first { k.to_string() } else { String::new() },
+            variant,
+            tensor,
+            stats.max_abs,
+            stats.max_rel,
+            if pass { "PASS" } else { "FAIL" },
+            ms,
+            rate
+        );
+    }
+    for (variant, seconds) in &times[1..] {
+        let (ms, rate) = (seconds * 1e3, moved / seconds / 1e9);
+        println!(
+            "{:<9} {:>8} {variant:<44} {:<6} {:>11} {:>9} {:>6} {ms:>10.3} {rate:>8.2}",
+            "", "", "", "", "", ""
+        );
+    }
+    all_pass
 }
 
 /// Bytes a backward call moves at the least: x (or h), dy read, dx written (r read where h
@@ -193,8 +190,15 @@ async fn check<T: Element, W: Element>(
             (config.hidden, got, expected)
         }
     };
-    let n = config.hidden as usize;
-    let dtype = config.dtype;
+    Ok((k, compare_gradients(&got, &expected, config)))
+}
+
+/// dx, dgain and dbias against the reference, norm-wise (a missing one fails).
+fn compare_gradients<T: Element>(
+    got: &NormGradients<T>,
+    expected: &Gradients,
+    config: &RmsNormConfig,
+) -> [reference::ErrorStats; 3] {
     let f32_type = wgpu_rmsnorm::DType::F32;
     let compare = |got: Option<&Vec<f32>>, want: Option<&Vec<f64>>, scale: &[f64]| match (got, want)
     {
@@ -204,29 +208,28 @@ async fn check<T: Element, W: Element>(
             ..Default::default()
         },
     };
-    Ok((
-        k,
-        [
-            compare_normwise(
-                &widen(&got.grad_input),
-                &expected.dx,
-                &expected.dx_scale,
-                n,
-                dtype,
-                BACKWARD_TOL,
-            ),
-            compare(
-                got.grad_gain.as_ref(),
-                expected.dgain.as_ref(),
-                &expected.dgain_scale,
-            ),
-            compare(
-                got.grad_bias.as_ref(),
-                expected.dbias.as_ref(),
-                &expected.dbias_scale,
-            ),
-        ],
-    ))
+    let n = config.hidden as usize;
+    let dx = &widen(&got.grad_input);
+    [
+        compare_normwise(
+            dx,
+            &expected.dx,
+            &expected.dx_scale,
+            n,
+            config.dtype,
+            BACKWARD_TOL,
+        ),
+        compare(
+            got.grad_gain.as_ref(),
+            expected.dgain.as_ref(),
+            &expected.dgain_scale,
+        ),
+        compare(
+            got.grad_bias.as_ref(),
+            expected.dbias.as_ref(),
+            &expected.dbias_scale,
+        ),
+    ]
 }
 
 /// Median GPU times of the backward with statistics recomputed and with them saved by the

@@ -182,63 +182,13 @@ impl GpuContext {
         data: BackwardData<'_>,
         rows: u32,
     ) -> Result<(wgpu::Buffer, StagingSizes)> {
-        use wgpu::BufferUsages as U;
         let config = &N::without_saved_stats(config);
         let kernel = NormBackward::<N>::with_cache(&self.pipelines, config, &self.kernel_options)?;
         let sizes = StagingSizes {
             tensor: (data.input.len() as u64).next_multiple_of(4),
             vector: u64::from(core.hidden) * 4,
         };
-        let upload = |label, bytes: &[u8]| {
-            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: (bytes.len() as u64).next_multiple_of(4).max(4),
-                usage: U::STORAGE | U::COPY_DST,
-                mapped_at_creation: false,
-            });
-            self.upload(&buffer, 0, bytes);
-            buffer
-        };
-        let output = |label, size: u64| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: size.max(4),
-                usage: U::STORAGE | U::COPY_SRC,
-                mapped_at_creation: false,
-            })
-        };
-        let input = upload("rmsnorm backward input", data.input);
-        let residual = data
-            .residual
-            .map(|r| upload("rmsnorm backward residual", r));
-        let grad_output = upload("rmsnorm backward dy", data.grad_output);
-        let grad_sum = data.grad_sum.map(|g| upload("rmsnorm backward dsum", g));
-        let gain = data.gain.map(|g| upload("rmsnorm backward gain", g));
-        let grad_input = output("rmsnorm backward dx", sizes.tensor);
-        let has_gain = core.gain != Gain::None;
-        let grad_gain = has_gain.then(|| output("rmsnorm backward dgain", sizes.vector));
-        let grad_bias = core
-            .bias
-            .then(|| output("rmsnorm backward dbias", sizes.vector));
-        let timestamps = if self.call_timer.is_some() { 16 } else { 0 };
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("rmsnorm backward staging"),
-            size: sizes.tensor + 2 * sizes.vector + timestamps,
-            usage: U::MAP_READ | U::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let region = BufferRegion::whole;
-        let buffers = BackwardBuffers {
-            input: region(&input),
-            residual: residual.as_ref().map(region),
-            grad_output: region(&grad_output),
-            grad_sum: grad_sum.as_ref().map(region),
-            gain: gain.as_ref().map(region),
-            stats: None,
-            grad_input: region(&grad_input),
-            grad_gain: grad_gain.as_ref().map(region),
-            grad_bias: grad_bias.as_ref().map(region),
-        };
+        let call = self.backward_call_buffers(core, &data, sizes);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -252,6 +202,7 @@ impl GpuContext {
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
+        let buffers = call.regions();
         kernel.encode_with_timestamps(
             &self.device,
             &mut encoder,
@@ -259,22 +210,99 @@ impl GpuContext {
             rows,
             timestamp_writes,
         )?;
-        encoder.copy_buffer_to_buffer(&grad_input, 0, &staging, 0, sizes.tensor);
+        let staging = &call.staging;
+        encoder.copy_buffer_to_buffer(&call.grad_input, 0, staging, 0, sizes.tensor);
         for (at, grad) in [
-            (sizes.tensor, &grad_gain),
-            (sizes.tensor + sizes.vector, &grad_bias),
+            (sizes.tensor, &call.grad_gain),
+            (sizes.tensor + sizes.vector, &call.grad_bias),
         ] {
             if let Some(grad) = grad {
-                encoder.copy_buffer_to_buffer(grad, 0, &staging, at, sizes.vector);
+                encoder.copy_buffer_to_buffer(grad, 0, staging, at, sizes.vector);
             }
         }
         if let Some(t) = &self.call_timer {
             let at = sizes.tensor + 2 * sizes.vector;
             encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
-            encoder.copy_buffer_to_buffer(&t.resolve, 0, &staging, at, 16);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, staging, at, 16);
         }
         self.queue.submit([encoder.finish()]);
-        Ok((staging, sizes))
+        Ok((call.staging, sizes))
+    }
+
+    /// A backward call's buffers, made for it: the data uploaded, the gradients' outputs and
+    /// the staging buffer (dx, dgain, dbias, the timestamps).
+    fn backward_call_buffers(
+        &self,
+        core: &RmsNormConfig,
+        data: &BackwardData<'_>,
+        sizes: StagingSizes,
+    ) -> CallBuffers {
+        use wgpu::BufferUsages as U;
+        let buffer = |label, size: u64, usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.next_multiple_of(4).max(4),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let upload = |label, bytes: &[u8]| {
+            let uploaded = buffer(label, bytes.len() as u64, U::STORAGE | U::COPY_DST);
+            self.upload(&uploaded, 0, bytes);
+            uploaded
+        };
+        let output = |label, size| buffer(label, size, U::STORAGE | U::COPY_SRC);
+        let timestamps = if self.call_timer.is_some() { 16 } else { 0 };
+        CallBuffers {
+            input: upload("rmsnorm backward input", data.input),
+            residual: data
+                .residual
+                .map(|r| upload("rmsnorm backward residual", r)),
+            grad_output: upload("rmsnorm backward dy", data.grad_output),
+            grad_sum: data.grad_sum.map(|g| upload("rmsnorm backward dsum", g)),
+            gain: data.gain.map(|g| upload("rmsnorm backward gain", g)),
+            grad_input: output("rmsnorm backward dx", sizes.tensor),
+            grad_gain: (core.gain != Gain::None)
+                .then(|| output("rmsnorm backward dgain", sizes.vector)),
+            grad_bias: core
+                .bias
+                .then(|| output("rmsnorm backward dbias", sizes.vector)),
+            staging: buffer(
+                "rmsnorm backward staging",
+                sizes.tensor + 2 * sizes.vector + timestamps,
+                U::MAP_READ | U::COPY_DST,
+            ),
+        }
+    }
+}
+
+/// The buffers of one high-level backward call.
+struct CallBuffers {
+    input: wgpu::Buffer,
+    residual: Option<wgpu::Buffer>,
+    grad_output: wgpu::Buffer,
+    grad_sum: Option<wgpu::Buffer>,
+    gain: Option<wgpu::Buffer>,
+    grad_input: wgpu::Buffer,
+    grad_gain: Option<wgpu::Buffer>,
+    grad_bias: Option<wgpu::Buffer>,
+    staging: wgpu::Buffer,
+}
+
+impl CallBuffers {
+    fn regions(&self) -> BackwardBuffers<'_> {
+        let region = BufferRegion::whole;
+        BackwardBuffers {
+            input: region(&self.input),
+            residual: self.residual.as_ref().map(region),
+            grad_output: region(&self.grad_output),
+            grad_sum: self.grad_sum.as_ref().map(region),
+            gain: self.gain.as_ref().map(region),
+            stats: None,
+            grad_input: region(&self.grad_input),
+            grad_gain: self.grad_gain.as_ref().map(region),
+            grad_bias: self.grad_bias.as_ref().map(region),
+        }
     }
 }
 

@@ -440,31 +440,7 @@ impl Plan {
             .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
         let io = tensor_io(caps, config, options, ElemLayout::Scalar, cpu, pass)?;
         let vec4_io = tensor_io(caps, config, options, ElemLayout::Vec4, cpu, pass)?;
-        let needed = match pass {
-            Pass::Forward => io.storage_buffers(),
-            Pass::Backward => io.backward_storage_buffers(),
-        };
-        if caps.max_storage_buffers_per_stage < needed {
-            let (tensors, fix) = match pass {
-                Pass::Forward => (
-                    "x, y, gain, bias, residual, sum, statistics",
-                    "drop the bias, the stored sum or the saved statistics, or run the residual \
-                     add as a kernel of its own before the normalization",
-                ),
-                Pass::Backward => (
-                    "x, dy, dx, gain, residual or the gradient of the sum, statistics, the \
-                     partial sums of dgain and dbias",
-                    "drop the residual add or the saved statistics (recomputed then), or the \
-                     gain and bias",
-                ),
-            };
-            return Err(Error::TooManyStorageBuffers {
-                tensors,
-                fix,
-                needed,
-                limit: caps.max_storage_buffers_per_stage,
-            });
-        }
+        check_storage_buffers(caps, pass, &io)?;
         // A row of activations, or the gain or bias, in one binding.
         let element_bytes = config.dtype.bytes().max(config.weight_dtype.bytes());
         let row_bytes = u64::from(config.hidden) * element_bytes + caps.binding_slack();
@@ -796,6 +772,36 @@ impl Plan {
         };
         format!("{name}{storage}{residual}")
     }
+}
+
+/// The storage buffers a pass of these tensors binds, within the device's limit.
+fn check_storage_buffers(caps: &DeviceCaps, pass: Pass, io: &TensorIo) -> Result<()> {
+    let needed = match pass {
+        Pass::Forward => io.storage_buffers(),
+        Pass::Backward => io.backward_storage_buffers(),
+    };
+    if caps.max_storage_buffers_per_stage >= needed {
+        return Ok(());
+    }
+    let (tensors, fix) = match pass {
+        Pass::Forward => (
+            "x, y, gain, bias, residual, sum, statistics",
+            "drop the bias, the stored sum or the saved statistics, or run the residual add as \
+             a kernel of its own before the normalization",
+        ),
+        Pass::Backward => (
+            "x, dy, dx, gain, residual or the gradient of the sum, statistics, the partial sums \
+             of dgain and dbias",
+            "drop the residual add or the saved statistics (recomputed then), or the gain and \
+             bias",
+        ),
+    };
+    Err(Error::TooManyStorageBuffers {
+        tensors,
+        fix,
+        needed,
+        limit: caps.max_storage_buffers_per_stage,
+    })
 }
 
 /// The public name of a reduction.
