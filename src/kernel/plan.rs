@@ -302,7 +302,7 @@ pub struct Launch {
     /// Backward: partial rows of dgain (and as many of dbias): one per workgroup of the
     /// first chunk (whole rows), or per row of the first chunk (split rows); later chunks
     /// add into the same rows.
-    pub partial_rows: u64,
+    pub(crate) partial_rows: u64,
 }
 
 impl Launch {
