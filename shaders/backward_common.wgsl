@@ -1,19 +1,20 @@
 // What the backward kernels share (rmsnorm_backward.wgsl, layernorm_backward.wgsl): the
-// upstream gradient through the gain, the store of dx, and dgain and dbias summed over rows
-// without float atomics.
+// upstream gradient through the gain, the store of dx, split rows' values per piece, and dgain
+// and dbias summed over rows without float atomics.
 //
-// Rows are taken in blocks of ROW_BLOCK (set by the host): a workgroup takes blocks group.x, group.x + groups,
-// ... and first computes each row's statistics and correction (a reduction per row), then
-// dx column by column across the block's rows, summing their dy x^ and dy per column.
+// Whole rows are taken in blocks of ROW_BLOCK (set by the host): a workgroup takes blocks
+// group.x, group.x + groups, ... and first computes each row's statistics and correction (a
+// reduction per row), then dx column by column across the block's rows, summing their dy x^
+// and dy per column.
 //
 // dgain = sum over rows of dy x^ and dbias = sum over rows of dy, per column. Each workgroup
 // adds its blocks' sums into a partial row of its own (`slot`: workgroup g of every dispatch
-// of a call adds into row g), each invocation into its own Elems of it: no two invocations
-// touch one address, and the partial row stays in cache while the workgroup walks its blocks
-// (one read and write of it per ROW_BLOCK rows). `weight_grads` then adds the partial rows
-// in slot order. The rows a workgroup takes and
-// the order of every sum depend on the launch alone, so dgain and dbias are bit-identical
-// run to run.
+// of a call adds into row g; with split rows, the workgroups of row r into row r, each its
+// piece's Elems), each invocation into its own Elems of it: no two invocations touch one
+// address, and the partial row stays in cache while the workgroup walks its blocks (one read
+// and write of it per ROW_BLOCK rows). `weight_grads` then adds the partial rows in slot
+// order. The rows a workgroup takes and the order of every sum depend on the launch alone,
+// so dgain and dbias are bit-identical run to run.
 
 // Blocks of the dispatch's rows.
 fn row_blocks() -> u32 {

@@ -1,8 +1,9 @@
 // LayerNorm backward: dx, and each workgroup's partial sums of dgain and dbias
-// (backward_common.wgsl). One workgroup per row, looping over rows.
+// (backward_common.wgsl), rows in blocks of ROW_BLOCK; few long rows split across
+// workgroups (the backward_split_* entry points at the end).
 //
 // With x^ = ((x - shift) - mean) * scale the forward's normalized row (the same statistics,
-// saved or recomputed by row_moments) and u = dy * g:
+// saved, or recomputed as the forward computes them) and u = dy * g:
 //
 //   dx_i = scale (u_i - mean_j(u_j) - x^_i mean_j(u_j x^_j))
 //

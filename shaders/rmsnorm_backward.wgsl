@@ -8,9 +8,9 @@
 //   dx_i = r (u_i - [i < k] x^_i c beta)
 //
 // beta = 1 with eps inside the root; with eps added to the RMS (r = 1 / (m + eps), m the
-// plain RMS), beta = (m + eps) / m = 1 / (1 - eps r). (docs/backward.md derives both.) dx is taken through the forward's
-// factors, ((u - x^ c beta) * f.x) * f.y, so that no intermediate overflows for rows of any
-// magnitude (x / (k rms^3) would beyond |x| ~ 1e13).
+// plain RMS), beta = (m + eps) / m = 1 / (1 - eps r). (docs/backward.md derives both.) dx is
+// taken through the forward's factors, ((u - x^ c beta) * f.x) * f.y, so that no
+// intermediate overflows for rows of any magnitude (x / (k rms^3) would beyond |x| ~ 1e13).
 //
 // A row whose first k elements are all zero: x^ = 0, so c = 0 and dx = u / sqrt(eps) (the
 // derivative with eps inside the root; with eps added, the one-sided limit), or 0 when
@@ -18,7 +18,8 @@
 //
 // Where the forward saved the factors, a row takes two passes (c, then dx); where it did not,
 // one pass finds the sum of squares and sum u x together (row_sums), then dx: x and dy are
-// read twice either way.
+// read twice either way. Few long rows are split across workgroups (the backward_split_*
+// entry points at the end).
 //
 // The host prepends an element layout, a reduction, norm_common.wgsl, rms_scale.wgsl
 // (the forward's scale; row_factors for rows out of range), backward_common.wgsl and the
