@@ -578,14 +578,7 @@ impl GpuContext {
                 .then(|| BufferRegion::whole(&scratch.sum)),
             stats: None,
         };
-        let timestamp_writes = self
-            .call_timer
-            .as_ref()
-            .map(|t| wgpu::ComputePassTimestampWrites {
-                query_set: &t.query_set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
+        let timestamp_writes = self.call_timestamp_writes();
         let kernel_id = kernel.id();
         let prepared = match scratch.prepared.take() {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
@@ -722,6 +715,17 @@ impl GpuContext {
         if keep {
             *slot = Some(scratch);
         }
+    }
+
+    /// The timestamps a call's compute pass writes, where the device has them.
+    fn call_timestamp_writes(&self) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        self.call_timer
+            .as_ref()
+            .map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            })
     }
 
     fn set_last_gpu_seconds(&self, seconds: f64) {

@@ -194,14 +194,7 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("rmsnorm backward call"),
             });
-        let timestamp_writes = self
-            .call_timer
-            .as_ref()
-            .map(|t| wgpu::ComputePassTimestampWrites {
-                query_set: &t.query_set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
+        let timestamp_writes = self.call_timestamp_writes();
         let buffers = call.regions();
         kernel.encode_with_timestamps(
             &self.device,
