@@ -140,20 +140,16 @@ impl GpuContext {
         let validation = validation.pop();
         let out_of_memory = out_of_memory.pop();
         let error = validation.await.or(out_of_memory.await);
-        let (staging, sizes) = match (submitted, error) {
+        let (call, sizes) = match (submitted, error) {
             (Err(e), _) => return Err(self.classify_failure(e)),
             (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),
             (Ok(pair), None) => pair,
         };
-        let slice = staging.slice(..);
-        platform::map_read(&self.device, slice)
-            .await
-            .map_err(|e| self.classify_failure(e))?;
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .to_vec();
-        staging.unmap();
+        let bytes = self.read_staging(&call.staging).await;
+        // The browser frees a buffer only when it is destroyed or collected: a loop of calls
+        // must not hold GPU memory until the next collection.
+        call.destroy();
+        let bytes = bytes?;
         // The call's timestamps, behind the gradients where the device has them.
         if let Some(t) = &self.call_timer {
             let at = (sizes.tensor + 2 * sizes.vector) as usize;
@@ -173,6 +169,20 @@ impl GpuContext {
         ))
     }
 
+    /// The whole of a staging buffer, mapped and read.
+    async fn read_staging(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let slice = staging.slice(..);
+        platform::map_read(&self.device, slice)
+            .await
+            .map_err(|e| self.classify_failure(e))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
     /// Uploads a backward call's data, records it and the copies to a staging buffer
     /// (dx, then dgain and dbias), and submits.
     fn submit_backward<N: NormKind>(
@@ -181,7 +191,7 @@ impl GpuContext {
         core: &RmsNormConfig,
         data: BackwardData<'_>,
         rows: u32,
-    ) -> Result<(wgpu::Buffer, StagingSizes)> {
+    ) -> Result<(CallBuffers, StagingSizes)> {
         let config = &N::without_saved_stats(config);
         let kernel = NormBackward::<N>::with_cache(&self.pipelines, config, &self.kernel_options)?;
         let sizes = StagingSizes {
@@ -219,7 +229,7 @@ impl GpuContext {
             encoder.copy_buffer_to_buffer(&t.resolve, 0, staging, at, 16);
         }
         self.queue.submit([encoder.finish()]);
-        Ok((call.staging, sizes))
+        Ok((call, sizes))
     }
 
     /// A backward call's buffers, made for it: the data uploaded, the gradients' outputs and
@@ -283,6 +293,27 @@ struct CallBuffers {
 }
 
 impl CallBuffers {
+    fn destroy(&self) {
+        let optional = [
+            &self.residual,
+            &self.grad_sum,
+            &self.gain,
+            &self.grad_gain,
+            &self.grad_bias,
+        ];
+        for buffer in optional.into_iter().flatten() {
+            buffer.destroy();
+        }
+        for buffer in [
+            &self.input,
+            &self.grad_output,
+            &self.grad_input,
+            &self.staging,
+        ] {
+            buffer.destroy();
+        }
+    }
+
     fn regions(&self) -> BackwardBuffers<'_> {
         let region = BufferRegion::whole;
         BackwardBuffers {
