@@ -178,9 +178,13 @@ fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
 // ignores them).
 const EXPONENT_BIAS: f32 = 1000.0;
 
-// Piece [begin, end) (Elems) of a row's first k: its (scaled) sum of squares and biased
-// exponent. Every invocation of the workgroup calls it (it reduces).
-fn piece_squares(row_offset: u32, begin: u32, end: u32, lane: u32) -> vec2<f32> {
+// Piece g % chunks of row g / chunks, over the row's first k (k_chunk_len Elems each): its
+// (scaled) sum of squares and biased exponent. Every invocation of the workgroup calls it (it
+// reduces).
+fn piece_squares(g: u32, lane: u32) -> vec2<f32> {
+    let row_offset = (g / params.chunks) * params.row_len;
+    let begin = (g % params.chunks) * params.k_chunk_len;
+    let end = min(begin + params.k_chunk_len, k_elems());
     // One look where the piece's plain sum of squares is in range, as in row_factors (with
     // the residual add, each look computes x + r again).
     var acc = Elem(0.0);

@@ -124,12 +124,8 @@ fn split_partials(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     reduce_setup(lane);
-    let k_len = k_elems();
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
-        let row_offset = (g / params.chunks) * params.row_len;
-        let begin = (g % params.chunks) * params.k_chunk_len;
-        let end = min(begin + params.k_chunk_len, k_len);
-        let piece = piece_squares(row_offset, begin, end, lane);
+        let piece = piece_squares(g, lane);
         if (lane == 0u) {
             row_partials[2u * g] = piece.x;
             row_partials[2u * g + 1u] = piece.y;

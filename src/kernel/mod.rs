@@ -56,8 +56,8 @@ pub struct KernelOptions {
     /// 20x. `None`: from the adapter's device type (browsers report SwiftShader as a GPU,
     /// so the JavaScript API sets this from the adapter's architecture).
     pub cpu_adapter: Option<bool>,
-    /// Whether few long rows are each split across many workgroups (RMSNorm and pRMSNorm;
-    /// LayerNorm never splits). `None`: for calls of at most 32 rows of at least 8192 loads
+    /// Whether few long rows are each split across many workgroups (RMSNorm and pRMSNorm,
+    /// and every backward; LayerNorm's forward never splits). `None`: for calls of at most 32 rows of at least 8192 loads
     /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
     /// the row allows; `Some(false)`: never.
     pub split_rows: Option<bool>,
