@@ -461,6 +461,59 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
     ComposedShader { source, parts }
 }
 
+/// `composed` for a runtime that binds only storage buffers, in the order it is given, and
+/// runs the entry point named `main` with no pipeline constants (a framework's raw-kernel
+/// launch, e.g. burn's `SourceKernel`): `entry` renamed `main`, the parameters a storage
+/// buffer (the same layout: every field is 4 bytes), every storage binding `read_write`
+/// (such a runtime binds ranges of one pooled buffer to several bindings, and wgpu refuses a
+/// buffer both read-only and writable in one dispatch), each `override` of `constants` a
+/// `const` of that value, and `@binding(order[i])` renumbered `i`, every other binding moved
+/// past them. The lines stay where they were, so [`ComposedShader::locate`] holds.
+pub fn for_entry(
+    composed: &ComposedShader,
+    entry: &str,
+    constants: &[(&str, bool)],
+    order: &[u32],
+) -> ComposedShader {
+    let mut source = composed
+        .source
+        .replace("var<uniform> params", "var<storage, read_write> params")
+        .replace("var<storage, read>", "var<storage, read_write>")
+        .replace(&format!("fn {entry}("), "fn main(");
+    for (name, value) in constants {
+        for default in [false, true] {
+            source = source.replace(
+                &format!("override {name}: bool = {default};"),
+                &format!("const {name}: bool = {value};"),
+            );
+        }
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source.as_str();
+    while let Some(at) = rest.find("@binding(") {
+        let (head, tail) = rest.split_at(at + "@binding(".len());
+        out.push_str(head);
+        let digits = tail.find(')').unwrap_or(0);
+        match tail[..digits].parse::<u32>() {
+            Ok(binding) => {
+                let n = order.len() as u32;
+                let renumbered = order
+                    .iter()
+                    .position(|&b| b == binding)
+                    .map_or(n + binding, |i| i as u32);
+                out.push_str(&renumbered.to_string());
+                rest = &tail[digits..];
+            }
+            Err(_) => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    ComposedShader {
+        source: out,
+        parts: composed.parts.clone(),
+    }
+}
+
 /// The tensors' bindings and accessors for `io` (see `shaders/norm_common.wgsl`): what
 /// exists is declared with its storage type; what does not is a constant `false` and an
 /// accessor that is never called, so that it is never bound.

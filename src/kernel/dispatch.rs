@@ -432,9 +432,8 @@ pub(crate) fn bind_groups(
     let mut groups = Vec::with_capacity(launch.chunks.len());
     for chunk in &launch.chunks {
         let bound = ChunkBindings::new(plan, tensors, chunk);
-        let mut params = bound.params(plan, config, launch, chunk);
-        params.partials_written = u32::from(chunk.first_row > 0);
-        params.partial_rows = partial_rows as u32;
+        let lanes = lanes(launch.elem);
+        let params = chunk_params(plan, config, launch, chunk, |b| bound.base(b, lanes));
         let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
         let partials = (chunk.scratch_bytes > 0)
             .then(|| scratch_buffer(device, "split partials", chunk.scratch_bytes));
@@ -494,9 +493,7 @@ fn weight_grads_bind_group(
     partials: &wgpu::Buffer,
 ) -> Result<wgpu::BindGroup> {
     let lanes = lanes(launch.elem);
-    let mut params = Params::zeroed();
-    params.row_len = plan.hidden / lanes;
-    params.partial_rows = launch.partial_rows() as u32;
+    let (mut dgain_base, mut dbias_base) = (0, 0);
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: BINDING_WEIGHT_PARTIALS,
         resource: partials.as_entire_binding(),
@@ -507,13 +504,14 @@ fn weight_grads_bind_group(
             let b = Bound::new(&plan.caps, t.region, 0, u64::from(plan.hidden) * 4, 4);
             let base = b.base_elements / lanes;
             if t.binding == BINDING_GRAD_GAIN {
-                params.dgain_base = base;
+                dgain_base = base;
             } else {
-                params.dbias_base = base;
+                dbias_base = base;
             }
             bound.push((t.binding, b));
         }
     }
+    let params = weight_grads_params(plan, launch, dgain_base, dbias_base);
     entries.extend(bound.iter().map(|(binding, b)| b.entry(*binding)));
     let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
     entries.push(wgpu::BindGroupEntry {
@@ -574,48 +572,66 @@ impl<'a> ChunkBindings<'a> {
                 b.base_elements / if t.elems { lanes } else { 1 }
             })
     }
+}
 
-    /// The chunk's `Params`: bases in Elems of the launch's layout.
-    fn params(
-        &self,
-        plan: &Plan,
-        config: &RmsNormConfig,
-        launch: &Launch,
-        chunk: &LaunchChunk,
-    ) -> Params {
-        let lanes = lanes(launch.elem);
-        let (row_len, k_len) = (plan.hidden / lanes, plan.k.div_ceil(lanes));
-        let base = |binding| self.base(binding, lanes);
-        let pieces = launch.split_pieces;
-        // Written over r in place: the sum's base is r's.
-        let sum_base = match config.residual {
-            Residual::AddStoreSumInPlace => base(BINDING_RESIDUAL),
-            _ => base(BINDING_SUM),
-        };
-        Params {
-            rows: chunk.rows,
-            row_len,
-            k: plan.k,
-            k_f32: plan.k as f32,
-            eps: config.eps,
-            x_base: base(BINDING_X),
-            y_base: base(BINDING_Y),
-            gain_base: base(BINDING_GAIN),
-            bias_base: base(BINDING_BIAS),
-            r_base: base(BINDING_RESIDUAL),
-            sum_base,
-            chunks: pieces.unwrap_or(0),
-            k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
-            chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
-            stats_base: base(BINDING_STATS),
-            dy_base: base(BINDING_GRAD_OUTPUT),
-            dsum_base: base(BINDING_GRAD_SUM),
-            partials_written: 0,
-            partial_rows: 0,
-            dgain_base: 0,
-            dbias_base: 0,
-        }
+/// A chunk's `Params`: `base(binding)` gives a tensor's base in Elems of the launch's layout
+/// (in f32 words for the statistics), 0 for tensors the call does not have.
+pub(crate) fn chunk_params(
+    plan: &Plan,
+    config: &RmsNormConfig,
+    launch: &Launch,
+    chunk: &LaunchChunk,
+    base: impl Fn(u32) -> u32,
+) -> Params {
+    let lanes = lanes(launch.elem);
+    let (row_len, k_len) = (plan.hidden / lanes, plan.k.div_ceil(lanes));
+    let pieces = launch.split_pieces;
+    // Written over r in place: the sum's base is r's.
+    let sum_base = match config.residual {
+        Residual::AddStoreSumInPlace => base(BINDING_RESIDUAL),
+        _ => base(BINDING_SUM),
+    };
+    Params {
+        rows: chunk.rows,
+        row_len,
+        k: plan.k,
+        k_f32: plan.k as f32,
+        eps: config.eps,
+        x_base: base(BINDING_X),
+        y_base: base(BINDING_Y),
+        gain_base: base(BINDING_GAIN),
+        bias_base: base(BINDING_BIAS),
+        r_base: base(BINDING_RESIDUAL),
+        sum_base,
+        chunks: pieces.unwrap_or(0),
+        k_chunk_len: pieces.map_or(0, |p| k_len.div_ceil(p)),
+        chunk_len: pieces.map_or(0, |p| row_len.div_ceil(p)),
+        stats_base: base(BINDING_STATS),
+        dy_base: base(BINDING_GRAD_OUTPUT),
+        dsum_base: base(BINDING_GRAD_SUM),
+        // The backward's first chunk writes the partial rows of dgain and dbias, later
+        // chunks add to them.
+        partials_written: u32::from(chunk.first_row > 0),
+        partial_rows: launch.partial_rows() as u32,
+        dgain_base: 0,
+        dbias_base: 0,
     }
+}
+
+/// The `Params` of the backward's `weight_grads` pass, with dgain and dbias at these bases
+/// (in Elems of the launch's layout).
+pub(crate) fn weight_grads_params(
+    plan: &Plan,
+    launch: &Launch,
+    dgain_base: u32,
+    dbias_base: u32,
+) -> Params {
+    let mut params = Params::zeroed();
+    params.row_len = plan.hidden / lanes(launch.elem);
+    params.partial_rows = launch.partial_rows() as u32;
+    params.dgain_base = dgain_base;
+    params.dbias_base = dbias_base;
+    params
 }
 
 /// A uniform buffer holding `contents`, or [`Error::DeviceLost`] where the device can no

@@ -4,6 +4,7 @@
 //! dispatches from [`dispatch`].
 
 mod dispatch;
+pub mod external;
 pub(crate) mod pipelines;
 pub mod plan;
 

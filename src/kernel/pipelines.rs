@@ -45,6 +45,24 @@ pub fn stage_is_split(stage: &StagePlan) -> bool {
     matches!(stage.entry, Entry::SplitPartials | Entry::SplitScale)
 }
 
+/// The kernel file whose module runs `stage` of `norm`.
+pub fn kernel_file(norm: Norm, stage: &StagePlan) -> shaders::Kernel {
+    match (norm, stage.entry.is_backward()) {
+        (Norm::Rms, false) => shaders::RMSNORM,
+        (Norm::Layer, false) => shaders::LAYERNORM,
+        (Norm::Rms, true) => shaders::RMSNORM_BACKWARD,
+        (Norm::Layer, true) => shaders::LAYERNORM_BACKWARD,
+    }
+}
+
+/// The pipeline constants `config` sets (the `override`s of `shaders/norm_common.wgsl`).
+pub fn pipeline_constants(config: &RmsNormConfig) -> [(&'static str, bool); 2] {
+    [
+        ("GAIN_PLUS_ONE", config.gain == Gain::UnitOffset),
+        ("EPS_INSIDE_ROOT", config.eps_mode == EpsMode::InsideRoot),
+    ]
+}
+
 /// What a stage's bind group holds: the storage bindings its entry point uses, read-only or
 /// written (one bit per binding), besides the parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,12 +270,7 @@ impl PipelineCache {
     }
 
     fn build(&self, key: &PipelineKey) -> wgpu::ComputePipeline {
-        let file = match (key.norm, key.stage.entry.is_backward()) {
-            (Norm::Rms, false) => shaders::RMSNORM,
-            (Norm::Layer, false) => shaders::LAYERNORM,
-            (Norm::Rms, true) => shaders::RMSNORM_BACKWARD,
-            (Norm::Layer, true) => shaders::LAYERNORM_BACKWARD,
-        };
+        let file = kernel_file(key.norm, &key.stage);
         let composed = shaders::compose(file, &key.stage.shape, ShaderTarget::CURRENT);
         let module = self
             .device

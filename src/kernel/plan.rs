@@ -102,7 +102,7 @@ impl DeviceCaps {
     }
 
     /// Bytes a storage binding may hold for the kernels: element indices are u32.
-    fn binding_limit(&self) -> u64 {
+    pub(crate) fn binding_limit(&self) -> u64 {
         self.max_storage_binding
             .min(self.max_buffer_size)
             .min(u64::from(u32::MAX) & !15)
