@@ -1,0 +1,36 @@
+//! RMSNorm, pRMSNorm and LayerNorm for [burn](https://burn.dev), running
+//! [wgpu-rmsnorm](https://crates.io/crates/wgpu-rmsnorm)'s WGSL kernels on burn's wgpu
+//! backend: the forward (which saves each row's statistics) and the backward (dx, and dgain
+//! and dbias summed without atomics) are one kernel each on burn's own tensor buffers, with
+//! burn's fusion and autodiff. On any other backend, or for tensors the kernels do not take
+//! (not f32, or a compiler other than WGSL), the same modules compute the same formula with
+//! burn's tensor ops.
+//!
+//! ```no_run
+//! use burn::tensor::{Distribution, Tensor};
+//! use wgpu_rmsnorm_burn::{wgpu_device, RmsNormConfig, WgpuBackend};
+//!
+//! let device = wgpu_device(WgpuBackend::Auto).autodiff();
+//! let norm = RmsNormConfig::new(256).with_partial(0.0625).init(&device); // pRMSNorm, p = 6.25%
+//! let x = Tensor::<3>::random([8, 64, 256], Distribution::Default, &device).require_grad();
+//! let y = norm.forward(x.clone());
+//! let grads = y.sum().backward();
+//! let dx = x.grad(&grads).unwrap();
+//! let dgain = norm.gamma.grad(&grads).unwrap();
+//! # let _ = (dx, dgain);
+//! ```
+
+mod cube;
+mod device;
+mod modules;
+mod ops;
+mod spec;
+
+pub use burn::backend::wgpu::WgpuBackend;
+pub use device::{adapter_name, backend_from_env, caps_of, wgpu_device};
+pub use modules::{
+    reference_layer_norm, reference_rms_norm, runs_on_kernels, LayerNorm, LayerNormConfig, RmsNorm,
+    RmsNormConfig,
+};
+pub use ops::{NormBackend, NormKernels};
+pub use spec::NormSpec;
