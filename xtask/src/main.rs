@@ -8,10 +8,14 @@
 //!                                  serve the demo page until Ctrl-C
 //!   cargo xtask bench [--quick] [--json PATH]
 //!                                  setup, then the throughput benchmark (benches/throughput.rs)
+//!   cargo xtask train [--quick] [--json PATH]
+//!                                  setup, then train the burn integration's small language
+//!                                  model once per normalization (loss, step and norm time)
 //!   cargo xtask build-web          build the wasm package into www/pkg
 //!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
 
 mod serve;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,10 +47,11 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|()| test()),
         "demo" => setup().and_then(|()| demo(&rest)),
         "bench" => setup().and_then(|()| bench(&rest)),
+        "train" => setup().and_then(|()| train::train(&rest, &root(), &cargo())),
         "build-web" => build_web(),
         "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|build-web|serve [--port N]>"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|serve [--port N]>"
         )),
     };
     match result {
