@@ -468,7 +468,9 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
 /// (such a runtime binds ranges of one pooled buffer to several bindings, and wgpu refuses a
 /// buffer both read-only and writable in one dispatch), each `override` of `constants` a
 /// `const` of that value, and `@binding(order[i])` renumbered `i`, every other binding moved
-/// past them. The lines stay where they were, so [`ComposedShader::locate`] holds.
+/// past them. The lines stay where they were, so [`ComposedShader::locate`] holds. Loads of
+/// a `read_write` buffer are not uniform in WGSL's analysis, so such a module is for native
+/// wgpu (naga), not for a browser's compiler, which checks barriers' uniformity.
 pub fn for_entry(
     composed: &ComposedShader,
     entry: &str,

@@ -5,9 +5,10 @@
 //! tensor bound whole from its first element.
 
 use super::dispatch::{chunk_params, stats_per_row, weight_grads_params};
+pub use super::pipelines::pipeline_constants;
 use super::pipelines::{
-    kernel_file, pipeline_constants, BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARTIALS,
-    BINDING_PIECES, BINDING_RESIDUAL, BINDING_STATS, BINDING_SUM, BINDING_X, BINDING_Y,
+    kernel_file, BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARTIALS, BINDING_PIECES,
+    BINDING_RESIDUAL, BINDING_STATS, BINDING_SUM, BINDING_X, BINDING_Y,
 };
 use super::plan::{lanes, Pass, Plan, StagePlan};
 use super::Norm;
@@ -53,8 +54,11 @@ impl Plan {
     /// the call does not fit one binding ([`Error::TooManyRows`]: split the call) or the
     /// call cannot run on this device.
     pub fn external_call(&self, config: &RmsNormConfig, rows: u32) -> Result<ExternalCall> {
+        // The largest tensor: the activations, dgain's partial rows are fewer, or (rows of one
+        // or two elements) the statistics.
         let element_bytes = config.dtype.bytes().max(4);
-        let tensor_bytes = u64::from(rows) * u64::from(self.hidden) * element_bytes;
+        let row_bytes = (u64::from(self.hidden) * element_bytes).max(stats_per_row(self.norm) * 4);
+        let tensor_bytes = u64::from(rows) * row_bytes;
         if tensor_bytes > self.caps.binding_limit() {
             return Err(Error::TooManyRows {
                 rows: u64::from(rows),
