@@ -13,7 +13,7 @@ use cubecl::server::KernelArguments;
 use cubecl::{CubeCount, CubeDim};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use wgpu_rmsnorm::kernel::external::{external_module, ExternalCall};
+use wgpu_rmsnorm::kernel::external::{external_module, pipeline_constants, ExternalCall};
 use wgpu_rmsnorm::kernel::plan::{Pass, Plan, StagePlan};
 use wgpu_rmsnorm::kernel::{KernelOptions, Norm};
 use wgpu_rmsnorm::shaders::{
@@ -50,7 +50,7 @@ pub(crate) fn plan_for(
     let config = spec.core_config()?;
     let wgpu_device =
         wgsl_device(device).ok_or_else(|| wgpu_rmsnorm::Error::UnsupportedOption {
-            option: "running WGSL".into(),
+            option: "running WGSL",
             reason: "the tensor is not on burn's wgpu runtime compiling WGSL".into(),
         })?;
     let key = (wgpu_device.clone(), pass, format!("{spec:?}"));
@@ -77,6 +77,14 @@ pub(crate) fn plan_for(
     Ok((plan, config))
 }
 
+/// Everything a stage's module is made of: the kernel, the stage (its module's shape) and
+/// the pipeline constants the config sets.
+type ModuleKey = (Norm, StagePlan, [(&'static str, bool); 2]);
+
+fn module_key(norm: Norm, stage: &StagePlan, config: &RmsNormConfig) -> ModuleKey {
+    (norm, *stage, pipeline_constants(config))
+}
+
 /// One stage's module as cubecl runs it, and the bindings of the core's layout it binds, in
 /// order.
 #[derive(Debug)]
@@ -88,10 +96,9 @@ struct StageModule {
 /// The module of `stage`, composed once: the entry point's bindings are read off the WGSL
 /// by naga, so that exactly those are bound (cubecl derives the layout from the module).
 fn stage_module(norm: Norm, stage: &StagePlan, config: &RmsNormConfig) -> Arc<StageModule> {
-    type Modules = HashMap<(Norm, StagePlan), Arc<StageModule>>;
-    static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
+    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<StageModule>>>> = OnceLock::new();
     let modules = MODULES.get_or_init(Mutex::default);
-    let key = (norm, *stage);
+    let key = module_key(norm, stage, config);
     if let Some(module) = modules
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -142,7 +149,7 @@ pub(crate) fn used_bindings(source: &str) -> Vec<u32> {
 #[derive(Debug)]
 struct NormSource {
     module: Arc<StageModule>,
-    key: (Norm, StagePlan),
+    key: ModuleKey,
 }
 
 impl KernelSource for NormSource {
@@ -210,7 +217,7 @@ pub(crate) fn run(
             .collect();
         let kernel = NormSource {
             module,
-            key: (spec.norm(), dispatch.stage),
+            key: module_key(spec.norm(), &dispatch.stage, config),
         };
         let cube_dim = CubeDim::new_1d(dispatch.stage.shape.workgroup_size);
         client.launch(
@@ -430,8 +437,16 @@ mod tests {
                                 );
                                 assert_ne!(binding, BINDING_SUM);
                             }
-                            if call.scratch_bytes[dispatch.chunk] == 0 {
-                                assert!(!module.order.contains(&call.scratch_binding));
+                            // `run` has a buffer for every binding.
+                            for &binding in &module.order {
+                                if binding == call.scratch_binding {
+                                    assert!(call.scratch_bytes[dispatch.chunk] > 0);
+                                } else if binding == BINDING_WEIGHT_PARTIALS {
+                                    assert!(call.weight_partial_bytes > 0);
+                                }
+                                if binding == BINDING_BIAS || binding == BINDING_GRAD_BIAS {
+                                    assert!(spec.has_bias());
+                                }
                             }
                             stages += 1;
                         }
@@ -440,5 +455,56 @@ mod tests {
             }
         }
         assert!(stages > 40, "{stages} stages checked");
+    }
+
+    /// A backward of many rows on a CPU adapter is cut into chunks (at most 64 workgroups per
+    /// dispatch, each within the loop budget): each chunk's bases start at its first row,
+    /// every chunk after the first adds to the partial rows of dgain, and the pass summing
+    /// them comes last.
+    #[test]
+    fn a_call_of_many_rows_is_cut_into_chunks_whose_bases_follow_the_rows() {
+        use wgpu_rmsnorm::kernel::plan::Entry;
+        use wgpu_rmsnorm::kernel::PARAMS_FIELDS;
+        let spec = NormSpec::Rms {
+            hidden: 32,
+            k: 32,
+            eps: 1e-5,
+        };
+        let config = spec.core_config().unwrap();
+        let plan = Plan::for_pass(
+            &caps(true),
+            Norm::Rms,
+            Pass::Backward,
+            &config,
+            &KernelOptions::default(),
+        )
+        .unwrap();
+        let rows = 400_000;
+        let call = plan.external_call(&config, rows).unwrap();
+        let field = |params: &[u8], name: &str| {
+            let (_, at) = PARAMS_FIELDS.iter().find(|(n, _)| *n == name).unwrap();
+            u32::from_le_bytes(params[*at..*at + 4].try_into().unwrap())
+        };
+        let (last, row_dispatches) = call.dispatches.split_last().unwrap();
+        assert_eq!(last.stage.entry, Entry::WeightGrads);
+        assert!(
+            row_dispatches.len() > 1,
+            "{} dispatches",
+            row_dispatches.len()
+        );
+        let mut first_row = 0u32;
+        for (i, dispatch) in row_dispatches.iter().enumerate() {
+            let p = &dispatch.params;
+            // vec4 rows: bases in vec4s of the whole tensors; the statistics in f32 words.
+            assert_eq!(field(p, "x_base"), first_row * 8);
+            assert_eq!(field(p, "y_base"), first_row * 8);
+            assert_eq!(field(p, "dy_base"), first_row * 8);
+            assert_eq!(field(p, "stats_base"), first_row * 2);
+            assert_eq!(field(p, "partials_written"), u32::from(i > 0));
+            assert_eq!(dispatch.chunk, i);
+            first_row += field(p, "rows");
+        }
+        assert_eq!(first_row, rows);
+        assert!(call.weight_partial_bytes > 0);
     }
 }

@@ -29,8 +29,7 @@ mod spec;
 pub use burn::backend::wgpu::WgpuBackend;
 pub use device::{adapter_name, backend_from_env, caps_of, wgpu_device};
 pub use modules::{
-    reference_layer_norm, reference_rms_norm, runs_on_kernels, LayerNorm, LayerNormConfig, RmsNorm,
-    RmsNormConfig,
+    reference_layer_norm, reference_rms_norm, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig,
 };
 pub use ops::{NormBackend, NormKernels};
 pub use spec::NormSpec;

@@ -80,9 +80,11 @@ impl RmsNorm {
     /// is not `d_model`.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> wgpu_rmsnorm::Result<Tensor<D>> {
         let spec = self.spec();
+        // The fields are public: what init checked is checked again.
+        spec.core_config()?;
         check_last_dim(&x, spec.hidden())?;
         let gamma = self.gamma.val();
-        if !runs_on_kernels(&x, &spec) {
+        if !kernels_take(&x, &[&gamma], &spec) {
             return Ok(reference_rms_norm(x, gamma, spec));
         }
         let shape = x.shape();
@@ -90,6 +92,13 @@ impl RmsNorm {
         let x = x.reshape([rows, spec.hidden()]);
         let y = Dispatch::rms_norm(x.into_dispatch(), gamma.into_dispatch(), spec);
         Ok(Tensor::<2>::from_dispatch(y).reshape(shape))
+    }
+
+    /// Whether `forward(x)` runs on the kernels (else on burn's tensor ops): x and the gain
+    /// f32 on burn's wgpu runtime compiling WGSL, a call the launch plan can run with each
+    /// tensor in one binding.
+    pub fn runs_on_kernels<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        kernels_take(x, &[&self.gamma.val()], &self.spec())
     }
 
     /// [`RmsNorm::try_forward`], panicking with its error's message (as burn's modules do
@@ -156,9 +165,19 @@ impl LayerNorm {
     /// is not `d_model`.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> wgpu_rmsnorm::Result<Tensor<D>> {
         let spec = self.spec();
+        spec.core_config()?;
         check_last_dim(&x, spec.hidden())?;
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
-        if !runs_on_kernels(&x, &spec) {
+        // The fields are public: a bias of another length than the gain is refused.
+        let [beta_len] = beta.dims();
+        if beta_len != spec.hidden() {
+            return Err(wgpu_rmsnorm::Error::WeightLength {
+                which: "bias",
+                len: beta_len,
+                hidden: crate::spec::hidden_u32(spec.hidden())?,
+            });
+        }
+        if !kernels_take(&x, &[&gamma, &beta], &spec) {
             return Ok(reference_layer_norm(x, gamma, beta, spec));
         }
         let shape = x.shape();
@@ -171,6 +190,11 @@ impl LayerNorm {
             spec,
         );
         Ok(Tensor::<2>::from_dispatch(y).reshape(shape))
+    }
+
+    /// Whether `forward(x)` runs on the kernels (see [`RmsNorm::runs_on_kernels`]).
+    pub fn runs_on_kernels<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        kernels_take(x, &[&self.gamma.val(), &self.beta.val()], &self.spec())
     }
 
     /// [`LayerNorm::try_forward`], panicking with its error's message.
@@ -191,17 +215,20 @@ fn check_last_dim<const D: usize>(x: &Tensor<D>, hidden: usize) -> wgpu_rmsnorm:
     Ok(())
 }
 
-/// Whether a call on `x` runs on the kernels: an f32 tensor on burn's wgpu runtime compiling
-/// WGSL, whose forward and backward the launch plan can run in one binding per tensor.
-pub fn runs_on_kernels<const D: usize>(x: &Tensor<D>, spec: &NormSpec) -> bool {
+/// Whether a call on `x` with these weights runs on the kernels: f32 tensors of at least one
+/// row on burn's wgpu runtime compiling WGSL, whose forward and backward the launch plan can
+/// run in one binding per tensor.
+fn kernels_take<const D: usize>(x: &Tensor<D>, weights: &[&Tensor<1>], spec: &NormSpec) -> bool {
     let Some(device) = cube_device(&x.device()) else {
         return false;
     };
-    if x.dtype() != DType::F32 {
+    let f32_tensors = x.dtype() == DType::F32 && weights.iter().all(|w| w.dtype() == DType::F32);
+    if !f32_tensors {
         return false;
     }
     let rows = x.shape().num_elements() / spec.hidden().max(1);
-    let Ok(rows) = u32::try_from(rows) else {
+    // No rows: nothing to launch (burn's ops return the empty result and zero gradients).
+    let Ok(rows @ 1..) = u32::try_from(rows) else {
         return false;
     };
     [Pass::Forward, Pass::Backward].into_iter().all(|pass| {

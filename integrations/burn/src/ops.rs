@@ -9,7 +9,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::fusion::custom::{
-    CustomOpIr, HandleContainer, Operation, OperationIr, StreamId, TensorIr,
+    CustomOpIr, HandleContainer, Operation, OperationIr, ScalarIr, StreamId, TensorIr,
 };
 use burn::backend::fusion::{ExecutionError, Fusion, FusionBackend, FusionRuntime};
 use burn::backend::tensor::FloatTensor;
@@ -139,7 +139,23 @@ fn queue<B: FusionBackend + NormKernels>(
         .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, DType::F32))
         .collect();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new("wgpu_rmsnorm::norm", &inputs, &outputs);
+    let id = match (spec, pass) {
+        (NormSpec::Rms { .. }, Pass::Forward) => "wgpu_rmsnorm::rms_norm",
+        (NormSpec::Rms { .. }, Pass::Backward) => "wgpu_rmsnorm::rms_norm_backward",
+        (NormSpec::Layer { .. }, Pass::Forward) => "wgpu_rmsnorm::layer_norm",
+        (NormSpec::Layer { .. }, Pass::Backward) => "wgpu_rmsnorm::layer_norm_backward",
+    };
+    // What the operation computes besides its tensors, for fusion's description of it (the
+    // queued operation carries the spec itself).
+    let k = match spec {
+        NormSpec::Rms { k, .. } => k,
+        NormSpec::Layer { hidden, .. } => hidden,
+    };
+    let scalars = vec![
+        ScalarIr::UInt(k as u64),
+        ScalarIr::Float(f64::from(spec.eps())),
+    ];
+    let desc = CustomOpIr::with_scalars(id, &inputs, &outputs, scalars);
     let operation = QueuedNorm::<B> {
         desc: desc.clone(),
         spec,

@@ -65,13 +65,7 @@ impl NormSpec {
     /// the root, statistics saved by the forward and read by the backward. A typed error
     /// where the core refuses the shape or eps.
     pub fn core_config(&self) -> wgpu_rmsnorm::Result<RmsNormConfig> {
-        let hidden = u32::try_from(self.hidden()).map_err(|_| {
-            wgpu_rmsnorm::Error::RowExceedsBindingLimit {
-                hidden: u32::MAX,
-                row_bytes: self.hidden() as u64 * 4,
-                limit: u64::from(u32::MAX),
-            }
-        })?;
+        let hidden = hidden_u32(self.hidden())?;
         let (partial, bias) = match *self {
             // A k past u32 is past hidden: refused by validate as out of range.
             NormSpec::Rms { k, .. } => (
@@ -90,4 +84,13 @@ impl NormSpec {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `d_model` as the core's hidden size, or the typed error of a row past any binding.
+pub(crate) fn hidden_u32(d_model: usize) -> wgpu_rmsnorm::Result<u32> {
+    u32::try_from(d_model).map_err(|_| wgpu_rmsnorm::Error::RowExceedsBindingLimit {
+        hidden: u32::MAX,
+        row_bytes: (d_model as u64).saturating_mul(4),
+        limit: u64::from(u32::MAX),
+    })
 }

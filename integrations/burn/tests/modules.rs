@@ -10,8 +10,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use wgpu_rmsnorm::reference::{self, BACKWARD_TOL};
 use wgpu_rmsnorm::{DType as CoreDType, EpsMode, Error, Gain, PartialRms};
 use wgpu_rmsnorm_burn::{
-    backend_from_env, reference_layer_norm, reference_rms_norm, runs_on_kernels, wgpu_device,
-    LayerNorm, LayerNormConfig, NormSpec, RmsNorm, RmsNormConfig,
+    backend_from_env, reference_layer_norm, reference_rms_norm, wgpu_device, LayerNorm,
+    LayerNormConfig, NormSpec, RmsNorm, RmsNormConfig,
 };
 
 fn device() -> Device {
@@ -25,7 +25,7 @@ fn tensor<const D: usize>(values: &[f32], dims: [usize; D], device: &Device) -> 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("f32 data")
 }
 
@@ -90,10 +90,7 @@ fn rms_norm_and_prms_norm_match_the_f64_reference_on_the_kernels() {
             let gain = reference::sample_data(hidden, 13, 2.0);
             let norm = rms_module(hidden, partial, &gain, &device);
             let probe = tensor(&x, [rows, hidden], &device);
-            assert!(
-                runs_on_kernels(&probe, &norm.spec()),
-                "{rows}x{hidden} falls back"
-            );
+            assert!(norm.runs_on_kernels(&probe), "{rows}x{hidden} falls back");
             let (y, dx, w) = run_autodiff(
                 &x,
                 &dy,
@@ -187,10 +184,7 @@ fn layer_norm_matches_burns_layer_norm_and_the_reference() {
         let mut ours: LayerNorm = LayerNormConfig::new(hidden).init(&device);
         ours.gamma = Param::from_tensor(tensor(&gain, [hidden], &device).require_grad());
         ours.beta = Param::from_tensor(tensor(&bias, [hidden], &device).require_grad());
-        assert!(runs_on_kernels(
-            &tensor(&x, [rows, hidden], &device),
-            &ours.spec()
-        ));
+        assert!(ours.runs_on_kernels(&tensor(&x, [rows, hidden], &device)));
         let (y, dx, w) = run_autodiff(
             &x,
             &dy,
@@ -413,8 +407,12 @@ fn tensors_the_kernels_do_not_take_fall_back_to_burns_tensor_ops() {
     // f16 tensors are not the kernels': the modules take burn's ops (where the adapter
     // has f16 at all: llvmpipe's GL has not).
     let half = tensor(&x, [rows, hidden], &device).cast(DType::F16);
-    assert!(!runs_on_kernels(&half, &norm.spec()));
-    assert!(!runs_on_kernels(&half, &layer.spec()));
+    assert!(!norm.runs_on_kernels(&half));
+    assert!(!layer.runs_on_kernels(&half));
+    // So are f16 weights.
+    let mut half_gain = rms_module(hidden, 0.25, &gain, &device);
+    half_gain.gamma = Param::from_tensor(norm.gamma.val().cast(DType::F16).detach());
+    assert!(!half_gain.runs_on_kernels(&tensor(&x, [rows, hidden], &device)));
     if !device.supports_dtype(DType::F16) {
         eprintln!("no f16 on this adapter: the modules' f16 fallback is not run here");
         return;
@@ -469,6 +467,35 @@ fn bad_shapes_and_configs_are_typed_errors() {
             .try_init(&device),
         Err(Error::InvalidEps { .. })
     ));
+    // The modules' fields are public: a k or eps changed after init is checked again.
+    let zeros = || Tensor::<2>::zeros([2, 64], &device);
+    let mut changed = RmsNormConfig::new(64).init(&device);
+    changed.k = 65;
+    assert!(matches!(
+        changed.try_forward(zeros()),
+        Err(Error::InvalidCount { .. })
+    ));
+    changed.k = 0;
+    assert!(matches!(
+        changed.try_forward(zeros()),
+        Err(Error::InvalidCount { .. })
+    ));
+    changed.k = 64;
+    changed.epsilon = -1.0;
+    assert!(matches!(
+        changed.try_forward(zeros()),
+        Err(Error::InvalidEps { .. })
+    ));
+    let mut short_bias = LayerNormConfig::new(16).init(&device);
+    short_bias.beta = Param::from_tensor(Tensor::zeros([8], &device));
+    assert!(matches!(
+        short_bias.try_forward(Tensor::<2>::zeros([2, 16], &device)),
+        Err(Error::WeightLength {
+            which: "bias",
+            len: 8,
+            hidden: 16
+        })
+    ));
     let message = norm
         .try_forward(Tensor::<2>::zeros([4, 32], &device))
         .unwrap_err()
@@ -486,10 +513,98 @@ fn empty_batches_give_empty_outputs_and_zero_weight_gradients() {
     let grads = y.sum().backward();
     let dgain = values(norm.gamma.grad(&grads).unwrap());
     assert_eq!(dgain, vec![0.0; 32]);
+    let layer = LayerNormConfig::new(32).init(&device);
+    let (gamma, beta) = (
+        layer.gamma.val().require_grad(),
+        layer.beta.val().require_grad(),
+    );
+    let layer = LayerNorm {
+        gamma: Param::from_tensor(gamma),
+        beta: Param::from_tensor(beta),
+        ..layer
+    };
+    let x = Tensor::<3>::zeros([2, 0, 32], &device).require_grad();
+    let grads = layer.forward(x).sum().backward();
+    assert_eq!(values(layer.gamma.grad(&grads).unwrap()), vec![0.0; 32]);
+    assert_eq!(values(layer.beta.grad(&grads).unwrap()), vec![0.0; 32]);
     let spec = NormSpec::Rms {
         hidden: 32,
         k: 32,
         eps: 1e-5,
     };
     assert_eq!(spec.hidden(), 32);
+}
+
+#[test]
+fn views_non_contiguous_inputs_and_forward_only_calls_run_on_the_kernels() {
+    let device = device();
+    let (rows, hidden) = (128, 64);
+    let x = reference::sample_data(rows * hidden, 81, 2.0);
+    let gain = reference::sample_data(hidden, 82, 1.5);
+    let mut norm = RmsNormConfig::new(hidden).init(&device);
+    norm.gamma = Param::from_tensor(tensor(&gain, [hidden], &device));
+    let config = core_rms_config(hidden, hidden);
+    let expected = reference::rms_norm(&x, &config, Some(&gain), None).unwrap();
+    // Without autodiff: the held-out evaluation's path.
+    let whole = tensor(&x, [rows, hidden], &device);
+    assert!(norm.runs_on_kernels(&whole));
+    let y = values(norm.forward(whole.clone()));
+    assert_eq!(reference::compare(&y, &expected, 1e-6, 2e-6).failures, 0);
+    // The second half of the rows: a view at an offset into x's buffer.
+    let view = whole.clone().narrow(0, rows / 2, rows / 2);
+    let y = values(norm.forward(view));
+    let half = &expected[rows / 2 * hidden..];
+    assert_eq!(
+        reference::compare(&y, half, 1e-6, 2e-6).failures,
+        0,
+        "a view"
+    );
+    // A transposed input: made contiguous first.
+    let transposed = tensor(&x, [rows, hidden], &device)
+        .reshape([hidden, rows])
+        .swap_dims(0, 1);
+    let xt: Vec<f32> = (0..rows * hidden)
+        .map(|i| x[(i % hidden) * rows + i / hidden])
+        .collect();
+    let expected_t = reference::rms_norm(&xt, &config, Some(&gain), None).unwrap();
+    let y = values(norm.forward(transposed));
+    assert_eq!(
+        reference::compare(&y, &expected_t, 1e-6, 2e-6).failures,
+        0,
+        "transposed"
+    );
+}
+
+#[test]
+fn many_rows_run_as_several_dispatches_of_one_call() {
+    // 400000 rows of 32: more rows than the backward's 64 workgroups cover within the loop
+    // budget, so that the backward is cut into several dispatches (asserted for a
+    // lavapipe-like device in the crate's unit tests).
+    let device = device().autodiff();
+    let (rows, hidden) = (400_000, 32);
+    let n = rows * hidden;
+    let x = reference::sample_data(n, 91, 2.0);
+    let dy = reference::sample_data(n, 92, 1.0);
+    let gain = reference::sample_data(hidden, 93, 1.5);
+    let norm = rms_module(hidden, 1.0, &gain, &device);
+    let (y, dx, w) = run_autodiff(
+        &x,
+        &dy,
+        [rows, hidden],
+        &device,
+        |x| norm.forward(x),
+        |g| vec![values(norm.gamma.grad(g).unwrap())],
+    );
+    let config = core_rms_config(hidden, hidden);
+    let expected_y = reference::rms_norm(&x, &config, Some(&gain), None).unwrap();
+    assert_eq!(reference::compare(&y, &expected_y, 1e-6, 2e-6).failures, 0);
+    let expected = reference::rms_norm_backward(&x, &dy, &config, Some(&gain), None).unwrap();
+    assert_within("dx", &dx, &expected.dx, &expected.dx_scale, hidden);
+    assert_within(
+        "dgain",
+        &w[0],
+        expected.dgain.as_ref().unwrap(),
+        &expected.dgain_scale,
+        1,
+    );
 }
