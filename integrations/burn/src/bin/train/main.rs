@@ -13,6 +13,9 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use model::{Model, NormChoice, Shape};
 use std::time::Instant;
 
+/// Steps not timed: they compile pipelines and let autotune and fusion settle.
+const WARM_STEPS: usize = 10;
+
 /// The run, from the command line.
 #[derive(Debug, Clone)]
 struct Args {
@@ -32,7 +35,7 @@ NAME: burn-layernorm, burn-rmsnorm, layernorm, rmsnorm, prmsnorm";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        norm: NormChoice::RmsNorm,
+        norm: NormChoice::Rms,
         steps: 300,
         batch: 16,
         shape: Shape {
@@ -75,8 +78,17 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     args.norm = norm.ok_or(format!("--norm is required\n{USAGE}"))?;
-    if args.shape.d_model % args.shape.heads != 0 {
-        return Err("--d-model must be a multiple of --heads".into());
+    let s = args.shape;
+    if s.heads == 0 || s.d_model == 0 || !s.d_model.is_multiple_of(s.heads) {
+        return Err("--d-model must be a positive multiple of --heads (at least 1)".into());
+    }
+    if s.context == 0 || s.layers == 0 || args.batch == 0 || args.steps == 0 {
+        return Err("--context, --layers, --batch and --steps must be at least 1".into());
+    }
+    if args.steps <= WARM_STEPS {
+        return Err(format!(
+            "--steps must be more than the {WARM_STEPS} warm-up steps"
+        ));
     }
     Ok(args)
 }
@@ -119,21 +131,31 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Median ms of one normalization layer's forward and backward on the model's activations
-/// ([batch · context, d_model]), each timed to a device sync.
-fn time_norm(args: &Args, device: &Device) -> f64 {
+/// Median ms of the normalization work of one training step, in isolation on the model's
+/// shapes: as many normalization layers as the model has (each with its gain and its own
+/// input of [batch · context, d_model]), each forward then backward, independent of each
+/// other as in the model (where other layers sit between them), one device sync before and
+/// after all of them (so the sync's cost is shared as a step shares it).
+fn time_norms(args: &Args, calls: usize, device: &Device) -> f64 {
     let rows = args.batch * args.shape.context;
-    let norm = args.norm.build(args.shape.d_model, device);
-    let x = Tensor::<2>::random([rows, args.shape.d_model], Distribution::Default, device)
-        .require_grad();
+    let layers: Vec<_> = (0..calls)
+        .map(|_| {
+            let x = Tensor::<2>::random([rows, args.shape.d_model], Distribution::Default, device)
+                .require_grad();
+            (args.norm.build(args.shape.d_model, device), x)
+        })
+        .collect();
     let mut times = Vec::new();
     for i in 0..25 {
         device.sync().expect("device sync");
         let start = Instant::now();
-        let grads = norm.forward(x.clone()).backward();
-        let dx = x.grad(&grads).expect("dx");
-        drop(dx);
+        let grads: Vec<_> = layers
+            .iter()
+            .map(|(norm, x)| norm.forward(x.clone()).backward())
+            .collect();
         device.sync().expect("device sync");
+        drop(grads);
+        // The first iterations compile pipelines (and let autotune and fusion settle).
         if i >= 5 {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -151,6 +173,13 @@ fn main() {
     args.shape.vocab = vocab.len();
     let split = ids.len() * 9 / 10;
     let (train_ids, heldout_ids) = (&ids[..split], &ids[split..]);
+    if heldout_ids.len() <= args.shape.context + 1 {
+        eprintln!(
+            "--context {} is longer than the held-out text",
+            args.shape.context
+        );
+        std::process::exit(2);
+    }
     let base = wgpu_rmsnorm_burn::wgpu_device(wgpu_rmsnorm_burn::backend_from_env());
     let device = base.clone().autodiff();
     burn::tensor::Device::seed(&device, args.seed);
@@ -170,11 +199,12 @@ fn main() {
         let start = Instant::now();
         let (inputs, targets) = batch(train_ids, &args, &mut rng, &device);
         let loss = loss_of(&model, inputs, targets);
-        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(args.learning_rate, model, grads);
         device.sync().expect("device sync");
         step_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        // Read once the step is done, not in its middle.
+        let loss_value = f64::from(loss.into_scalar::<f32>());
         if step == 1 {
             first_loss = loss_value;
         }
@@ -196,11 +226,8 @@ fn main() {
             );
         }
     }
-    // The first steps compile pipelines (and let fusion explore): not counted.
-    let warm = step_ms.len().min(10);
-    let step_median = median(step_ms[warm..].to_vec());
-    let norm_layer_ms = time_norm(&args, &device);
-    let norm_ms = norm_layer_ms * model.norm_calls() as f64;
+    let step_median = median(step_ms[WARM_STEPS..].to_vec());
+    let norm_ms = time_norms(&args, model.norm_calls(), &device);
     let adapter = wgpu_rmsnorm_burn::adapter_name(&base);
     let record = record_json(
         &args,
@@ -230,26 +257,35 @@ fn record_json(
     adapter: &str,
 ) -> String {
     let (norm, implementation) = args.norm.norm_and_impl();
-    let fusion = std::env::var("BURN_FUSION_MAX_EXPLORATIONS").map_or(true, |v| v != "0");
+    // xtask turns fusion's exploration off with this variable (every operation then runs
+    // unfused, still queued through burn's fusion stream).
+    let fusion = std::env::var("BURN_FUSION_MAX_EXPLORATIONS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        != Some(0);
     let curve = |points: &[(usize, f64)]| {
         let items: Vec<String> = points
             .iter()
-            .map(|(s, l)| format!("[{s}, {l:.6}]"))
+            .map(|(s, l)| format!("[{s}, {}]", number(*l)))
             .collect();
         format!("[{}]", items.join(", "))
     };
     let s = args.shape;
+    let last = |curve: &[(usize, f64)]| number(curve.last().map_or(f64::NAN, |p| p.1));
     format!(
-        "{{\"norm\": \"{norm}\", \"impl\": \"{implementation}\", \"name\": \"{}\", \"fusion\": {fusion}, \
-\"step_ms\": {step_ms:.3}, \"norm_ms\": {norm_ms:.3}, \"first_loss\": {first_loss:.6}, \
-\"final_loss\": {:.6}, \"heldout_loss\": {:.6}, \"steps\": {}, \"adapter\": \"{}\", \
-\"model\": {{\"d_model\": {}, \"layers\": {}, \"heads\": {}, \"context\": {}, \"batch\": {}, \"vocab\": {}}}, \
-\"train_curve\": {}, \"heldout_curve\": {}}}\n",
+        "{{\"norm\": \"{norm}\", \"impl\": \"{implementation}\", \"name\": \"{}\", \
+\"fusion\": {fusion}, \"step_ms\": {}, \"norm_ms\": {}, \"first_loss\": {}, \
+\"final_loss\": {}, \"heldout_loss\": {}, \"steps\": {}, \"adapter\": \"{}\", \
+\"model\": {{\"d_model\": {}, \"layers\": {}, \"heads\": {}, \"context\": {}, \"batch\": {}, \
+\"vocab\": {}}}, \"train_curve\": {}, \"heldout_curve\": {}}}\n",
         args.norm.name(),
-        train.last().map_or(f64::NAN, |p| p.1),
-        heldout.last().map_or(f64::NAN, |p| p.1),
+        number(step_ms),
+        number(norm_ms),
+        number(first_loss),
+        last(train),
+        last(heldout),
         args.steps,
-        adapter,
+        escape(adapter),
         s.d_model,
         s.layers,
         s.heads,
@@ -259,4 +295,24 @@ fn record_json(
         curve(train),
         curve(heldout),
     )
+}
+
+/// A JSON number, `null` for NaN and infinities (a diverged loss).
+fn number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.6}")
+    } else {
+        "null".into()
+    }
+}
+
+/// `s` inside a JSON string.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
 }

@@ -10,45 +10,45 @@ use wgpu_rmsnorm_burn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormChoice {
     /// burn's `nn::LayerNorm` (tensor ops).
-    BurnLayerNorm,
+    BurnLayer,
     /// burn's `nn::RmsNorm` (tensor ops).
-    BurnRmsNorm,
+    BurnRms,
     /// This library's LayerNorm kernels.
-    LayerNorm,
+    Layer,
     /// This library's RMSNorm kernels.
-    RmsNorm,
+    Rms,
     /// This library's pRMSNorm kernels, p = 6.25%.
-    PRmsNorm,
+    PRms,
 }
 
 impl NormChoice {
     pub const ALL: [NormChoice; 5] = [
-        NormChoice::BurnLayerNorm,
-        NormChoice::BurnRmsNorm,
-        NormChoice::LayerNorm,
-        NormChoice::RmsNorm,
-        NormChoice::PRmsNorm,
+        NormChoice::BurnLayer,
+        NormChoice::BurnRms,
+        NormChoice::Layer,
+        NormChoice::Rms,
+        NormChoice::PRms,
     ];
 
     /// The name on the command line and in the records.
     pub fn name(self) -> &'static str {
         match self {
-            NormChoice::BurnLayerNorm => "burn-layernorm",
-            NormChoice::BurnRmsNorm => "burn-rmsnorm",
-            NormChoice::LayerNorm => "layernorm",
-            NormChoice::RmsNorm => "rmsnorm",
-            NormChoice::PRmsNorm => "prmsnorm",
+            NormChoice::BurnLayer => "burn-layernorm",
+            NormChoice::BurnRms => "burn-rmsnorm",
+            NormChoice::Layer => "layernorm",
+            NormChoice::Rms => "rmsnorm",
+            NormChoice::PRms => "prmsnorm",
         }
     }
 
     /// (normalization, implementation) for the records.
     pub fn norm_and_impl(self) -> (&'static str, &'static str) {
         match self {
-            NormChoice::BurnLayerNorm => ("LayerNorm", "burn"),
-            NormChoice::BurnRmsNorm => ("RMSNorm", "burn"),
-            NormChoice::LayerNorm => ("LayerNorm", "wgpu-rmsnorm"),
-            NormChoice::RmsNorm => ("RMSNorm", "wgpu-rmsnorm"),
-            NormChoice::PRmsNorm => ("pRMSNorm p=0.0625", "wgpu-rmsnorm"),
+            NormChoice::BurnLayer => ("LayerNorm", "burn"),
+            NormChoice::BurnRms => ("RMSNorm", "burn"),
+            NormChoice::Layer => ("LayerNorm", "wgpu-rmsnorm"),
+            NormChoice::Rms => ("RMSNorm", "wgpu-rmsnorm"),
+            NormChoice::PRms => ("pRMSNorm p=0.0625", "wgpu-rmsnorm"),
         }
     }
 
@@ -58,15 +58,15 @@ impl NormChoice {
 
     pub fn build(self, d_model: usize, device: &Device) -> Norm {
         match self {
-            NormChoice::BurnLayerNorm => {
+            NormChoice::BurnLayer => {
                 Norm::BurnLayer(burn::nn::LayerNormConfig::new(d_model).init(device))
             }
-            NormChoice::BurnRmsNorm => {
+            NormChoice::BurnRms => {
                 Norm::BurnRms(burn::nn::RmsNormConfig::new(d_model).init(device))
             }
-            NormChoice::LayerNorm => Norm::Layer(LayerNormConfig::new(d_model).init(device)),
-            NormChoice::RmsNorm => Norm::Rms(RmsNormConfig::new(d_model).init(device)),
-            NormChoice::PRmsNorm => Norm::Rms(
+            NormChoice::Layer => Norm::Layer(LayerNormConfig::new(d_model).init(device)),
+            NormChoice::Rms => Norm::Rms(RmsNormConfig::new(d_model).init(device)),
+            NormChoice::PRms => Norm::Rms(
                 RmsNormConfig::new(d_model)
                     .with_partial(0.0625)
                     .init(device),
