@@ -236,26 +236,9 @@ pub trait NormBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// burn's wgpu backend as this crate enables it (fusion on): the kernels queued on fusion's
+/// stream.
 impl<B: FusionBackend + NormKernels> NormBackend for Fusion<B> {
-    fn rms_norm(
-        x: FloatTensor<Self>,
-        gain: FloatTensor<Self>,
-        spec: NormSpec,
-    ) -> FloatTensor<Self> {
-        Self::norm_forward(x, gain, None, spec).0
-    }
-
-    fn layer_norm(
-        x: FloatTensor<Self>,
-        gain: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        spec: NormSpec,
-    ) -> FloatTensor<Self> {
-        Self::norm_forward(x, gain, Some(bias), spec).0
-    }
-}
-
-impl NormBackend for CubeBackend {
     fn rms_norm(
         x: FloatTensor<Self>,
         gain: FloatTensor<Self>,
