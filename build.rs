@@ -13,6 +13,9 @@ fn main() {
     println!("cargo:rerun-if-changed=shaders");
     println!("cargo:rerun-if-changed=src/shaders.rs");
     println!("cargo:rerun-if-changed=src/shader_check.rs");
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+        write_compact_shaders();
+    }
     for file in shaders::STANDALONE {
         let composed = shaders::ComposedShader::standalone(file);
         if let Err(message) = shader_check::validate(&composed, false) {
@@ -88,5 +91,26 @@ fn check(shape: &ModuleShape) {
             eprintln!("invalid WGSL ({shape:?}):\n{message}");
             std::process::exit(1);
         }
+    }
+}
+
+/// For the browser build: `shaders/` without comments and indentation (half the text, and
+/// the .wasm carries every file), line for line, so that the composition's line map still
+/// locates a compiler error. WGSL has no string literals, so `//` always starts a comment.
+fn write_compact_shaders() {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("shaders");
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/shaders");
+    for entry in std::fs::read_dir("shaders").expect("read shaders/") {
+        let path = entry.expect("read shaders/").path();
+        let text = std::fs::read_to_string(&path).expect("read a shader");
+        let compact: String = text
+            .lines()
+            .map(|line| {
+                let code = line.split_once("//").map_or(line, |(code, _)| code);
+                format!("{}\n", code.trim())
+            })
+            .collect();
+        let name = path.file_name().expect("a file name");
+        std::fs::write(out.join(name), compact).expect("write a compact shader");
     }
 }

@@ -257,23 +257,6 @@ impl GpuContext {
         queue: wgpu::Queue,
         kernel_options: KernelOptions,
     ) -> Self {
-        let call_timer = device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-            .then(|| CallTimer {
-                query_set: device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("rmsnorm call timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2,
-                }),
-                resolve: device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("rmsnorm call timestamps"),
-                    size: TIMESTAMP_BYTES,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }),
-                period_ns: f64::from(queue.get_timestamp_period()),
-            });
         Self {
             adapter_info: device.adapter_info(),
             pipelines: PipelineCache::new(&device),
@@ -282,10 +265,52 @@ impl GpuContext {
             kernel_options,
             kernels: Mutex::new(Vec::new()),
             scratch: Mutex::new(None),
-            call_timer,
+            call_timer: None,
             last_gpu_seconds: Mutex::new(None),
             lost: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Times each high-level call's compute pass with timestamp queries
+    /// ([`GpuContext::last_gpu_seconds`]) where `on` and the device has
+    /// `Features::TIMESTAMP_QUERY`. Off by default: a call then writes, resolves and reads
+    /// back no timestamps.
+    pub fn with_call_timing(mut self, on: bool) -> Self {
+        let timed = on
+            && self
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY);
+        self.call_timer = timed.then(|| CallTimer {
+            query_set: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("rmsnorm call timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("rmsnorm call timestamps"),
+                size: TIMESTAMP_BYTES,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period_ns: f64::from(self.queue.get_timestamp_period()),
+        });
+        // The reusable buffers were sized for the previous setting.
+        *self
+            .scratch
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .last_gpu_seconds
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self
+    }
+
+    /// Whether calls are timed ([`GpuContext::with_call_timing`] on a device with timestamp
+    /// queries).
+    pub fn times_calls(&self) -> bool {
+        self.call_timer.is_some()
     }
 
     /// The device.
@@ -307,6 +332,24 @@ impl GpuContext {
     /// kernels that differ only in eps or k share them and compile nothing.
     pub fn kernel(&self, config: &RmsNormConfig) -> Result<RmsNorm> {
         RmsNorm::with_cache(&self.pipelines, config, &self.kernel_options)
+    }
+
+    /// A LayerNorm kernel for `config`, planned now, its pipelines from the context's cache.
+    pub fn layer_norm_kernel(&self, config: &LayerNormConfig) -> Result<crate::LayerNorm> {
+        crate::LayerNorm::with_cache(&self.pipelines, config, &self.kernel_options)
+    }
+
+    /// [`Error::DeviceLost`] once the device this context opened is lost.
+    pub(crate) fn check_not_lost(&self) -> Result<()> {
+        match self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            Some(reason) => Err(Error::DeviceLost(reason)),
+            None => Ok(()),
+        }
     }
 
     /// Compiled pipelines held by this context (bounded; eps and k compile none).
@@ -508,14 +551,7 @@ impl GpuContext {
     /// Checks a high-level call; returns its row count.
     fn check_call(&self, data: &CallData<'_>, config: &RmsNormConfig) -> Result<u32> {
         config.validate()?;
-        if let Some(reason) = self
-            .lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Err(Error::DeviceLost(reason));
-        }
+        self.check_not_lost()?;
         let elements = |bytes: &[u8], dtype: DType| bytes.len() / dtype.bytes() as usize;
         let rows = config.rows_in(elements(data.x, config.dtype))?;
         config.check_weights(
@@ -736,7 +772,8 @@ impl GpuContext {
     }
 
     /// GPU time of the compute pass of the last call to finish, from timestamp queries
-    /// (`None` without `Features::TIMESTAMP_QUERY`, or before the first call).
+    /// (`None` unless [`GpuContext::with_call_timing`] turned timing on on a device with
+    /// `Features::TIMESTAMP_QUERY`, or before the first call).
     pub fn last_gpu_seconds(&self) -> Option<f64> {
         *self
             .last_gpu_seconds

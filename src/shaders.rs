@@ -265,7 +265,11 @@ macro_rules! shader_file {
     ($name:literal) => {
         ShaderFile {
             path: concat!("shaders/", $name),
+            #[cfg(not(target_arch = "wasm32"))]
             text: include_str!(concat!("../shaders/", $name)),
+            // Written by build.rs without comments and indentation, line for line.
+            #[cfg(target_arch = "wasm32")]
+            text: include_str!(concat!(env!("OUT_DIR"), "/shaders/", $name)),
         }
     };
 }

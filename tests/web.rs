@@ -19,7 +19,7 @@ wasm_bindgen_test_configure!(run_in_browser);
 /// WebGPU fails the test.
 async fn gpu(options: KernelOptions) -> Option<GpuContext> {
     match GpuContext::with_adapter_choice(&Default::default(), options).await {
-        Ok(gpu) => Some(gpu),
+        Ok(gpu) => Some(gpu.with_call_timing(true)),
         Err(e) if option_env!("REQUIRE_GPU") == Some("1") => panic!("REQUIRE_GPU=1 but: {e}"),
         Err(e) => {
             web_sys::console::log_1(&format!("*** BROWSER GPU TESTS SKIPPED: {e} ***").into());
@@ -993,4 +993,299 @@ async fn the_js_backward_computes_and_rejects_bad_input() {
     ))
     .await;
     assert!(message.contains("gradSum"), "{message}");
+}
+
+/// Awaits a promise from the JS API that must resolve.
+async fn resolved(promise: js_sys::Promise) -> JsValue {
+    match JsFuture::from(promise).await {
+        Ok(value) => value,
+        Err(e) => panic!("the promise rejected: {e:?}"),
+    }
+}
+
+/// Reads a GpuTensor (a JS object) back as f32 values.
+async fn read_tensor(tensor: &JsValue) -> Vec<f32> {
+    let read: js_sys::Function = Reflect::get(tensor, &"read".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    let promise: js_sys::Promise = read.call0(tensor).unwrap().dyn_into().unwrap();
+    let values = resolved(promise).await;
+    values.dyn_into::<Float32Array>().unwrap().to_vec()
+}
+
+/// Calls a method of a JS object and returns what it returned (or threw).
+fn call_method(object: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let function: js_sys::Function = Reflect::get(object, &method.into())?.dyn_into()?;
+    Reflect::apply(&function, object, &args.iter().collect())
+}
+
+async fn resident_normalizer() -> Option<Normalizer> {
+    match Normalizer::create(JsValue::UNDEFINED).await {
+        Ok(n) => Some(n),
+        Err(e) if option_env!("REQUIRE_GPU") == Some("1") => {
+            panic!("REQUIRE_GPU=1 but: {:?}", JsValue::from(e))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Eight layers (RMSNorm, pRMSNorm, LayerNorm in turn), each `h = x + r; y = norm(h) * g`
+/// on the previous layer's output and sum, chained on GpuTensors with no readback; then
+/// every step read and checked against the f64 reference of its own inputs.
+#[wasm_bindgen_test]
+async fn gpu_tensors_chain_eight_layers_without_readback() {
+    let Some(gpu) = resident_normalizer().await else {
+        return;
+    };
+    let (rows, hidden) = (16usize, 260u32);
+    let n = hidden as usize;
+    let x0 = data(rows * n, 40);
+    let r0 = data(rows * n, 41);
+    let gains: Vec<Vec<f32>> = (0..8).map(|i| data(n, 50 + i)).collect();
+    let layers: Vec<_> = (0..8)
+        .map(|i| {
+            let gain = Float32Array::from(gains[i].as_slice());
+            match i % 3 {
+                0 => gpu.rms_norm_layer(260.0, options(&[("gain", gain.into())])),
+                1 => {
+                    gpu.rms_norm_layer(260.0, options(&[("gain", gain.into()), ("p", 0.25.into())]))
+                }
+                _ => gpu.layer_norm_layer(260.0, options(&[("gain", gain.into())])),
+            }
+            .map_err(JsValue::from)
+            .unwrap()
+        })
+        .collect();
+    let mut x: JsValue = gpu.tensor(js(&x0), JsValue::UNDEFINED).unwrap().into();
+    let mut r: JsValue = gpu.tensor(js(&r0), JsValue::UNDEFINED).unwrap().into();
+    let mut steps = vec![(x.clone(), r.clone())];
+    for layer in &layers {
+        let out = resolved(layer.forward_residual(x.clone(), r.clone())).await;
+        x = Reflect::get(&out, &"output".into()).unwrap();
+        r = Reflect::get(&out, &"sum".into()).unwrap();
+        assert_eq!(options_type(&x), "GpuTensor");
+        steps.push((x.clone(), r.clone()));
+    }
+    for (i, pair) in steps.windows(2).enumerate() {
+        let (xi, ri) = (read_tensor(&pair[0].0).await, read_tensor(&pair[0].1).await);
+        let (y, h) = (read_tensor(&pair[1].0).await, read_tensor(&pair[1].1).await);
+        let sum = reference::residual_sum(&xi, &ri, DType::F32);
+        assert_eq!(h, sum, "layer {i}: the stored sum is x + r rounded once");
+        let expected = match i % 3 {
+            0 => reference::rms_norm(
+                &sum,
+                &RmsNormConfig::new(hidden).with_gain(Gain::Scale),
+                Some(&gains[i]),
+                None,
+            ),
+            1 => reference::rms_norm(
+                &sum,
+                &RmsNormConfig::new(hidden)
+                    .with_gain(Gain::Scale)
+                    .with_partial(PartialRms::Fraction(0.25)),
+                Some(&gains[i]),
+                None,
+            ),
+            _ => reference::layer_norm(
+                &sum,
+                &LayerNormConfig::new(hidden).with_gain(Gain::Scale),
+                Some(&gains[i]),
+                None,
+            ),
+        }
+        .unwrap();
+        let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+        assert_eq!(stats.failures, 0, "layer {i}: {stats:?}");
+    }
+    for (x, r) in &steps {
+        call_method(x, "destroy", &[]).unwrap();
+        call_method(r, "destroy", &[]).unwrap();
+    }
+    for layer in &layers {
+        layer.destroy();
+    }
+}
+
+fn options_type(value: &JsValue) -> String {
+    let constructor = Reflect::get(value, &"constructor".into()).unwrap();
+    Reflect::get(&constructor, &"name".into())
+        .unwrap()
+        .as_string()
+        .unwrap()
+}
+
+/// The calls that take typed arrays take GpuTensors too; tensors share the device with the
+/// application (its GPUDevice, buffers copied in); bad input is refused with a message.
+#[wasm_bindgen_test]
+async fn gpu_tensors_share_the_device_and_refuse_bad_input() {
+    let Some(gpu) = resident_normalizer().await else {
+        return;
+    };
+    let x = data(4 * 8, 60);
+    let gain = data(8, 61);
+    let tensor: JsValue = gpu.tensor(js(&x), JsValue::UNDEFINED).unwrap().into();
+    assert_eq!(
+        Reflect::get(&tensor, &"length".into()).unwrap(),
+        JsValue::from(32)
+    );
+    assert_eq!(
+        Reflect::get(&tensor, &"byteLength".into()).unwrap(),
+        JsValue::from(128)
+    );
+    assert_eq!(
+        Reflect::get(&tensor, &"dtype".into()).unwrap(),
+        JsValue::from("f32")
+    );
+    let config = RmsNormConfig::new(8).with_gain(Gain::Scale);
+    let y = resolved(gpu.rms_norm(tensor.clone(), 8.0, options(&[("gain", js(&gain))]))).await;
+    assert_eq!(options_type(&y), "GpuTensor");
+    check(
+        &read_tensor(&y).await,
+        &x,
+        &config,
+        Some(&gain),
+        None,
+        "rmsNorm on a GpuTensor",
+    );
+    let y = resolved(gpu.layer_norm(tensor.clone(), 8.0, JsValue::UNDEFINED)).await;
+    let expected = reference::layer_norm(&x, &LayerNormConfig::new(8), None, None).unwrap();
+    let stats = reference::compare(&read_tensor(&y).await, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(stats.failures, 0, "layerNorm on a GpuTensor: {stats:?}");
+    // A layer called with typed arrays gives typed arrays.
+    let layer = gpu
+        .rms_norm_layer(8.0, options(&[("gain", js(&gain)), ("k", 3.into())]))
+        .map_err(JsValue::from)
+        .unwrap();
+    let y = resolved(layer.forward(js(&x))).await;
+    let y = y.dyn_into::<Float32Array>().unwrap().to_vec();
+    let partial = config.with_partial(PartialRms::Count(3));
+    check(
+        &y,
+        &x,
+        &partial,
+        Some(&gain),
+        None,
+        "layer on a Float32Array",
+    );
+
+    // The application's own buffer on gpu.device, copied into a tensor on the GPU.
+    let device = gpu.device().map_err(JsValue::from).unwrap();
+    assert!(
+        Reflect::has(&device, &"queue".into()).unwrap(),
+        "a GPUDevice"
+    );
+    let descriptor = options(&[("size", 256.into()), ("usage", (4 | 8).into())]);
+    let buffer = call_method(&device, "createBuffer", &[descriptor]).unwrap();
+    let queue = Reflect::get(&device, &"queue".into()).unwrap();
+    let mut words = vec![0.0f32; 64];
+    words[16..48].copy_from_slice(&x);
+    call_method(
+        &queue,
+        "writeBuffer",
+        &[buffer.clone(), 0.into(), js(&words)],
+    )
+    .unwrap();
+    let empty: JsValue = gpu.empty_tensor(32.0, JsValue::UNDEFINED).unwrap().into();
+    assert_eq!(read_tensor(&empty).await, vec![0.0; 32]);
+    let copied = call_method(&empty, "copyFrom", &[buffer.clone(), 64.into()]).unwrap();
+    resolved(copied.dyn_into().unwrap()).await;
+    assert_eq!(read_tensor(&empty).await, x);
+    call_method(&empty, "write", &[js(&gain.repeat(4))]).unwrap();
+    assert_eq!(read_tensor(&empty).await, gain.repeat(4));
+
+    let copy_error = |args: &[JsValue]| {
+        let promise = call_method(&empty, "copyFrom", args).unwrap();
+        rejection(promise.dyn_into().unwrap())
+    };
+    assert!(copy_error(&[buffer.clone(), 2.into()])
+        .await
+        .contains("multiple of 4"));
+    assert!(copy_error(&[buffer.clone(), 192.into()])
+        .await
+        .contains("holds 256 bytes"));
+    assert!(copy_error(&["buffer".into()])
+        .await
+        .contains("must be a GPUBuffer"));
+    let no_copy_src = options(&[("size", 256.into()), ("usage", 8.into())]);
+    let write_only = call_method(&device, "createBuffer", &[no_copy_src]).unwrap();
+    assert!(copy_error(&[write_only]).await.contains("copyFrom failed"));
+
+    let f16_tensor: JsValue = gpu
+        .tensor(Uint16Array::from(&[0x3c00u16; 32][..]).into(), "f16".into())
+        .unwrap()
+        .into();
+    let cases = [
+        (
+            gpu.rms_norm(tensor.clone(), 5.0, JsValue::UNDEFINED),
+            "multiple",
+        ),
+        (
+            gpu.rms_norm(f16_tensor.clone(), 8.0, JsValue::UNDEFINED),
+            "is a f16 tensor",
+        ),
+        (
+            gpu.rms_norm_residual(tensor.clone(), js(&x), 8.0, JsValue::UNDEFINED),
+            "both as GpuTensors",
+        ),
+        (
+            gpu.rms_norm(tensor.clone(), 8.0, options(&[("gain", js(&x))])),
+            "gain has 32 elements",
+        ),
+    ];
+    for (promise, expected) in cases {
+        let message = rejection(promise).await;
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+    let message = JsValue::from(
+        gpu.tensor(Uint16Array::new_with_length(4).into(), JsValue::UNDEFINED)
+            .err()
+            .unwrap(),
+    );
+    assert!(format!("{message:?}").contains("pass dtype"), "{message:?}");
+    assert!(gpu.empty_tensor(-1.0, JsValue::UNDEFINED).is_err());
+    call_method(&tensor, "destroy", &[]).unwrap();
+    let message = rejection(gpu.rms_norm(tensor.clone(), 8.0, JsValue::UNDEFINED)).await;
+    assert!(message.contains("destroyed"), "{message}");
+    let read = call_method(&tensor, "read", &[]).unwrap();
+    assert!(rejection(read.dyn_into().unwrap())
+        .await
+        .contains("destroyed"));
+    call_method(&f16_tensor, "free", &[]).unwrap();
+    let message =
+        rejection(gpu.rms_norm(f16_tensor, 8.0, options(&[("dtype", "f16".into())]))).await;
+    assert!(message.contains("freed"), "{message}");
+    layer.destroy();
+    assert!(rejection(layer.forward(js(&x)))
+        .await
+        .contains("layer was destroyed"));
+}
+
+/// Timestamp queries only when create() asks for them.
+#[wasm_bindgen_test]
+async fn call_timing_is_opt_in() {
+    let Some(gpu) = resident_normalizer().await else {
+        return;
+    };
+    let x = data(64, 70);
+    resolved(gpu.rms_norm(js(&x), 8.0, JsValue::UNDEFINED)).await;
+    assert_eq!(
+        gpu.last_gpu_time_ms(),
+        None,
+        "no timestamps unless asked for"
+    );
+    let timed = Normalizer::create(options(&[("timestamps", true.into())]))
+        .await
+        .map_err(JsValue::from)
+        .unwrap();
+    resolved(timed.rms_norm(js(&x), 8.0, JsValue::UNDEFINED)).await;
+    let features = Reflect::get(&timed.adapter_info(), &"features".into()).unwrap();
+    if js_sys::Array::from(&features).includes(&"timestamp-query".into(), 0) {
+        assert!(timed.last_gpu_time_ms().is_some());
+    }
+    let message = Normalizer::create(options(&[("timestamps", 1.into())]))
+        .await
+        .err()
+        .unwrap();
+    assert!(format!("{:?}", JsValue::from(message)).contains("timestamps must be a boolean"));
 }

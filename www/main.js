@@ -50,7 +50,7 @@ function readForm() {
   if (!(p > 0 && p <= 1)) problems.push("p must be in (0, 1]");
   if (!(eps >= 0) || !Number.isFinite(eps)) problems.push("eps must be a finite number >= 0");
   if (rows * hidden > MAX_VALUES) {
-    problems.push(`rows x hidden = ${rows * hidden} is more than this page allows (${MAX_VALUES})`);
+    problems.push(`rows × hidden = ${fmt(rows * hidden)} is more than this page allows (${fmt(MAX_VALUES)})`);
   }
   return {
     rows, hidden, p, problems,
@@ -167,7 +167,7 @@ async function runKernels(normalizer, form) {
   const dy = toDType(sampleData(values, 5, 1), dtype);
   const gradSum = r ? toDType(sampleData(values, 6, 1), dtype) : undefined;
   for (const kernel of kernelsFor(normalizer, form, x, r)) {
-    setStatus(`Running ${kernel.name} on ${rows} x ${hidden} ${dtype}…`, "busy");
+    setStatus(`Running ${kernel.name} on ${fmt(rows)} × ${fmt(hidden)} ${dtype}…`, "busy");
     const { y, ms } = await timed(kernel.call, normalizer);
     const error = compareToReference(y.output, kernel.reference(), dtype);
     // The sum from x and r as stored (both already of the dtype), added in f32 and rounded.
@@ -182,7 +182,7 @@ async function runKernels(normalizer, form) {
       error.maxRel.toExponential(2),
       error.maxUlps.toFixed(2),
     ], error.pass && sumOk));
-    setStatus(`Running ${kernel.name} backward on ${rows} x ${hidden} ${dtype}…`, "busy");
+    setStatus(`Running ${kernel.name} backward on ${fmt(rows)} × ${fmt(hidden)} ${dtype}…`, "busy");
     backwardBody.append(await runBackward(normalizer, form, kernel, r ? y.sum : x, dy, gradSum));
   }
 }
@@ -205,20 +205,63 @@ function widenBits(bits, dtype) {
   return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
-// A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }].
-function lineChart(container, series, { xLabel, yLabel, logX = false }) {
-  const W = 760, H = 300, L = 60, R = 170, T = 26, B = 40;
+// Numbers for people: thousands separators, and at most 3 significant digits for fractions.
+const fmt = (v) => Number.isInteger(v) ? v.toLocaleString("en-US") : Number(v.toPrecision(3)).toLocaleString("en-US");
+
+// Round ticks (1-2-5 steps) covering [lo, hi], about `count` of them.
+function niceTicks(lo, hi, count = 5) {
+  const raw = (hi - lo) / count;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+  const ticks = [];
+  for (let v = Math.floor(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+    ticks.push(Number(v.toPrecision(12)));
+  }
+  if (ticks[ticks.length - 1] < hi) ticks.push(Number((ticks[ticks.length - 1] + step).toPrecision(12)));
+  return ticks;
+}
+
+const charts = new Map();
+// Charts are drawn in CSS pixels at their box's width, and again when it changes.
+new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const draw = charts.get(entry.target);
+    if (draw && Math.abs(entry.contentRect.width - (draw.width ?? 0)) > 1) draw();
+  }
+}).observe(document.documentElement);
+window.addEventListener("resize", () => charts.forEach((draw) => draw()));
+
+// A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }]; with no series, the
+// axes and `placeholder` (what a run will draw).
+function lineChart(container, series, options) {
+  const draw = () => {
+    draw.width = container.clientWidth;
+    container.replaceChildren(drawChart(Math.max(280, container.clientWidth), series, options));
+  };
+  charts.set(container, draw);
+  draw();
+}
+
+function drawChart(W, series, { xLabel, yLabel, logX = false, xTicks, zeroLine = false, placeholder }) {
+  const narrow = W < 560;
+  // The legend goes right of the plot on wide screens, below it on narrow ones.
+  const legendRows = narrow ? series.length : 0;
+  const L = 58, R = narrow ? 14 : 180, T = 28, B = 44 + legendRows * 18;
+  const H = Math.round(Math.min(340, Math.max(240, W * 0.45))) + legendRows * 18;
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const fx = logX ? Math.log2 : (v) => v;
-  const [x0, x1] = [Math.min(...xs.map(fx)), Math.max(...xs.map(fx))];
-  let [y0, y1] = [Math.min(0, ...ys), Math.max(...ys)];
-  if (y1 === y0) y1 = y0 + 1;
+  const allX = xs.length ? xs : xTicks ?? [0, 1];
+  const [x0, x1] = [Math.min(...allX.map(fx)), Math.max(...allX.map(fx))];
+  const yTicks = niceTicks(Math.min(0, ...ys), ys.length ? Math.max(...ys, 1e-9) : 1);
+  const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const px = (v) => L + ((fx(v) - x0) / (x1 - x0 || 1)) * (W - L - R);
   const py = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("width", W);
+  svg.setAttribute("height", H);
   const add = (tag, attrs, text) => {
     const el = document.createElementNS(ns, tag);
     for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
@@ -226,32 +269,45 @@ function lineChart(container, series, { xLabel, yLabel, logX = false }) {
     svg.append(el);
     return el;
   };
-  add("line", { x1: L, y1: py(y0), x2: W - R, y2: py(y0), class: "axis" });
-  add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
-  for (let i = 0; i <= 4; i++) {
-    const v = y0 + ((y1 - y0) * i) / 4;
-    add("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, Number(v.toPrecision(3)).toString());
+  for (const v of yTicks) {
+    add("line", { x1: L, y1: py(v), x2: W - R, y2: py(v), class: "grid" });
+    add("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, fmt(v));
   }
-  const ticks = [...new Set(xs)];
-  const every = Math.ceil(ticks.length / 10);
+  if (zeroLine && y0 < 0) add("line", { x1: L, y1: py(0), x2: W - R, y2: py(0), class: "zero" });
+  add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" });
+  add("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" });
+  const ticks = xTicks ?? niceTicks(x0, x1, narrow ? 4 : 8).filter((v) => v >= x0 && v <= x1);
+  // Labels at least 48 px apart.
+  const every = Math.max(1, Math.ceil((ticks.length * 48) / (W - L - R)));
   ticks.filter((_, i) => i % every === 0).forEach((v) => {
-    add("text", { x: px(v), y: H - B + 16, "text-anchor": "middle" }, String(v));
+    add("line", { x1: px(v), y1: H - B, x2: px(v), y2: H - B + 4, class: "axis" });
+    add("text", { x: px(v), y: H - B + 17, "text-anchor": "middle" }, fmt(v));
   });
-  add("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, xLabel);
-  add("text", { x: L, y: T - 10, "text-anchor": "middle" }, yLabel);
+  add("text", { x: (L + W - R) / 2, y: H - B + 36, "text-anchor": "middle" }, xLabel);
+  add("text", { x: 4, y: T - 12 }, yLabel);
+  if (!series.length && placeholder) {
+    add("text", { x: (L + W - R) / 2, y: (T + H - B) / 2, "text-anchor": "middle", class: "placeholder" }, placeholder);
+  }
   series.forEach((s, i) => {
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join("");
     add("path", { d, class: "series", stroke: s.color, "stroke-dasharray": s.dash ?? "" });
-    add("rect", { x: W - R + 12, y: T + 4 + i * 20, width: 14, height: 4, fill: s.color });
-    add("text", { x: W - R + 32, y: T + 10 + i * 20 }, s.name);
+    const [lx, ly] = narrow ? [L, H - legendRows * 18 + i * 18 - 2] : [W - R + 14, T + 4 + i * 20];
+    add("rect", { x: lx, y: ly, width: 14, height: 4, fill: s.color });
+    add("text", { x: lx + 20, y: ly + 6 }, s.name);
   });
-  container.replaceChildren(svg);
+  return svg;
 }
+
+const SWEEP_AXES = {
+  xLabel: "hidden size (elements per row, log scale)", yLabel: "effective bandwidth, GB/s", logX: true,
+  xTicks: SWEEP_HIDDEN,
+  placeholder: "Run draws RMSNorm, pRMSNorm and LayerNorm here, hidden 64 to 16,384",
+};
 
 async function runSweep(normalizer, form) {
   const rms = [], prms = [], layer = [];
   for (const hidden of SWEEP_HIDDEN) {
-    setStatus(`Sweep: hidden ${hidden}…`, "busy");
+    setStatus(`Sweep: hidden ${fmt(hidden)}…`, "busy");
     const x = sampleData(SWEEP_VALUES, hidden, 4);
     const a = await timed(() => normalizer.rmsNorm(x, hidden), normalizer);
     const b = await timed(() => normalizer.pRmsNorm(x, hidden, { p: form.p }), normalizer);
@@ -264,7 +320,61 @@ async function runSweep(normalizer, form) {
     { name: "RMSNorm", color: "var(--rms)", points: rms },
     { name: `pRMSNorm p=${form.p}`, color: "var(--prms)", points: prms },
     { name: "LayerNorm", color: "var(--layer)", points: layer, dash: "6 3" },
-  ], { xLabel: "hidden size", yLabel: "GB/s", logX: true });
+  ], SWEEP_AXES);
+}
+
+const CHAIN_LAYERS = 8;
+
+// The eight-layer chain, GPU-resident and through Float32Arrays: rows of #chain-results.
+async function runChain(normalizer, form) {
+  const { rows, hidden } = form;
+  const values = rows * hidden;
+  const x = sampleData(values, 11, 2);
+  const r = sampleData(values, 12, 2);
+  const gains = Array.from({ length: CHAIN_LAYERS }, (_, i) => sampleData(hidden, 20 + i, 1));
+  const layers = gains.map((gain) => normalizer.rmsNormLayer(hidden, { gain }));
+  const resident = async () => {
+    let xt = normalizer.tensor(x), rt = normalizer.tensor(r);
+    for (const layer of layers) {
+      const { output, sum } = await layer.forwardResidual(xt, rt);
+      xt.destroy(); rt.destroy();
+      xt = output; rt = sum;
+    }
+    const y = await xt.read();
+    xt.destroy(); rt.destroy();
+    return y;
+  };
+  const typed = async () => {
+    let xa = x, ra = r;
+    for (const gain of gains) {
+      ({ output: xa, sum: ra } = await normalizer.rmsNormResidual(xa, ra, hidden, { gain }));
+    }
+    return xa;
+  };
+  const median = async (chain) => {
+    const times = [];
+    let y;
+    for (let i = 0; i < 3; i++) {
+      const start = performance.now();
+      y = await chain();
+      times.push(performance.now() - start);
+    }
+    return { y, ms: times.sort((a, b) => a - b)[1] };
+  };
+  setStatus(`Chain of ${CHAIN_LAYERS} layers on GPU tensors, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
+  const onGpu = await median(resident);
+  setStatus(`Chain of ${CHAIN_LAYERS} layers through Float32Arrays, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
+  const viaCpu = await median(typed);
+  layers.forEach((layer) => layer.destroy());
+  const same = sameBits(onGpu.y, viaCpu.y);
+  const body = $("chain-results").querySelector("tbody");
+  body.replaceChildren(
+    resultRow([`GPU-resident, ${fmt(rows)} × ${fmt(hidden)}`, onGpu.ms.toFixed(2),
+      (onGpu.ms / CHAIN_LAYERS).toFixed(2), `${(viaCpu.ms / onGpu.ms).toFixed(2)}×`], same),
+    resultRow([`Float32Arrays, ${fmt(rows)} × ${fmt(hidden)}`, viaCpu.ms.toFixed(2),
+      (viaCpu.ms / CHAIN_LAYERS).toFixed(2), "1.00×"], same),
+  );
+  body.dataset.speedup = String(viaCpu.ms / onGpu.ms);
 }
 
 async function runBenchmark(normalizer) {
@@ -273,7 +383,7 @@ async function runBenchmark(normalizer) {
   const ratios = [];
   const backwardRatios = [];
   for (const [rows, hidden] of BENCH_SHAPES) {
-    $("bench-status").textContent = `Measuring ${rows} x ${hidden}…`;
+    $("bench-status").textContent = `Measuring ${fmt(rows)} × ${fmt(hidden)}…`;
     $("bench-status").className = "busy";
     const records = await normalizer.benchmark(rows, hidden);
     for (const r of records) {
@@ -346,7 +456,7 @@ async function runInvariance(normalizer) {
     { name: "RMSNorm(x)", color: "var(--rms)", points: points(y) },
     { name: `RMSNorm(${a}·x)`, color: "var(--prms)", points: points(ya), dash: "5 4" },
     { name: `RMSNorm(x + ${c})`, color: "var(--layer)", points: points(yc) },
-  ], { xLabel: "element", yLabel: "output" });
+  ], { xLabel: "element index", yLabel: "output (unitless)", zeroLine: true });
   const maxDiff = (u, v) => u.reduce((m, value, i) => Math.max(m, Math.abs(value - v[i])), 0);
   const scaled = maxDiff(y, ya), shifted = maxDiff(y, yc);
   const summary = $("invariance-summary");
@@ -357,6 +467,7 @@ async function runInvariance(normalizer) {
 }
 
 async function main() {
+  lineChart($("sweep"), [], SWEEP_AXES);
   await init();
   if (!navigator.gpu) {
     showNoWebGpu("navigator.gpu is not defined in this browser.");
@@ -364,7 +475,8 @@ async function main() {
   }
   let normalizer;
   try {
-    normalizer = await Normalizer.create();
+    // Timestamp queries: the results table shows each call's GPU time.
+    normalizer = await Normalizer.create({ timestamps: true });
   } catch (error) {
     showNoWebGpu(String(error.message ?? error));
     return;
@@ -373,6 +485,8 @@ async function main() {
   const name = info.name || [info.vendor, info.architecture].filter(Boolean).join(" ") || "unnamed adapter";
   $("adapter").textContent = `${name} (vendor ${info.vendor || "?"}, architecture ${info.architecture || "?"}, ` +
     `${info.backend}); features: ${info.features.join(", ") || "none"}; reduction: ${info.reduction}`;
+  // The invariance plot is cheap (one row of 64): drawn at once, not only after Run.
+  await runInvariance(normalizer);
   $("adapter").dataset.ready = "true";
   setState("ready");
   $("run").disabled = false;
@@ -401,6 +515,7 @@ async function main() {
     setState("running");
     try {
       await runKernels(normalizer, form);
+      await runChain(normalizer, form);
       await runInvariance(normalizer);
       await runSweep(normalizer, form);
       setStatus("Done.");

@@ -8,13 +8,20 @@
 //! const yp = await gpu.pRmsNorm(x, 4096, { p: 0.0625 });
 //! // f16 activations as bits (or a Float16Array), f32 weights, fused residual add:
 //! const { output, sum } = await gpu.rmsNormResidual(x16, r16, 4096, { dtype: "f16", weightDtype: "f32", gain });
-//! console.log(gpu.adapterInfo(), gpu.lastGpuTimeMs());
+//! console.log(gpu.adapterInfo());
+//! // GPU-resident: weights uploaded once, no readback until read().
+//! const norm = gpu.rmsNormLayer(4096, { gain });
+//! const t = gpu.tensor(x);
+//! const { output, sum } = await norm.forwardResidual(t, gpu.tensor(r));
+//! const values = await output.read();
 //! ```
 
 mod backward;
 pub use backward::{compare_gradient, reference_layer_norm_backward, reference_rms_norm_backward};
 mod options;
+mod resident;
 mod tensors;
+pub use resident::{GpuTensor, NormLayer};
 
 use crate::config::{Residual, RmsNormConfig};
 use crate::context::{CallData, GpuContext};
@@ -83,6 +90,9 @@ export interface NormalizerOptions {
   workgroupSize?: number;
   /** At most this many workgroups per dispatch, each looping over several rows. */
   maxWorkgroups?: number;
+  /** Timestamp queries around each typed-array call's compute pass, for lastGpuTimeMs();
+   *  default false: calls then write, resolve and read back no timestamps. */
+  timestamps?: boolean;
 }
 
 /** One kernel on one shape from Normalizer.benchmark(). */
@@ -144,7 +154,11 @@ impl Normalizer {
     pub async fn create(
         #[wasm_bindgen(unchecked_optional_param_type = "NormalizerOptions")] options: JsValue,
     ) -> Result<Normalizer, JsError> {
-        let (choice, mut kernel_options) = parse_create_options(&options)?;
+        let options::CreateOptions {
+            choice,
+            kernel: mut kernel_options,
+            timestamps,
+        } = parse_create_options(&options)?;
         let (vendor, architecture, fallback) = browser_adapter_info().await.unwrap_or_default();
         // Browsers report SwiftShader as a GPU; its compute runs on the CPU.
         if kernel_options.cpu_adapter.is_none() && (fallback || architecture == "swiftshader") {
@@ -152,7 +166,8 @@ impl Normalizer {
         }
         let gpu = GpuContext::with_adapter_choice(&choice, kernel_options)
             .await
-            .map_err(to_js)?;
+            .map_err(to_js)?
+            .with_call_timing(timestamps);
         // Options the device cannot honour (subgroups, workgroup sizes) fail here, not later.
         gpu.kernel(&RmsNormConfig::new(4)).map_err(to_js)?;
         Ok(Normalizer {
@@ -195,6 +210,83 @@ impl Normalizer {
         set(&object, "features", &feature_names);
         set(&object, "reduction", &reduction.into());
         object.into()
+    }
+
+    /// The browser's `GPUDevice` the library runs on: build your own pipelines and buffers
+    /// on it and pass GpuTensors between them and the library. (wgpu cannot adopt a device
+    /// made elsewhere, so the library's is the one to share.)
+    #[wasm_bindgen(getter, unchecked_return_type = "GPUDevice")]
+    pub fn device(&self) -> Result<JsValue, JsError> {
+        self.gpu
+            .device()
+            .as_webgpu()
+            .map(|d| JsValue::from(d.clone()))
+            .ok_or_else(|| JsError::new("the device is not a WebGPU device"))
+    }
+
+    /// A GpuTensor holding `data`: a Float32Array (f32), a Float16Array (f16) or a
+    /// Uint16Array of bits (pass `dtype` "f16" or "bf16").
+    pub fn tensor(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Tensor")] data: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "DType")] dtype: JsValue,
+    ) -> Result<GpuTensor, JsError> {
+        let dtype = match options::dtype_option(&dtype, "dtype")? {
+            Some(dtype) => dtype,
+            None => match options::type_name(&data).as_str() {
+                "Float16Array" => DType::F16,
+                "Uint16Array" => {
+                    return Err(JsError::new(
+                        "a Uint16Array holds f16 or bf16 bits: pass dtype \"f16\" or \"bf16\"",
+                    ))
+                }
+                _ => DType::F32,
+            },
+        };
+        GpuTensor::upload(&self.gpu, &JsTensor::read("data", &data, dtype)?, dtype)
+    }
+
+    /// A GpuTensor of `length` zeros of `dtype` (default "f32"), to be filled on the GPU
+    /// (`copyFrom`, your own passes) or with `write`.
+    #[wasm_bindgen(js_name = emptyTensor)]
+    pub fn empty_tensor(
+        &self,
+        length: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "DType")] dtype: JsValue,
+    ) -> Result<GpuTensor, JsError> {
+        let dtype = options::dtype_option(&dtype, "dtype")?.unwrap_or(DType::F32);
+        let len = count("length", length)?;
+        let kind = match dtype {
+            DType::F32 => tensors::ArrayKind::Float32,
+            _ => tensors::ArrayKind::Uint16,
+        };
+        GpuTensor::new(&self.gpu, u64::from(len), dtype, kind, None)
+    }
+
+    /// RMSNorm (pRMSNorm with `p` or `k`) with its gain and bias uploaded once: the options
+    /// of rmsNorm / pRmsNorm. Call `forward` / `forwardResidual` per step.
+    #[wasm_bindgen(js_name = rmsNormLayer)]
+    pub fn rms_norm_layer(
+        &self,
+        hidden: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    ) -> Result<NormLayer, JsError> {
+        let partial = has_key(&options, "p") || has_key(&options, "k");
+        let hidden = count("hidden", hidden)?;
+        resident::LayerInner::from_options(&self.gpu, Norm::Rms, hidden, &options, partial)
+            .map(NormLayer::new)
+    }
+
+    /// LayerNorm with its gain and bias uploaded once: the options of layerNorm.
+    #[wasm_bindgen(js_name = layerNormLayer)]
+    pub fn layer_norm_layer(
+        &self,
+        hidden: f64,
+        #[wasm_bindgen(unchecked_optional_param_type = "RmsNormOptions")] options: JsValue,
+    ) -> Result<NormLayer, JsError> {
+        let hidden = count("hidden", hidden)?;
+        resident::LayerInner::from_options(&self.gpu, Norm::Layer, hidden, &options, false)
+            .map(NormLayer::new)
     }
 
     /// RMSNorm of `x` (rows * hidden values of `options.dtype`). Resolves to a new array of
@@ -291,8 +383,10 @@ impl Normalizer {
         })
     }
 
-    /// GPU time of the last call's compute pass in milliseconds, from timestamp queries
-    /// (undefined where the adapter has none). Browsers coarsen timestamps.
+    /// GPU time of the last typed-array call's compute pass in milliseconds, from timestamp
+    /// queries: only with `create({ timestamps: true })` on an adapter that has them
+    /// (otherwise undefined). Calls on GpuTensors are not timed (time a chain of them with
+    /// one read at its end). Browsers coarsen timestamps.
     #[wasm_bindgen(js_name = lastGpuTimeMs)]
     pub fn last_gpu_time_ms(&self) -> Option<f64> {
         self.gpu.last_gpu_seconds().map(|s| s * 1e3)
@@ -336,6 +430,16 @@ impl Normalizer {
         let gpu = self.gpu.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let hidden = count("hidden", hidden)?;
+            if resident::resident("x", &x).is_some() {
+                // GpuTensors: the weights uploaded for this call, freed once it is submitted.
+                let (norm, partial) = match kind {
+                    Kind::Rms { partial } => (Norm::Rms, partial),
+                    Kind::Layer => (Norm::Layer, false),
+                };
+                let layer =
+                    resident::LayerInner::from_options(&gpu, norm, hidden, &options, partial)?;
+                return layer.call(x, residual).await;
+            }
             let (norm, mut config, parsed) = parse_call(hidden, &options, kind)?;
             if residual.is_some() {
                 config.residual = Residual::AddStoreSum;

@@ -9,9 +9,38 @@ use crate::kernel::{KernelOptions, Reduction};
 use js_sys::{Object, Reflect};
 use wasm_bindgen::prelude::*;
 
-pub(super) fn parse_create_options(
-    options: &JsValue,
-) -> Result<(AdapterChoice, KernelOptions), JsError> {
+/// What `Normalizer.create` was asked for.
+pub(super) struct CreateOptions {
+    pub(super) choice: AdapterChoice,
+    pub(super) kernel: KernelOptions,
+    /// Timestamp queries around every call (`timestamps: true`).
+    pub(super) timestamps: bool,
+}
+
+pub(super) fn parse_create_options(options: &JsValue) -> Result<CreateOptions, JsError> {
+    let (choice, kernel) = parse_device_options(options)?;
+    let timestamps = match get_option(options, "timestamps") {
+        v if v.is_undefined() => false,
+        v => v
+            .as_bool()
+            .ok_or_else(|| JsError::new("option timestamps must be a boolean"))?,
+    };
+    Ok(CreateOptions {
+        choice,
+        kernel,
+        timestamps,
+    })
+}
+
+/// `options[key]`, undefined where options is not an object.
+fn get_option(options: &JsValue, key: &str) -> JsValue {
+    if !options.is_object() {
+        return JsValue::UNDEFINED;
+    }
+    Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn parse_device_options(options: &JsValue) -> Result<(AdapterChoice, KernelOptions), JsError> {
     let mut choice = AdapterChoice::default();
     let mut kernel = KernelOptions::default();
     if options.is_undefined() || options.is_null() {
@@ -24,9 +53,10 @@ pub(super) fn parse_create_options(
             "reduction",
             "workgroupSize",
             "maxWorkgroups",
+            "timestamps",
         ],
     )?;
-    let get = |key: &str| Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    let get = |key: &str| get_option(options, key);
     choice.power_preference = match get("powerPreference").as_string().as_deref() {
         _ if get("powerPreference").is_undefined() => choice.power_preference,
         Some("high-performance") => wgpu::PowerPreference::HighPerformance,

@@ -21,7 +21,7 @@ pub fn gpu() -> Option<GpuTurn> {
     let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     let context = GPU.get_or_init(|| {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-        match GpuContext::new_blocking() {
+        match GpuContext::new_blocking().map(|gpu| gpu.with_call_timing(true)) {
             Ok(gpu) => {
                 let info = gpu.adapter_info();
                 eprintln!("GPU tests run on {} ({:?})", info.name, info.backend);

@@ -11,11 +11,14 @@
 //!   cargo xtask train [--quick] [--json PATH]
 //!                                  setup, then train the burn integration's small language
 //!                                  model once per normalization (loss, step and norm time)
-//!   cargo xtask build-web          build the wasm package into www/pkg
+//!   cargo xtask build-web          build the npm package (bindings, wasm-opt -Oz) into www/pkg
 //!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
 
 mod serve;
 mod train;
+mod web;
+
+use web::build_web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -128,7 +131,8 @@ fn setup() -> Result<(), String> {
         .is_some_and(|o| o.trim().ends_with(WASM_BINDGEN_VERSION));
     let npm_packages = root()
         .join("tests/e2e/node_modules/playwright-core")
-        .exists();
+        .exists()
+        && web::wasm_opt().exists();
 
     let mut todo = Vec::new();
     if !missing.is_empty() {
@@ -226,29 +230,14 @@ fn test() -> Result<(), String> {
     build_web()?;
     let server = serve::Server::start(&root().join("www"), 0)?;
     let url = format!("http://127.0.0.1:{}/", server.port());
+    // The npm package, packed and installed into an empty folder, imported by a page there.
+    let package = serve::Server::start(&web::install_packed_package()?, 0)?;
+    let package_url = format!("http://127.0.0.1:{}/", package.port());
     run(workspace_command("node")
         .args(["--test", "tests/e2e/"])
         .env("DEMO_URL", &url)
+        .env("PACKAGE_URL", &package_url)
         .env("SCREENSHOT_DIR", root().join("target")))
-}
-
-fn build_web() -> Result<(), String> {
-    run(workspace_command(&cargo()).args([
-        "build",
-        "--lib",
-        "--release",
-        "--target",
-        WASM_TARGET,
-    ]))?;
-    let wasm = root().join("target/wasm32-unknown-unknown/release/wgpu_rmsnorm.wasm");
-    run(workspace_command("wasm-bindgen")
-        .args(["--target", "web", "--out-dir", "www/pkg"])
-        .arg(&wasm))?;
-    let size = std::fs::metadata(root().join("www/pkg/wgpu_rmsnorm_bg.wasm"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    eprintln!("xtask: www/pkg/wgpu_rmsnorm_bg.wasm is {size} bytes");
-    Ok(())
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
