@@ -97,11 +97,39 @@ impl<'a> CallData<'a> {
     }
 }
 
-/// The features the context asks for when the adapter has them.
+/// The features the kernels use when the device has them.
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     .union(wgpu::Features::SHADER_F16);
+
+/// The optional features of `adapter` to request when you open your own device for this
+/// crate: subgroups (the fastest reduction: a device made with `DeviceDescriptor::default()`
+/// has none, and its kernels reduce through workgroup memory, measured 2x slower in a
+/// training-style loop), `shader-f16` (native f16 arithmetic for f16 tensors) and timestamp
+/// queries (call timing, the benchmark). Everything works without them.
+pub fn recommended_features(adapter: &wgpu::Adapter) -> wgpu::Features {
+    adapter.features() & WANTED_FEATURES
+}
+
+/// A device descriptor for `adapter` with [`recommended_features`] and all of the adapter's
+/// limits (the default limits cap a storage binding at 128 MiB, and so the rows per call):
+///
+/// ```no_run
+/// # async fn open(adapter: wgpu::Adapter) -> Result<(), wgpu::RequestDeviceError> {
+/// let (device, queue) = adapter
+///     .request_device(&wgpu_rmsnorm::device_descriptor(&adapter))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("wgpu-rmsnorm"),
+        required_features: recommended_features(adapter),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }
+}
 
 /// A device with kernels and buffers kept between calls.
 ///
@@ -228,12 +256,7 @@ impl GpuContext {
         let instance = wgpu::Instance::new(descriptor);
         let adapter = adapter::find_adapter(&instance, choice).await?;
         let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("wgpu-rmsnorm"),
-                required_features: adapter.features() & WANTED_FEATURES,
-                required_limits: adapter.limits(),
-                ..Default::default()
-            })
+            .request_device(&device_descriptor(&adapter))
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
         // Errors are caught by scopes around each call; anything else is logged, not a panic.

@@ -246,7 +246,9 @@ function drawChart(W, series, { xLabel, yLabel, logX = false, xTicks, zeroLine =
   const narrow = W < 560;
   // The legend goes right of the plot on wide screens, below it on narrow ones.
   const legendRows = narrow ? series.length : 0;
-  const L = 58, R = narrow ? 14 : 180, T = 28, B = 44 + legendRows * 18;
+  // Room right of the plot for the last x label (narrow) or the legend (wide); below it for
+  // the x ticks, the x label and, narrow, the legend.
+  const L = 58, R = narrow ? 30 : 180, T = 28, B = 46 + (legendRows ? 8 + legendRows * 18 : 0);
   const H = Math.round(Math.min(340, Math.max(240, W * 0.45))) + legendRows * 18;
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
@@ -291,7 +293,7 @@ function drawChart(W, series, { xLabel, yLabel, logX = false, xTicks, zeroLine =
   series.forEach((s, i) => {
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join("");
     add("path", { d, class: "series", stroke: s.color, "stroke-dasharray": s.dash ?? "" });
-    const [lx, ly] = narrow ? [L, H - legendRows * 18 + i * 18 - 2] : [W - R + 14, T + 4 + i * 20];
+    const [lx, ly] = narrow ? [L, H - B + 50 + i * 18] : [W - R + 14, T + 4 + i * 20];
     add("rect", { x: lx, y: ly, width: 14, height: 4, fill: s.color });
     add("text", { x: lx + 20, y: ly + 6 }, s.name);
   });

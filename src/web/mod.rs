@@ -17,6 +17,8 @@
 //! ```
 
 mod backward;
+#[cfg(feature = "benchmark")]
+mod benchmark;
 pub use backward::{compare_gradient, reference_layer_norm_backward, reference_rms_norm_backward};
 mod options;
 mod resident;
@@ -351,38 +353,6 @@ impl Normalizer {
         self.run(x, Some(residual), hidden, options, Kind::Layer)
     }
 
-    /// Times the copies, RMSNorm, pRMSNorm (p = 1/16, 1/2) and LayerNorm on `rows x hidden`
-    /// (wall clock over many dispatches per sample: browsers coarsen timestamps), each
-    /// checked against the reference first.
-    #[wasm_bindgen(unchecked_return_type = "Promise<BenchmarkRecord[]>")]
-    pub fn benchmark(&self, rows: f64, hidden: f64) -> js_sys::Promise {
-        self.bench_promise(rows, hidden, false)
-    }
-
-    /// Times RMSNorm in f32, f16 and bf16, fused with the residual add and unfused (an add
-    /// kernel, then RMSNorm), next to copies of tensors of each element size, on
-    /// `rows x hidden` (hidden a multiple of 4), like `cargo xtask bench`'s second table.
-    #[wasm_bindgen(js_name = benchmarkFormats, unchecked_return_type = "Promise<BenchmarkRecord[]>")]
-    pub fn benchmark_formats(&self, rows: f64, hidden: f64) -> js_sys::Promise {
-        self.bench_promise(rows, hidden, true)
-    }
-
-    /// Wall-clock medians (ms) of 20 whole 1 x 4096 rmsNorm calls and of 20 empty
-    /// dispatches with a readback: `{ callMs, emptyMs }`.
-    #[wasm_bindgen(js_name = roundTrips, unchecked_return_type = "Promise<{ callMs: number, emptyMs: number }>")]
-    pub fn round_trips(&self) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let (call, empty) = crate::bench::round_trips(&gpu, 20)
-                .await
-                .map_err(|e| JsValue::from(to_js(e)))?;
-            let object = Object::new();
-            set(&object, "callMs", &(call * 1e3).into());
-            set(&object, "emptyMs", &(empty * 1e3).into());
-            Ok(object.into())
-        })
-    }
-
     /// GPU time of the last typed-array call's compute pass in milliseconds, from timestamp
     /// queries: only with `create({ timestamps: true })` on an adapter that has them
     /// (otherwise undefined). Calls on GpuTensors are not timed (time a chain of them with
@@ -390,28 +360,6 @@ impl Normalizer {
     #[wasm_bindgen(js_name = lastGpuTimeMs)]
     pub fn last_gpu_time_ms(&self) -> Option<f64> {
         self.gpu.last_gpu_seconds().map(|s| s * 1e3)
-    }
-
-    /// The promise of a benchmark of `rows x hidden`: the kernels of `bench_shape`, or with
-    /// `formats` those of `bench_formats`; wall clock, median of 5 samples of >= 50 ms.
-    fn bench_promise(&self, rows: f64, hidden: f64, formats: bool) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let rows = count("rows", rows)?;
-            let hidden = count("hidden", hidden)?;
-            let options = crate::bench::BenchOptions {
-                samples: 5,
-                min_sample_seconds: 0.05,
-            };
-            let timer = crate::timing::GpuTimer::wall_clock();
-            let measured = if formats {
-                crate::bench::bench_formats(&gpu, &timer, rows, hidden, &options).await
-            } else {
-                crate::bench::bench_shape(&gpu, &timer, rows, hidden, &options).await
-            };
-            let measured = measured.map_err(|e| JsValue::from(to_js(e)))?;
-            Ok(benchmark_records(rows, hidden, measured))
-        })
     }
 
     /// The promise of one call: options parsed, the kernel run, the result as an array of
@@ -637,28 +585,6 @@ async fn browser_adapter_info() -> Result<(String, String, bool), JsValue> {
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     Ok((field("vendor"), field("architecture"), fallback))
-}
-
-/// Benchmark measurements as `BenchmarkRecord` objects.
-fn benchmark_records(rows: u32, hidden: u32, measured: Vec<crate::bench::Measurement>) -> JsValue {
-    let records = Array::new();
-    for m in measured {
-        let object = Object::new();
-        set(&object, "rows", &rows.into());
-        set(&object, "hidden", &hidden.into());
-        set(&object, "kernel", &m.kernel.into());
-        set(&object, "p", &m.p.map_or(JsValue::NULL, JsValue::from));
-        set(&object, "variant", &m.variant.into());
-        set(&object, "medianMs", &(m.seconds * 1e3).into());
-        set(&object, "gbps", &m.gbps.into());
-        set(&object, "solCopy", &m.sol_copy.into());
-        set(&object, "solKernel", &m.sol_kernel.into());
-        set(&object, "dtype", &m.dtype.name().into());
-        set(&object, "residual", &m.residual.into());
-        set(&object, "pass", &m.pass.into());
-        records.push(&object);
-    }
-    records.into()
 }
 
 /// Which JS call a promise serves.

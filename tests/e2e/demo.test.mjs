@@ -79,6 +79,16 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   await page.selectOption("#weight-dtype", "");
   await page.uncheck("#residual");
 
+  // The eight-layer chain on GPU tensors, against the same chain through Float32Arrays.
+  const chain = await page.$$eval("#chain-results tbody tr", (trs) =>
+    trs.map((tr) => ({ cells: [...tr.children].map((td) => td.textContent), pass: tr.dataset.pass })));
+  console.log("chain of 8 (residual + RMSNorm), 1024 x 4096 f32: chain | ms | per layer ms | speed-up | same bits");
+  for (const row of chain) console.log(row.cells.join(" | "));
+  assert.equal(chain.length, 2);
+  for (const row of chain) assert.equal(row.pass, "true", "the GPU-resident chain gives the typed-array chain's bits");
+  const speedup = Number(await page.getAttribute("#chain-results tbody", "data-speedup"));
+  assert.ok(speedup > 1, `the GPU-resident chain is ${speedup}x the typed-array chain`);
+
   assert.equal(await page.locator("#sweep svg path.series").count(), 3, "sweep chart has every kernel");
   assert.equal(await page.locator("#invariance svg path.series").count(), 3);
   const scaled = Number(await page.getAttribute("#invariance-summary", "data-scaled"));
@@ -108,6 +118,70 @@ test("the page computes, verifies and plots every kernel on WebGPU", { timeout: 
   const path = `${screenshots}/demo.png`;
   await page.screenshot({ path, fullPage: true });
   console.log(`screenshot: ${path}`);
+  assert.deepEqual(problems, []);
+});
+
+// What a person sees: at phone width nothing is wider than the screen and chart text stays
+// readable; screenshots at both widths.
+for (const [name, width, height] of [["phone", 390, 844], ["desktop", 1200, 900]]) {
+  test(`the page fits a ${name} screen (${width} px) with readable charts`, { timeout: 300_000 }, async () => {
+    const { page, problems } = await openPage([...quietFlags, ...webgpuFlags]);
+    await page.setViewportSize({ width, height });
+    await page.waitForSelector("#adapter[data-ready=true]", { timeout: 60_000 });
+    // The sweep chart says what it will show before any run; the invariance plot is drawn.
+    assert.match(await page.textContent("#sweep svg"), /Run draws/);
+    assert.equal(await page.locator("#invariance svg path.series").count(), 3);
+    await page.fill("#rows", "64");
+    await page.fill("#hidden", "1024");
+    await page.click("#run");
+    await page.waitForSelector("body[data-state=done], body[data-state=error]", { timeout: 200_000 });
+    assert.equal(await page.getAttribute("body", "data-state"), "done", await page.textContent("#status"));
+    const layout = await page.evaluate(() => {
+      const texts = [...document.querySelectorAll(".chart svg text")];
+      // Rendered size of each chart label: its font size times the SVG's scale on screen.
+      const sizes = texts.map((t) => parseFloat(getComputedStyle(t).fontSize) * t.ownerSVGElement.getScreenCTM().a);
+      return {
+        scrollWidth: document.documentElement.scrollWidth,
+        smallestText: Math.min(...sizes),
+        labels: texts.length,
+        yTicks: [...document.querySelectorAll("#sweep svg text[text-anchor=end]")].map((t) => t.textContent),
+      };
+    });
+    console.log(`${name} (${width} px): scrollWidth ${layout.scrollWidth}, smallest chart text ` +
+      `${layout.smallestText.toFixed(1)} px over ${layout.labels} labels, sweep y ticks ${layout.yTicks.join(" ")}`);
+    assert.ok(layout.scrollWidth <= width, `the page is ${layout.scrollWidth} px wide`);
+    assert.ok(layout.smallestText >= 10, `chart text ${layout.smallestText} px`);
+    // Round ticks: every step between y labels is the same 1, 2 or 5 times a power of ten.
+    const ticks = layout.yTicks.map((t) => Number(t.replaceAll(",", "")));
+    const step = ticks[1] - ticks[0];
+    assert.ok(ticks.every((v, i) => i === 0 || Math.abs(v - ticks[i - 1] - step) < step * 1e-6), String(ticks));
+    assert.ok([1, 2, 5].includes(Math.round(step / 10 ** Math.floor(Math.log10(step)))), `step ${step}`);
+    mkdirSync(screenshots, { recursive: true });
+    const path = `${screenshots}/demo-${name}.png`;
+    await page.screenshot({ path, fullPage: true });
+    console.log(`screenshot: ${path}`);
+    assert.deepEqual(problems, []);
+  });
+}
+
+// The npm package as a user gets it: npm pack, installed into an empty folder, imported by a
+// page there (cargo xtask test does the packing and serves that folder at PACKAGE_URL).
+test("the packed npm package installs and runs in a page", { timeout: 120_000 }, async (t) => {
+  const packageUrl = process.env.PACKAGE_URL;
+  if (!packageUrl) {
+    t.skip("PACKAGE_URL is not set (cargo xtask test sets it)");
+    return;
+  }
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: [...quietFlags, ...webgpuFlags] });
+  browsers.push(browser);
+  const page = await browser.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`unhandled: ${e.message}`));
+  await page.goto(packageUrl);
+  await page.waitForSelector("body[data-pass]", { timeout: 60_000 });
+  const text = await page.textContent("#result");
+  console.log(`npm package page: ${text}`);
+  assert.equal(await page.getAttribute("body", "data-pass"), "true", text);
   assert.deepEqual(problems, []);
 });
 

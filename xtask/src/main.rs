@@ -11,7 +11,10 @@
 //!   cargo xtask train [--quick] [--json PATH]
 //!                                  setup, then train the burn integration's small language
 //!                                  model once per normalization (loss, step and norm time)
-//!   cargo xtask build-web          build the npm package (bindings, wasm-opt -Oz) into www/pkg
+//!   cargo xtask build-web          build the demo page's package (the npm package plus the
+//!                                  benchmark panel's calls) into www/pkg
+//!   cargo xtask pack               build the npm package (bindings, wasm-opt -Oz) and pack it
+//!                                  into target/npm/wgpu-rmsnorm-VERSION.tgz
 //!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
 
 mod serve;
@@ -52,9 +55,10 @@ fn main() -> ExitCode {
         "bench" => setup().and_then(|()| bench(&rest)),
         "train" => setup().and_then(|()| train::train(&rest, &root(), &cargo())),
         "build-web" => build_web(),
+        "pack" => web::pack().map(|_| ()),
         "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|serve [--port N]>"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|pack|serve [--port N]>"
         )),
     };
     match result {

@@ -21,29 +21,60 @@ const WASM_FEATURES: &[&str] = &[
     "--enable-sign-ext",
 ];
 
-/// Builds `www/pkg`: the crate as a cdylib (only here: Rust dependents get the rlib alone),
-/// the wasm-bindgen bindings, the .wasm through `wasm-opt -Oz`, and package.json, the
-/// README and the licences.
+/// Builds the demo page's package in `www/pkg`: the npm package's contents plus the
+/// benchmark's measurements (feature `benchmark`) for the page's benchmark panel.
 pub(crate) fn build_web() -> Result<(), String> {
-    run(workspace_command(&cargo()).args([
-        "rustc",
-        "--lib",
-        "--crate-type",
-        "cdylib",
-        "--profile",
-        "web",
-        "--target",
-        WASM_TARGET,
-    ]))?;
+    build_package(&root().join("www/pkg"), &["benchmark"])
+}
+
+/// Builds the npm package in `target/npm/pkg` and packs it (`npm pack`): returns the
+/// tarball.
+pub(crate) fn pack() -> Result<PathBuf, String> {
+    let out = root().join("target/npm");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| e.to_string())?;
+    }
+    let pkg = out.join("pkg");
+    build_package(&pkg, &[])?;
+    run(workspace_command("npm")
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(&out)
+        .arg(&pkg))?;
+    let tarball = std::fs::read_dir(&out)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .ok_or("npm pack made no tarball")?;
+    eprintln!(
+        "xtask: npm package {} ({} bytes)",
+        tarball.display(),
+        size(&tarball)
+    );
+    Ok(tarball)
+}
+
+/// Builds a package into `pkg`: the crate as a cdylib (only here: Rust dependents get the
+/// rlib alone) with `features`, the wasm-bindgen bindings, the .wasm through
+/// `wasm-opt -Oz`, and package.json, the README and the licences.
+fn build_package(pkg: &Path, features: &[&str]) -> Result<(), String> {
+    run(workspace_command(&cargo())
+        .args([
+            "rustc",
+            "--lib",
+            "--crate-type",
+            "cdylib",
+            "--profile",
+            "web",
+        ])
+        .args(["--target", WASM_TARGET, "--features", &features.join(",")]))?;
     let wasm = root().join("target/wasm32-unknown-unknown/web/wgpu_rmsnorm.wasm");
-    let pkg = root().join("www/pkg");
     // A stale package (an old file list) must not survive a rebuild.
     if pkg.exists() {
-        std::fs::remove_dir_all(&pkg).map_err(|e| format!("removing {}: {e}", pkg.display()))?;
+        std::fs::remove_dir_all(pkg).map_err(|e| format!("removing {}: {e}", pkg.display()))?;
     }
     run(workspace_command("wasm-bindgen")
         .args(["--target", "web", "--out-dir"])
-        .arg(&pkg)
+        .arg(pkg)
         .arg(&wasm))?;
     let module = pkg.join("wgpu_rmsnorm_bg.wasm");
     let before = size(&module);
@@ -56,10 +87,11 @@ pub(crate) fn build_web() -> Result<(), String> {
         .arg(&optimized))?;
     std::fs::rename(&optimized, &module).map_err(|e| e.to_string())?;
     eprintln!(
-        "xtask: www/pkg/wgpu_rmsnorm_bg.wasm: {before} bytes from wasm-bindgen, {} after wasm-opt -Oz",
+        "xtask: {}: {before} bytes from wasm-bindgen, {} after wasm-opt -Oz",
+        module.display(),
         size(&module)
     );
-    write_package_files(&pkg)
+    write_package_files(pkg)
 }
 
 fn size(path: &Path) -> u64 {
@@ -121,23 +153,12 @@ fn write_package_files(pkg: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `npm pack` of `www/pkg`, installed into an empty folder with a page that imports it
+/// The packed npm package installed into an empty folder with a page that imports it
 /// (`tests/e2e/package-page/index.html`): returns that folder, to be served.
 pub(crate) fn install_packed_package() -> Result<PathBuf, String> {
-    let out = root().join("target/npm");
-    if out.exists() {
-        std::fs::remove_dir_all(&out).map_err(|e| e.to_string())?;
-    }
-    let consumer = out.join("consumer");
+    let tarball = pack()?;
+    let consumer = root().join("target/npm/consumer");
     std::fs::create_dir_all(&consumer).map_err(|e| e.to_string())?;
-    run(workspace_command("npm")
-        .args(["pack", "--silent", "www/pkg", "--pack-destination"])
-        .arg(&out))?;
-    let tarball = std::fs::read_dir(&out)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
-        .ok_or("npm pack made no tarball")?;
     std::fs::write(
         consumer.join("package.json"),
         "{ \"name\": \"consumer\", \"private\": true, \"type\": \"module\" }\n",

@@ -4,21 +4,12 @@
 //! and dbias summed without atomics) are one kernel each on burn's own tensor buffers, with
 //! burn's fusion and autodiff. On any other backend, or for tensors the kernels do not take
 //! (not f32, or a compiler other than WGSL), the same modules compute the same formula with
-//! burn's tensor ops.
-//!
-//! ```no_run
-//! use burn::tensor::{Distribution, Tensor};
-//! use wgpu_rmsnorm_burn::{wgpu_device, RmsNormConfig, WgpuBackend};
-//!
-//! let device = wgpu_device(WgpuBackend::Auto).autodiff();
-//! let norm = RmsNormConfig::new(256).with_partial(0.0625).init(&device); // pRMSNorm, p = 6.25%
-//! let x = Tensor::<3>::random([8, 64, 256], Distribution::Default, &device).require_grad();
-//! let y = norm.forward(x.clone());
-//! let grads = y.sum().backward();
-//! let dx = x.grad(&grads).unwrap();
-//! let dgain = norm.gamma.grad(&grads).unwrap();
-//! # let _ = (dx, dgain);
-//! ```
+//! burn's tensor ops. The crate's README (its example doc-tested below) has the details.
+
+/// The README's example, compiled as written (a doc test).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 mod cube;
 mod device;
