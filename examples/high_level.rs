@@ -4,10 +4,25 @@
 //!
 //!     cargo run --example high_level
 
+#[cfg(not(target_arch = "wasm32"))]
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+#[cfg(not(target_arch = "wasm32"))]
 use wgpu_rmsnorm::{EpsMode, Gain, GpuContext, PartialRms, RmsNormConfig, Weights};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Errors reported by their message (a `main` returning `Result` would print their Debug form).
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = GpuContext::new_blocking()?;
     println!(
         "adapter: {} ({:?})",
@@ -47,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Fails unless every element is within the f32 tolerance of the f64 reference.
+#[cfg(not(target_arch = "wasm32"))]
 fn check(name: &str, y: &[f32], expected: &[f64]) -> Result<(), String> {
     let stats = reference::compare(y, expected, F32_ABS_TOL, F32_REL_TOL);
     println!(
@@ -60,3 +76,7 @@ fn check(name: &str, y: &[f32], expected: &[f64]) -> Result<(), String> {
         n => Err(format!("{name}: {n} values outside the tolerance")),
     }
 }
+
+// The examples are native programs; in the browser the npm package is the way in.
+#[cfg(target_arch = "wasm32")]
+fn main() {}

@@ -3,10 +3,25 @@
 //!
 //!     cargo run --example layer_norm
 
+#[cfg(not(target_arch = "wasm32"))]
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+#[cfg(not(target_arch = "wasm32"))]
 use wgpu_rmsnorm::{Gain, GpuContext, LayerNormConfig, RmsNormConfig, Weights};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Errors reported by their message (a `main` returning `Result` would print their Debug form).
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Timestamp queries around each call, where the device has them.
     let gpu = GpuContext::new_blocking()?.with_call_timing(true);
     let (rows, hidden) = (1024usize, 1024u32);
@@ -36,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn report(name: &str, y: &[f32], expected: &[f64], seconds: Option<f64>) -> Result<(), String> {
     let stats = reference::compare(y, expected, F32_ABS_TOL, F32_REL_TOL);
     let time = seconds.map_or("untimed (no timestamp queries)".to_string(), |s| {
@@ -47,3 +63,7 @@ fn report(name: &str, y: &[f32], expected: &[f64], seconds: Option<f64>) -> Resu
         n => Err(format!("{name}: {n} values outside the tolerance")),
     }
 }
+
+// The examples are native programs; in the browser the npm package is the way in.
+#[cfg(target_arch = "wasm32")]
+fn main() {}

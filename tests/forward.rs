@@ -592,3 +592,32 @@ fn forced_small_workgroups_are_right_or_refused() {
     }
     assert!(ran > 0 && refused > 0, "ran {ran}, refused {refused}");
 }
+
+/// Call timing is off unless asked for: an untimed context reports no GPU time, and the same
+/// device timed does (where it has timestamp queries).
+#[test]
+fn call_timing_is_opt_in() {
+    let Some(turn) = gpu() else { return };
+    let untimed = wgpu_rmsnorm::GpuContext::from_device(
+        turn.device().clone(),
+        turn.queue().clone(),
+        KernelOptions::default(),
+    );
+    let x = data(4 * 64, 80);
+    let config = RmsNormConfig::new(64);
+    let y = untimed
+        .rms_norm_blocking(&x, &config, Weights::NONE)
+        .unwrap();
+    assert_matches_reference(&y, &x, &config, None, None, "untimed");
+    assert!(!untimed.times_calls());
+    assert_eq!(untimed.last_gpu_seconds(), None);
+    let timed = untimed.with_call_timing(true);
+    let y = timed.rms_norm_blocking(&x, &config, Weights::NONE).unwrap();
+    assert_matches_reference(&y, &x, &config, None, None, "timed");
+    let has_timestamps = timed
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(timed.times_calls(), has_timestamps);
+    assert_eq!(timed.last_gpu_seconds().is_some(), has_timestamps);
+}

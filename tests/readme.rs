@@ -52,5 +52,8 @@ fn every_rust_example_is_whole_and_compiled() {
             checked += 1;
         }
     }
-    assert!(checked >= 8, "{checked} examples");
+    assert!(
+        checked >= 6,
+        "only {checked} examples found: is the fence parsing broken?"
+    );
 }

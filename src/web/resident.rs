@@ -134,7 +134,7 @@ impl GpuTensor {
 /// `contents` written from the buffer's start, its last word padded with zeros (writes are
 /// whole 4-byte words).
 fn write_padded(gpu: &GpuContext, buffer: &wgpu::Buffer, contents: &[u8]) {
-    if contents.len() % 4 == 0 {
+    if contents.len().is_multiple_of(4) {
         gpu.queue().write_buffer(buffer, 0, contents);
     } else {
         let mut padded = contents.to_vec();

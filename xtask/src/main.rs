@@ -222,6 +222,12 @@ fn test() -> Result<(), String> {
             .args(["test", "--workspace"])
             .env("REQUIRE_GPU", "1")
             .env("WGPU_BACKEND", backend))?;
+        // The examples, as a user runs them (each checks its results against the reference).
+        for example in ["high_level", "low_level", "layer_norm"] {
+            run(workspace_command(&cargo())
+                .args(["run", "--quiet", "--example", example])
+                .env("WGPU_BACKEND", backend))?;
+        }
     }
     // The same crate in headless Chromium on SwiftShader's WebGPU (webdriver.json has the
     // flags). REQUIRE_GPU is read when the test is compiled.
