@@ -25,7 +25,8 @@ mod native {
     use wgpu_rmsnorm::bench::{self, BenchOptions, Measurement};
     use wgpu_rmsnorm::{block_on, GpuContext};
 
-    /// The shapes of shared/docs/benchmarking.md (rows, hidden).
+    /// The benchmark's shapes (rows, hidden): one row, a small batch, 4M and 16M elements as
+    /// few long or many short rows, very short rows, and few very long rows.
     const SHAPES: [(u32, u32); 9] = [
         (1, 4096),
         (64, 4096),

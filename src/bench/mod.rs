@@ -3,8 +3,11 @@
 //! the same run, each kernel checked against the f64 reference before it is timed.
 //!
 //! - `sol_copy`: effective bandwidth over that of `copy_buffer_to_buffer` of the same bytes;
-//! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`,
-//!   workgroup sizes 8, 64, 256);
+//! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`:
+//!   a grid-stride loop at workgroup sizes 8, 64 and 256, and a loop over rows launched as
+//!   RMSNorm's kernel is, with its workgroup size and count);
+//! - on GPUs the forward's repetitions rotate over buffer pairs of 256 MiB in all, so that
+//!   x and y go to and from memory, not a cache that holds them whole.
 //! - effective bandwidth = bytes moved / time: x read and y written (x counted once
 //!   where a kernel reads it twice), and with the residual add r read and h written; for
 //!   the backward x and dy read and dx written (each once), the gain read and dgain and
@@ -102,58 +105,58 @@ pub async fn bench_shape(
     let len = rows as usize * hidden as usize;
     let bytes = len as u64 * 4;
     let x = reference::sample_data(len, u64::from(hidden), 4.0);
-    let storage = |usage| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("bench"),
-            contents: bytemuck::cast_slice(&x),
-            usage: wgpu::BufferUsages::STORAGE | usage,
-        })
-    };
-    let x_buffer = storage(wgpu::BufferUsages::COPY_SRC);
-    let y_buffer = storage(wgpu::BufferUsages::COPY_DST);
-    let buffers = RmsNormBuffers::new(
-        BufferRegion::whole(&x_buffer),
-        BufferRegion::whole(&y_buffer),
-    );
-
-    // Every contestant checked first, then prepared so that timing records work only.
-    let copies: Vec<(u32, BoundKernel)> = [8u32, 64, 256]
-        .into_iter()
-        .map(|wg| (wg, copy_kernel(device, wg, &x_buffer, &y_buffer)))
+    let pairs = rotation_pairs(gpu, &x, bytes);
+    let buffers: Vec<RmsNormBuffers<'_>> = pairs
+        .iter()
+        .map(|(x, y)| RmsNormBuffers::new(BufferRegion::whole(x), BufferRegion::whole(y)))
         .collect();
-    let copy_groups = |wg: u32| (len as u32 / 4).div_ceil(wg).clamp(1, 65535);
+
+    // Every contestant checked first, then prepared (on every pair) so that timing records
+    // work only.
     let (mut names, rms) = rms_contestants(gpu, &x, rows, hidden, &buffers).await?;
+    let copies = copy_contestants(gpu, &pairs, rows, hidden, &rms[0].0)?;
     let (layer_name, layer, layer_prepared) =
         layer_contestant(gpu, &x, rows, hidden, &buffers).await?;
     names.push(layer_name);
+    let (x_buffer, y_buffer) = &pairs[0];
     let backward_tensors = backward::BackwardTensors::new(device, rows, hidden);
     let (backward_names, backward) = backward::backward_contestants(
         gpu,
         &x,
-        &x_buffer,
-        &y_buffer,
+        x_buffer,
+        y_buffer,
         &backward_tensors,
         rows,
         hidden,
     )
     .await?;
 
-    // Contestant c records one repetition: 0 the copy engine, 1..=3 the copy kernels,
-    // then the normalizations in the order of `names`, then the backward ones.
+    // Contestant c records one repetition: 0 the copy engine, then the copy kernels, then
+    // the normalizations in the order of `names`, then the backward ones. Each repetition
+    // of the forward takes the next pair of buffers.
+    let next = std::cell::Cell::new(0usize);
+    let pair = || {
+        let at = next.get();
+        next.set(at + 1);
+        at % pairs.len()
+    };
     let forward_end = 1 + copies.len() + names.len();
     let contestants = forward_end + backward.len();
     let record = |c: usize, encoder: &mut wgpu::CommandEncoder, ts: PassTimestamps<'_>| {
         match c {
-            0 => encoder.copy_buffer_to_buffer(&x_buffer, 0, &y_buffer, 0, bytes),
+            0 => {
+                let (x, y) = &pairs[pair()];
+                encoder.copy_buffer_to_buffer(x, 0, y, 0, bytes);
+            }
             c if c <= copies.len() => {
-                let (wg, copy) = &copies[c - 1];
-                copy.encode(encoder, copy_groups(*wg), ts);
+                let copy = &copies[c - 1];
+                copy.kernels[pair()].encode(encoder, copy.groups, ts);
             }
             c if c - 1 - copies.len() < rms.len() => {
                 let (kernel, prepared) = &rms[c - 1 - copies.len()];
-                kernel.record(prepared, encoder, ts)?;
+                kernel.record(&prepared[pair()], encoder, ts)?;
             }
-            c if c < forward_end => layer.record(&layer_prepared, encoder, ts)?,
+            c if c < forward_end => layer.record(&layer_prepared[pair()], encoder, ts)?,
             c => backward[c - forward_end](encoder, ts)?,
         }
         Ok(())
@@ -172,6 +175,98 @@ pub async fn bench_shape(
     Ok(out)
 }
 
+/// Bytes the forward's buffer pairs add up to at least, on GPUs: more than any GPU's last
+/// level cache (an H100's L2 holds 50 MB, so a 16 MiB tensor would otherwise be read from
+/// cache and the "memory bandwidth" would be the cache's).
+const ROTATION_BYTES: u64 = 256 << 20;
+
+/// The (x, y) buffer pairs the forward's contestants take in turn, x holding `x`: enough
+/// for [`ROTATION_BYTES`] (at most 16) on a GPU, one on a CPU adapter, whose caches are far
+/// smaller than the tensors that matter.
+fn rotation_pairs(gpu: &GpuContext, x: &[f32], bytes: u64) -> Vec<(wgpu::Buffer, wgpu::Buffer)> {
+    let count = if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        1
+    } else {
+        ROTATION_BYTES.div_ceil(2 * bytes).clamp(1, 16)
+    };
+    let storage = |usage| {
+        gpu.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("bench"),
+                contents: bytemuck::cast_slice(x),
+                usage: wgpu::BufferUsages::STORAGE | usage,
+            })
+    };
+    (0..count)
+        .map(|_| {
+            (
+                storage(wgpu::BufferUsages::COPY_SRC),
+                storage(wgpu::BufferUsages::COPY_DST),
+            )
+        })
+        .collect()
+}
+
+/// A copy kernel of the speed-of-light roof, bound to each pair of buffers.
+pub(crate) struct CopyContestant {
+    name: String,
+    kernels: Vec<BoundKernel>,
+    groups: u32,
+}
+
+/// The copy kernels the forward is measured against: the grid-stride vec4 copy at 8, 64
+/// and 256 invocations per workgroup, and, for vec4 rows the kernel does not split, the
+/// row-loop copy launched exactly as RMSNorm's kernel (its workgroup size and count).
+fn copy_contestants(
+    gpu: &GpuContext,
+    pairs: &[(wgpu::Buffer, wgpu::Buffer)],
+    rows: u32,
+    hidden: u32,
+    rms: &RmsNorm,
+) -> Result<Vec<CopyContestant>> {
+    let device = gpu.device();
+    let vec4s = (u64::from(rows) * u64::from(hidden) / 4) as u32;
+    let mut copies: Vec<CopyContestant> = [8u32, 64, 256]
+        .into_iter()
+        .map(|wg| CopyContestant {
+            name: format!("vec4 grid wg={wg}"),
+            kernels: pairs
+                .iter()
+                .map(|(x, y)| copy_kernel(device, wg, x, y))
+                .collect(),
+            groups: vec4s.div_ceil(wg).clamp(1, 65535),
+        })
+        .collect();
+    let launch = rms.plan().launch(rows, true)?;
+    if hidden.is_multiple_of(4) && launch.split_pieces.is_none() && launch.chunks.len() == 1 {
+        let (wg, groups) = (rms.workgroup_size(), launch.chunks[0].workgroups);
+        let constants = [
+            ("WG", f64::from(wg)),
+            ("ROWS", f64::from(rows)),
+            ("ROW_VEC4S", f64::from(hidden / 4)),
+        ];
+        copies.push(CopyContestant {
+            name: format!("vec4 rows wg={wg} x{groups}"),
+            kernels: pairs
+                .iter()
+                .map(|(x, y)| {
+                    let buffers = [(0, x), (1, y)];
+                    BoundKernel::new(
+                        device,
+                        COPY_VEC4.path,
+                        COPY_VEC4.text,
+                        "copy_rows",
+                        &constants,
+                        &buffers,
+                    )
+                })
+                .collect(),
+            groups,
+        });
+    }
+    Ok(copies)
+}
+
 /// RMSNorm and pRMSNorm (p = 1/16, 1/2), each checked against the reference on a context of
 /// its own (so that what it allocates is this call's alone), then prepared on `buffers`.
 async fn rms_contestants(
@@ -179,8 +274,8 @@ async fn rms_contestants(
     x: &[f32],
     rows: u32,
     hidden: u32,
-    buffers: &RmsNormBuffers<'_>,
-) -> Result<(Vec<Named>, Vec<(RmsNorm, PreparedDispatch)>)> {
+    buffers: &[RmsNormBuffers<'_>],
+) -> Result<(Vec<Named>, Vec<(RmsNorm, Vec<PreparedDispatch>)>)> {
     let partials = [
         ("RMSNorm", None, PartialRms::Full),
         (
@@ -200,8 +295,11 @@ async fn rms_contestants(
         let expected = reference::rms_norm(x, &config, None, None)?;
         verify(&y, &expected, name, rows, hidden)?;
         let kernel = gpu.kernel(&config)?;
-        let prepared = kernel.prepare(device, buffers, rows)?;
-        let variant = kernel.variant_name(buffers, rows);
+        let prepared = buffers
+            .iter()
+            .map(|b| kernel.prepare(device, b, rows))
+            .collect::<Result<Vec<_>>>()?;
+        let variant = kernel.variant_name(&buffers[0], rows);
         names.push((name, p, variant, fresh.scratch_bytes()));
         kernels.push((kernel, prepared));
     }
@@ -214,8 +312,8 @@ async fn layer_contestant(
     x: &[f32],
     rows: u32,
     hidden: u32,
-    buffers: &RmsNormBuffers<'_>,
-) -> Result<(Named, LayerNorm, PreparedDispatch)> {
+    buffers: &[RmsNormBuffers<'_>],
+) -> Result<(Named, LayerNorm, Vec<PreparedDispatch>)> {
     let (device, queue) = (gpu.device(), gpu.queue());
     let config = LayerNormConfig::new(hidden);
     let fresh = GpuContext::from_device(device.clone(), queue.clone(), Default::default());
@@ -223,8 +321,11 @@ async fn layer_contestant(
     let expected = reference::layer_norm(x, &config, None, None)?;
     verify(&y, &expected, "LayerNorm", rows, hidden)?;
     let layer = LayerNorm::new(device, &config, &Default::default())?;
-    let prepared = layer.prepare(device, buffers, rows)?;
-    let variant = layer.variant_name(buffers, rows);
+    let prepared = buffers
+        .iter()
+        .map(|b| layer.prepare(device, b, rows))
+        .collect::<Result<Vec<_>>>()?;
+    let variant = layer.variant_name(&buffers[0], rows);
     Ok((
         ("LayerNorm", None, variant, fresh.scratch_bytes()),
         layer,
@@ -271,7 +372,7 @@ pub(crate) type Named = (&'static str, Option<f64>, String, u64);
 /// normalizations in the order of `names`.
 fn measurements(
     medians: &[f64],
-    copies: &[(u32, BoundKernel)],
+    copies: &[CopyContestant],
     names: Vec<Named>,
     bytes: u64,
 ) -> Vec<Measurement> {
@@ -299,13 +400,7 @@ fn measurements(
     };
     let mut out = vec![
         measurement("copy", None, "copy_buffer_to_buffer".into(), copy_engine, 0),
-        measurement(
-            "copy",
-            None,
-            format!("vec4 kernel wg={}", copies[best].0),
-            copy_kernel,
-            0,
-        ),
+        measurement("copy", None, copies[best].name.clone(), copy_kernel, 0),
     ];
     for ((name, p, variant, library_bytes), seconds) in
         names.into_iter().zip(&medians[1 + copies.len()..])

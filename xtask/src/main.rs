@@ -15,8 +15,14 @@
 //!                                  benchmark panel's calls) into www/pkg
 //!   cargo xtask pack               build the npm package (bindings, wasm-opt -Oz) and pack it
 //!                                  into target/npm/wgpu-rmsnorm-VERSION.tgz
+//!   cargo xtask bundle             stripped release binaries of the native tests, the CLI and
+//!                                  the benchmark with run.sh, in target/bundle/ (for a GPU
+//!                                  machine without Rust)
+//!   cargo xtask check-bundle       the bundle, copied out of the repository, run.sh --quick
+//!                                  run on this machine
 //!   cargo xtask serve [--port N]   serve www/ on 127.0.0.1 (default port 8000)
 
+mod bundle;
 mod serve;
 mod train;
 mod web;
@@ -56,9 +62,11 @@ fn main() -> ExitCode {
         "train" => setup().and_then(|()| train::train(&rest, &root(), &cargo())),
         "build-web" => build_web(),
         "pack" => web::pack().map(|_| ()),
+        "bundle" => bundle::bundle().map(|_| ()),
+        "check-bundle" => bundle::check_bundle(),
         "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|pack|serve [--port N]>"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|pack|bundle|check-bundle|serve [--port N]>"
         )),
     };
     match result {
