@@ -27,4 +27,9 @@ mod layernorm;
 #[path = "plan.rs"]
 mod plan;
 #[path = "shaders.rs"]
-mod shaders;
+mod shader_validation;
+
+/// What `src/shader_check.rs` (included by `shader_validation`) names `crate::shaders`.
+mod shaders {
+    pub use wgpu_rmsnorm::shaders::*;
+}

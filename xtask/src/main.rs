@@ -255,7 +255,10 @@ fn test() -> Result<(), String> {
         .args(["--test", "tests/e2e/"])
         .env("DEMO_URL", &url)
         .env("PACKAGE_URL", &package_url)
-        .env("SCREENSHOT_DIR", root().join("target")))
+        .env("SCREENSHOT_DIR", root().join("target")))?;
+    // The GPU bundle, as a machine without Rust runs it: copied out of the repository,
+    // run.sh --quick on this machine's adapter.
+    bundle::check_bundle()
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
