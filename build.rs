@@ -102,7 +102,18 @@ fn write_compact_shaders() {
     std::fs::create_dir_all(&out).expect("create OUT_DIR/shaders");
     for entry in std::fs::read_dir("shaders").expect("read shaders/") {
         let path = entry.expect("read shaders/").path();
+        if path.extension().is_none_or(|e| e != "wgsl") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).expect("read a shader");
+        // Line comments only: a block comment could hold `//` and lose its end.
+        if text.contains("/*") {
+            eprintln!(
+                "{}: use // comments (the browser build strips them line by line)",
+                path.display()
+            );
+            std::process::exit(1);
+        }
         let compact: String = text
             .lines()
             .map(|line| {

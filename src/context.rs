@@ -362,6 +362,14 @@ impl GpuContext {
         crate::LayerNorm::with_cache(&self.pipelines, config, &self.kernel_options)
     }
 
+    /// Whether the kernels are planned for a CPU adapter (lavapipe; SwiftShader, which
+    /// browsers report as a GPU, by the option the JS API sets).
+    pub(crate) fn is_cpu_adapter(&self) -> bool {
+        self.kernel_options
+            .cpu_adapter
+            .unwrap_or(self.adapter_info.device_type == wgpu::DeviceType::Cpu)
+    }
+
     /// [`Error::DeviceLost`] once the device this context opened is lost.
     pub(crate) fn check_not_lost(&self) -> Result<()> {
         match self
@@ -641,7 +649,13 @@ impl GpuContext {
         let kernel_id = kernel.id();
         let prepared = match scratch.prepared.take() {
             Some((id, r, prepared)) if id == kernel_id && r == rows => prepared,
-            _ => kernel.prepare(&self.device, &kernel.forward_tensors(&buffers)?, rows)?,
+            previous => {
+                // The previous call's parameters go now, not when a browser collects them.
+                if let Some((_, _, old)) = previous {
+                    old.destroy_buffers();
+                }
+                kernel.prepare(&self.device, &kernel.forward_tensors(&buffers)?, rows)?
+            }
         };
         kernel.record(&prepared, &mut encoder, timestamp_writes)?;
         scratch.prepared = Some((kernel_id, rows, prepared));

@@ -1289,3 +1289,137 @@ async fn call_timing_is_opt_in() {
         .unwrap();
     assert!(format!("{:?}", JsValue::from(message)).contains("timestamps must be a boolean"));
 }
+
+/// Calls take their inputs as they are when called (the work is submitted by the call, not
+/// later); 16-bit tensors of odd length; a layer with a bias; the residual form on typed
+/// arrays; tensors of another Normalizer refused; empty tensors.
+#[wasm_bindgen_test]
+async fn gpu_tensor_calls_submit_at_the_call() {
+    let Some(gpu) = resident_normalizer().await else {
+        return;
+    };
+    let (a, b) = (data(2 * 8, 90), data(2 * 8, 91));
+    let t: JsValue = gpu.tensor(js(&a), JsValue::UNDEFINED).unwrap().into();
+    let first = gpu.rms_norm(t.clone(), 8.0, JsValue::UNDEFINED);
+    call_method(&t, "write", &[js(&b)]).unwrap();
+    let second = gpu.rms_norm(t.clone(), 8.0, JsValue::UNDEFINED);
+    let read = call_method(&t, "read", &[]).unwrap();
+    call_method(&t, "destroy", &[]).unwrap();
+    let config = RmsNormConfig::new(8);
+    check(
+        &read_tensor(&resolved(first).await).await,
+        &a,
+        &config,
+        None,
+        None,
+        "before write",
+    );
+    check(
+        &read_tensor(&resolved(second).await).await,
+        &b,
+        &config,
+        None,
+        None,
+        "after write",
+    );
+    let read = resolved(read.dyn_into().unwrap()).await;
+    assert_eq!(
+        read.dyn_into::<Float32Array>().unwrap().to_vec(),
+        b,
+        "read before destroy"
+    );
+    // A typed array changed after the call does not change it either.
+    let x = Float32Array::from(a.as_slice());
+    let pending = gpu.rms_norm(x.clone().into(), 8.0, JsValue::UNDEFINED);
+    x.fill(0.0, 0, 16);
+    let y = resolved(pending)
+        .await
+        .dyn_into::<Float32Array>()
+        .unwrap()
+        .to_vec();
+    check(
+        &y,
+        &a,
+        &config,
+        None,
+        None,
+        "typed array changed after the call",
+    );
+
+    // f16 of odd length: 5 elements, 10 bytes in a 12-byte buffer.
+    let bits: Vec<u16> = [1.0f32, -2.0, 0.5, 3.0, -0.25]
+        .iter()
+        .map(|&v| f16::from_f32(v).to_bits())
+        .collect();
+    let h: JsValue = gpu
+        .tensor(Uint16Array::from(&bits[..]).into(), "f16".into())
+        .unwrap()
+        .into();
+    assert_eq!(
+        Reflect::get(&h, &"byteLength".into()).unwrap(),
+        JsValue::from(10)
+    );
+    let back = resolved(call_method(&h, "read", &[]).unwrap().dyn_into().unwrap()).await;
+    assert_eq!(back.dyn_into::<Uint16Array>().unwrap().to_vec(), bits);
+    let copy: JsValue = gpu.empty_tensor(5.0, "f16".into()).unwrap().into();
+    let source = call_method(&h, "destroy", &[]).map(|_| ());
+    source.unwrap();
+    let device = gpu.device().map_err(JsValue::from).unwrap();
+    let descriptor = options(&[("size", 16.into()), ("usage", (4 | 8).into())]);
+    let buffer = call_method(&device, "createBuffer", &[descriptor]).unwrap();
+    let queue = Reflect::get(&device, &"queue".into()).unwrap();
+    let mut words = bits.clone();
+    words.extend([0x7777, 0x7777, 0x7777]);
+    let upload: JsValue = Uint16Array::from(&words[..]).into();
+    call_method(&queue, "writeBuffer", &[buffer.clone(), 0.into(), upload]).unwrap();
+    let copied = call_method(&copy, "copyFrom", &[buffer]).unwrap();
+    resolved(copied.dyn_into().unwrap()).await;
+    let back = resolved(call_method(&copy, "read", &[]).unwrap().dyn_into().unwrap()).await;
+    assert_eq!(
+        back.dyn_into::<Uint16Array>().unwrap().to_vec(),
+        bits,
+        "5 of 8 halves copied"
+    );
+    let empty: JsValue = gpu.empty_tensor(0.0, JsValue::UNDEFINED).unwrap().into();
+    assert_eq!(read_tensor(&empty).await, Vec::<f32>::new());
+
+    // LayerNorm with gain and bias as a layer, on a GpuTensor; the residual form on typed
+    // arrays.
+    let (x, r) = (data(3 * 8, 92), data(3 * 8, 93));
+    let (gain, bias) = (data(8, 94), data(8, 95));
+    let layer = gpu
+        .layer_norm_layer(8.0, options(&[("gain", js(&gain)), ("bias", js(&bias))]))
+        .map_err(JsValue::from)
+        .unwrap();
+    let xt: JsValue = gpu.tensor(js(&x), JsValue::UNDEFINED).unwrap().into();
+    let y = read_tensor(&resolved(layer.forward(xt.clone())).await).await;
+    let config = LayerNormConfig::new(8)
+        .with_gain(Gain::Scale)
+        .with_bias(true);
+    let expected = reference::layer_norm(&x, &config, Some(&gain), Some(&bias)).unwrap();
+    let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(stats.failures, 0, "layer with a bias: {stats:?}");
+    let out = resolved(layer.forward_residual(js(&x), js(&r))).await;
+    let sum = reference::residual_sum(&x, &r, DType::F32);
+    let output = Reflect::get(&out, &"output".into()).unwrap();
+    let stored = Reflect::get(&out, &"sum".into()).unwrap();
+    assert_eq!(stored.dyn_into::<Float32Array>().unwrap().to_vec(), sum);
+    let expected = reference::layer_norm(&sum, &config, Some(&gain), Some(&bias)).unwrap();
+    let y = output.dyn_into::<Float32Array>().unwrap().to_vec();
+    let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+    assert_eq!(
+        stats.failures, 0,
+        "forwardResidual on typed arrays: {stats:?}"
+    );
+
+    // A tensor of another Normalizer (another device) is refused by name.
+    let other = resident_normalizer().await.unwrap();
+    let message = rejection(other.rms_norm(xt.clone(), 8.0, JsValue::UNDEFINED)).await;
+    assert!(message.contains("another Normalizer"), "{message}");
+    let other_layer = other
+        .rms_norm_layer(8.0, JsValue::UNDEFINED)
+        .map_err(JsValue::from)
+        .unwrap();
+    let message = rejection(other_layer.forward(xt)).await;
+    assert!(message.contains("another Normalizer"), "{message}");
+}

@@ -223,13 +223,12 @@ function niceTicks(lo, hi, count = 5) {
 
 const charts = new Map();
 // Charts are drawn in CSS pixels at their box's width, and again when it changes.
-new ResizeObserver((entries) => {
+const resized = new ResizeObserver((entries) => {
   for (const entry of entries) {
     const draw = charts.get(entry.target);
     if (draw && Math.abs(entry.contentRect.width - (draw.width ?? 0)) > 1) draw();
   }
-}).observe(document.documentElement);
-window.addEventListener("resize", () => charts.forEach((draw) => draw()));
+});
 
 // A line chart in SVG: series = [{ name, color, points: [[x, y], ...] }]; with no series, the
 // axes and `placeholder` (what a run will draw).
@@ -238,6 +237,7 @@ function lineChart(container, series, options) {
     draw.width = container.clientWidth;
     container.replaceChildren(drawChart(Math.max(280, container.clientWidth), series, options));
   };
+  if (!charts.has(container)) resized.observe(container);
   charts.set(container, draw);
   draw();
 }
@@ -337,14 +337,16 @@ async function runChain(normalizer, form) {
   const layers = gains.map((gain) => normalizer.rmsNormLayer(hidden, { gain }));
   const resident = async () => {
     let xt = normalizer.tensor(x), rt = normalizer.tensor(r);
-    for (const layer of layers) {
-      const { output, sum } = await layer.forwardResidual(xt, rt);
+    try {
+      for (const layer of layers) {
+        const { output, sum } = await layer.forwardResidual(xt, rt);
+        xt.destroy(); rt.destroy();
+        xt = output; rt = sum;
+      }
+      return await xt.read();
+    } finally {
       xt.destroy(); rt.destroy();
-      xt = output; rt = sum;
     }
-    const y = await xt.read();
-    xt.destroy(); rt.destroy();
-    return y;
   };
   const typed = async () => {
     let xa = x, ra = r;
@@ -363,11 +365,15 @@ async function runChain(normalizer, form) {
     }
     return { y, ms: times.sort((a, b) => a - b)[1] };
   };
-  setStatus(`Chain of ${CHAIN_LAYERS} layers on GPU tensors, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
-  const onGpu = await median(resident);
-  setStatus(`Chain of ${CHAIN_LAYERS} layers through Float32Arrays, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
-  const viaCpu = await median(typed);
-  layers.forEach((layer) => layer.destroy());
+  let onGpu, viaCpu;
+  try {
+    setStatus(`Chain of ${CHAIN_LAYERS} layers on GPU tensors, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
+    onGpu = await median(resident);
+    setStatus(`Chain of ${CHAIN_LAYERS} layers through Float32Arrays, ${fmt(rows)} × ${fmt(hidden)}…`, "busy");
+    viaCpu = await median(typed);
+  } finally {
+    layers.forEach((layer) => layer.destroy());
+  }
   const same = sameBits(onGpu.y, viaCpu.y);
   const body = $("chain-results").querySelector("tbody");
   body.replaceChildren(

@@ -6,8 +6,9 @@
 //! - `sol_kernel`: over that of the fastest vec4 copy compute shader (`shaders/copy_vec4.wgsl`:
 //!   a grid-stride loop at workgroup sizes 8, 64 and 256, and a loop over rows launched as
 //!   RMSNorm's kernel is, with its workgroup size and count);
-//! - on GPUs the forward's repetitions rotate over buffer pairs of 256 MiB in all, so that
-//!   x and y go to and from memory, not a cache that holds them whole.
+//! - on GPUs the forward's repetitions rotate over buffer pairs of 256 MiB in all (128 MiB
+//!   for tensors under 2 MiB), so that x and y go to and from memory, not a cache that holds
+//!   them whole.
 //! - effective bandwidth = bytes moved / time: x read and y written (x counted once
 //!   where a kernel reads it twice), and with the residual add r read and h written; for
 //!   the backward x and dy read and dx written (each once), the gain read and dgain and
@@ -101,6 +102,11 @@ pub async fn bench_shape(
     hidden: u32,
     options: &BenchOptions,
 ) -> Result<Vec<Measurement>> {
+    if rows == 0 || hidden == 0 {
+        return Err(Error::Gpu(format!(
+            "a benchmark of {rows} x {hidden} measures nothing: pass at least one row of one element"
+        )));
+    }
     let device = gpu.device();
     let len = rows as usize * hidden as usize;
     let bytes = len as u64 * 4;
@@ -172,22 +178,31 @@ pub async fn bench_shape(
         hidden,
         copies,
     ));
+    // The browser frees buffers only when destroyed (or collected).
+    for (x, y) in &pairs {
+        x.destroy();
+        y.destroy();
+    }
     Ok(out)
 }
 
-/// Bytes the forward's buffer pairs add up to at least, on GPUs: more than any GPU's last
-/// level cache (an H100's L2 holds 50 MB, so a 16 MiB tensor would otherwise be read from
-/// cache and the "memory bandwidth" would be the cache's).
+/// Bytes the forward's buffer pairs add up to at least, on GPUs, where [`MAX_PAIRS`]
+/// reach it (tensors of 2 MiB and more; smaller ones take 128 MiB): more than any GPU's
+/// last level cache (an H100's L2 holds 50 MB, so a 16 MiB tensor would otherwise be read
+/// from cache and the "memory bandwidth" would be the cache's).
 const ROTATION_BYTES: u64 = 256 << 20;
+const MAX_PAIRS: u64 = 64;
 
 /// The (x, y) buffer pairs the forward's contestants take in turn, x holding `x`: enough
-/// for [`ROTATION_BYTES`] (at most 16) on a GPU, one on a CPU adapter, whose caches are far
-/// smaller than the tensors that matter.
+/// for [`ROTATION_BYTES`] on a GPU, one on a CPU adapter (lavapipe, SwiftShader), whose
+/// caches are far smaller than the tensors that matter.
 fn rotation_pairs(gpu: &GpuContext, x: &[f32], bytes: u64) -> Vec<(wgpu::Buffer, wgpu::Buffer)> {
-    let count = if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+    let count = if gpu.is_cpu_adapter() {
         1
     } else {
-        ROTATION_BYTES.div_ceil(2 * bytes).clamp(1, 16)
+        ROTATION_BYTES
+            .div_ceil(2 * bytes.max(1))
+            .clamp(1, MAX_PAIRS)
     };
     let storage = |usage| {
         gpu.device()

@@ -80,6 +80,20 @@ pub struct PreparedDispatch {
     pub(crate) bind_groups: Vec<wgpu::BindGroup>,
     /// Backward with a gain or a bias: the bind group of the pass that sums dgain and dbias.
     pub(crate) weight_grads: Option<wgpu::BindGroup>,
+    /// The buffers made for the call (parameters, partial sums), held by the bind groups.
+    pub(crate) buffers: Vec<wgpu::Buffer>,
+}
+
+impl PreparedDispatch {
+    /// Destroys the buffers made for the call, once no later submission records it again:
+    /// in the browser wgpu leaves buffers to the garbage collector, so a loop that prepares
+    /// a call per step would otherwise hold them until it runs (submitted work still
+    /// completes: WebGPU and wgpu defer the destruction until it has).
+    pub(crate) fn destroy_buffers(&self) {
+        for buffer in &self.buffers {
+            buffer.destroy();
+        }
+    }
 }
 
 /// How many elements a tensor of a call holds.
@@ -419,8 +433,9 @@ pub(crate) fn bind_groups(
     config: &RmsNormConfig,
     launch: &Launch,
     tensors: &[Tensor<'_>],
-) -> Result<(Vec<wgpu::BindGroup>, Option<wgpu::BindGroup>)> {
+) -> Result<BindGroups> {
     let partial_rows = launch.partial_rows();
+    let mut made = Vec::new();
     let weight_partials = launch.weight_grads.map(|_| {
         let rows = partial_rows * (u64::from(plan.io.gain) + u64::from(plan.io.bias));
         scratch_buffer(
@@ -437,6 +452,8 @@ pub(crate) fn bind_groups(
         let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
         let partials = (chunk.scratch_bytes > 0)
             .then(|| scratch_buffer(device, "split partials", chunk.scratch_bytes));
+        made.push(params_buffer.clone());
+        made.extend(partials.clone());
         let stage = &launch.stages[0];
         let set = BindingSet::of(stage);
         let mut entries: Vec<wgpu::BindGroupEntry<'_>> = bound
@@ -473,16 +490,27 @@ pub(crate) fn bind_groups(
         }));
     }
     let weight_grads = match (launch.weight_grads, &weight_partials) {
-        (Some((stage, _)), Some(partials)) => Some(weight_grads_bind_group(
-            device, layouts, plan, launch, tensors, &stage, partials,
-        )?),
+        (Some((stage, _)), Some(partials)) => {
+            let (group, params) =
+                weight_grads_bind_group(device, layouts, plan, launch, tensors, &stage, partials)?;
+            made.push(params);
+            Some(group)
+        }
         _ => None,
     };
-    Ok((groups, weight_grads))
+    made.extend(weight_partials);
+    Ok((groups, weight_grads, made))
 }
 
+/// A call's bind groups, the weight-grad pass's, and the buffers made for them.
+pub(crate) type BindGroups = (
+    Vec<wgpu::BindGroup>,
+    Option<wgpu::BindGroup>,
+    Vec<wgpu::Buffer>,
+);
+
 /// The bind group of the backward's `weight_grads`: its parameters, the partial sums, dgain
-/// and dbias.
+/// and dbias; and its parameters buffer, made here.
 fn weight_grads_bind_group(
     device: &wgpu::Device,
     layouts: &Layouts,
@@ -491,7 +519,7 @@ fn weight_grads_bind_group(
     tensors: &[Tensor<'_>],
     stage: &super::plan::StagePlan,
     partials: &wgpu::Buffer,
-) -> Result<wgpu::BindGroup> {
+) -> Result<(wgpu::BindGroup, wgpu::Buffer)> {
     let lanes = lanes(launch.elem);
     let (mut dgain_base, mut dbias_base) = (0, 0);
     let mut entries = vec![wgpu::BindGroupEntry {
@@ -518,11 +546,12 @@ fn weight_grads_bind_group(
         binding: BINDING_PARAMS,
         resource: params_buffer.as_entire_binding(),
     });
-    Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
+    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("rmsnorm weight grads bind group"),
         layout: &layouts.get(BindingSet::of(stage)).group,
         entries: &entries,
-    }))
+    });
+    Ok((group, params_buffer))
 }
 
 /// A storage buffer for intermediate results.

@@ -381,12 +381,13 @@ impl KernelCore {
         if let Some(Some(error)) = crate::platform::ready_now(scope.pop()) {
             return Err(Error::BufferRefused(error.to_string()));
         }
-        let (bind_groups, weight_grads) = bind_groups?;
+        let (bind_groups, weight_grads, buffers) = bind_groups?;
         Ok(PreparedDispatch {
             kernel_id: self.id,
             launch,
             bind_groups,
             weight_grads,
+            buffers,
         })
     }
 

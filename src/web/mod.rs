@@ -375,19 +375,12 @@ impl Normalizer {
         options: JsValue,
         kind: Kind,
     ) -> js_sys::Promise {
-        let gpu = self.gpu.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
+        if resident::resident("x", &x).is_some() {
+            return resident::promise_of(self.resident_call(x, residual, hidden, options, kind));
+        }
+        // Arguments are read now: changing an array after the call does not change it.
+        let read = || -> Result<_, JsError> {
             let hidden = count("hidden", hidden)?;
-            if resident::resident("x", &x).is_some() {
-                // GpuTensors: the weights uploaded for this call, freed once it is submitted.
-                let (norm, partial) = match kind {
-                    Kind::Rms { partial } => (Norm::Rms, partial),
-                    Kind::Layer => (Norm::Layer, false),
-                };
-                let layer =
-                    resident::LayerInner::from_options(&gpu, norm, hidden, &options, partial)?;
-                return layer.call(x, residual).await;
-            }
             let (norm, mut config, parsed) = parse_call(hidden, &options, kind)?;
             if residual.is_some() {
                 config.residual = Residual::AddStoreSum;
@@ -400,8 +393,16 @@ impl Normalizer {
                 .as_ref()
                 .is_some_and(|r| r.bytes.len() != x.bytes.len())
             {
-                return Err(JsError::new("residual must have as many elements as x").into());
+                return Err(JsError::new("residual must have as many elements as x"));
             }
+            Ok((norm, config, parsed, x, residual))
+        };
+        let (norm, config, parsed, x, residual) = match read() {
+            Ok(call) => call,
+            Err(error) => return js_sys::Promise::reject(&error.into()),
+        };
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
             let data = CallData {
                 x: &x.bytes,
                 residual: residual.as_ref().map(|r| r.bytes.as_slice()),
@@ -423,6 +424,30 @@ impl Normalizer {
                 }
             }
         })
+    }
+}
+
+impl Normalizer {
+    /// A call on GpuTensors, submitted now: the weights uploaded for it (and destroyed with
+    /// its layer once submitted), outputs left on the GPU.
+    fn resident_call(
+        &self,
+        x: JsValue,
+        residual: Option<JsValue>,
+        hidden: f64,
+        options: JsValue,
+        kind: Kind,
+    ) -> Result<impl std::future::Future<Output = Result<JsValue, JsValue>> + 'static, JsError>
+    {
+        let hidden = count("hidden", hidden)?;
+        let (norm, partial) = match kind {
+            Kind::Rms { partial } => (Norm::Rms, partial),
+            Kind::Layer => (Norm::Layer, false),
+        };
+        let layer = Rc::new(resident::LayerInner::from_options(
+            &self.gpu, norm, hidden, &options, partial,
+        )?);
+        layer.call(&x, residual.as_ref())
     }
 }
 

@@ -12,8 +12,13 @@ use crate::kernel::{BufferRegion, LayerNorm, Norm, RmsNorm, RmsNormBuffers};
 use js_sys::{Object, Reflect};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use wasm_bindgen::prelude::*;
+
+/// A popped error scope, awaited after the submission it guards.
+type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
 
 /// Usages of every tensor's buffer: bound as storage by the kernels, copied from (reads) and
 /// to (writes, copies in).
@@ -31,6 +36,8 @@ pub(super) struct TensorState {
     /// The array type `read()` returns.
     kind: ArrayKind,
     destroyed: Cell<bool>,
+    /// The context (Normalizer) whose device holds the buffer.
+    owner: *const GpuContext,
 }
 
 impl TensorState {
@@ -47,9 +54,25 @@ impl TensorState {
 
 thread_local! {
     /// Live tensors by id, so that a `GpuTensor` passed where a `Tensor` may also be is found
-    /// without taking it from JavaScript.
-    static TENSORS: RefCell<HashMap<u32, Weak<TensorState>>> = RefCell::new(HashMap::new());
-    static NEXT_ID: Cell<u32> = const { Cell::new(1) };
+    /// without taking it from JavaScript (and without trusting its class name, which a
+    /// minifier renames).
+    static TENSORS: RefCell<HashMap<u64, Weak<TensorState>>> = RefCell::new(HashMap::new());
+    /// The next id: a random multiple of 2^21 below 2^53 per module instance, so that a
+    /// tensor of another instance of this package (another bundle's copy) is not taken for
+    /// one of ours, plus a counter.
+    static NEXT_ID: Cell<u64> = Cell::new(
+        (js_sys::Math::random() * f64::from(1u32 << 31)) as u64 * (1 << 21) + 1,
+    );
+}
+
+/// The next tensor id (ids stay below 2^53, exact as JS numbers).
+fn next_id() -> u64 {
+    NEXT_ID.with(|n| {
+        let id = n.get();
+        let base = id & !((1 << 21) - 1);
+        n.set(base + ((id + 1) & ((1 << 21) - 1)).max(1));
+        id
+    })
 }
 
 /// A tensor in a GPU buffer of the library's device (`buffer`, a `GPUBuffer` with usages
@@ -58,7 +81,7 @@ thread_local! {
 /// or `free()`) frees the GPU memory at once; otherwise it goes when the object is collected.
 #[wasm_bindgen]
 pub struct GpuTensor {
-    id: u32,
+    id: u64,
     state: Rc<TensorState>,
     gpu: Rc<GpuContext>,
 }
@@ -103,8 +126,9 @@ impl GpuTensor {
             dtype,
             kind,
             destroyed: Cell::new(false),
+            owner: Rc::as_ptr(gpu),
         });
-        let id = NEXT_ID.with(|n| n.replace(n.get().wrapping_add(1)));
+        let id = next_id();
         TENSORS.with(|t| t.borrow_mut().insert(id, Rc::downgrade(&state)));
         Ok(Self {
             id,
@@ -184,20 +208,23 @@ impl GpuTensor {
 
     /// Identifies the tensor when it is passed to the library (not for applications).
     #[wasm_bindgen(getter, js_name = tensorId, skip_typescript)]
-    pub fn tensor_id(&self) -> u32 {
-        self.id
+    pub fn tensor_id(&self) -> f64 {
+        self.id as f64
     }
 
     /// Reads the elements back: a Float32Array for f32, a Uint16Array of bits for f16 and
     /// bf16 (a Float16Array where the tensor was made from one).
+    /// The copy is submitted by this call: writes, copies and calls made after it do not
+    /// change what it reads.
     #[wasm_bindgen(unchecked_return_type = "Promise<Tensor>")]
     pub fn read(&self) -> js_sys::Promise {
-        let state = self.live("read").map(Rc::clone);
-        let gpu = self.gpu.clone();
+        let submitted = self
+            .live("read")
+            .and_then(|state| submit_read(&self.gpu, state).map_err(to_js));
+        let (gpu, kind) = (self.gpu.clone(), self.state.kind);
         wasm_bindgen_futures::future_to_promise(async move {
-            let state = state?;
-            let bytes = read_back(&gpu, &state).await.map_err(to_js)?;
-            Ok(tensors::to_js(&bytes, state.kind)?)
+            let bytes = finish_read(&gpu, submitted?).await.map_err(to_js)?;
+            Ok(tensors::to_js(&bytes, kind)?)
         })
     }
 
@@ -223,17 +250,31 @@ impl GpuTensor {
     /// `GPUBuffer` of `gpu.device` with COPY_SRC usage, starting at `sourceOffset` (a
     /// multiple of 4, default 0), in queue order. The library cannot adopt a buffer made
     /// elsewhere (wgpu wraps only its own), so data enters by this copy on the GPU.
+    /// The copy is submitted by this call; the promise says whether the browser took it.
     #[wasm_bindgen(js_name = copyFrom, unchecked_return_type = "Promise<void>")]
     pub fn copy_from(
         &self,
         #[wasm_bindgen(unchecked_param_type = "GPUBuffer")] source: JsValue,
         source_offset: Option<f64>,
     ) -> js_sys::Promise {
-        let state = self.live("copyFrom").map(Rc::clone);
-        let gpu = self.gpu.clone();
+        let submitted = self
+            .live("copyFrom")
+            .and_then(|state| submit_copy(&self.gpu, state, &source, source_offset.unwrap_or(0.0)));
         wasm_bindgen_futures::future_to_promise(async move {
-            let state = state?;
-            copy_from_buffer(&gpu, &state, &source, source_offset.unwrap_or(0.0)).await?;
+            if let Some(popped) = submitted? {
+                let error = wasm_bindgen_futures::JsFuture::from(popped).await?;
+                if !error.is_null() && !error.is_undefined() {
+                    let message = Reflect::get(&error, &"message".into())
+                        .ok()
+                        .and_then(|m| m.as_string())
+                        .unwrap_or_default();
+                    return Err(JsError::new(&format!(
+                        "copyFrom failed: {message} (the source must be a GPUBuffer of \
+                         gpu.device with COPY_SRC usage, not destroyed)"
+                    ))
+                    .into());
+                }
+            }
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -246,24 +287,31 @@ impl GpuTensor {
 
 /// The tensor behind `value` where it is a `GpuTensor`; `None` for anything else.
 pub(super) fn resident(name: &str, value: &JsValue) -> Option<Result<Rc<TensorState>, JsError>> {
-    if type_name(value) != "GpuTensor" {
+    if !value.is_object() || js_sys::ArrayBuffer::is_view(value) {
         return None;
     }
-    let id = Reflect::get(value, &"tensorId".into())
-        .ok()
-        .and_then(|v| v.as_f64());
-    let state = id.and_then(|id| TENSORS.with(|t| t.borrow().get(&(id as u32))?.upgrade()));
+    // A freed GpuTensor's getter throws (its pointer is gone): still ours, and an error.
+    let id = match Reflect::get(value, &"tensorId".into()) {
+        Ok(id) => id.as_f64()?,
+        Err(_) => {
+            return Some(Err(JsError::new(&format!(
+                "{name} is a GpuTensor that was freed"
+            ))))
+        }
+    };
+    let state = TENSORS.with(|t| t.borrow().get(&(id as u64)).and_then(Weak::upgrade));
     Some(match state {
         Some(state) if !state.destroyed.get() => Ok(state),
         Some(_) => Err(JsError::new(&format!("{name} is a destroyed GpuTensor"))),
         None => Err(JsError::new(&format!(
-            "{name} is a GpuTensor that was freed"
+            "{name} is a GpuTensor that was freed, or one of another copy of this module"
         ))),
     })
 }
 
-/// The elements of a tensor, read back through a staging buffer made for the read.
-async fn read_back(gpu: &GpuContext, state: &TensorState) -> crate::Result<Vec<u8>> {
+/// Copies a tensor to a staging buffer made for the read, and submits: the tensor's
+/// contents as of now.
+fn submit_read(gpu: &GpuContext, state: &TensorState) -> crate::Result<(wgpu::Buffer, usize)> {
     gpu.check_not_lost()?;
     let size = state.buffer.size();
     let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
@@ -275,28 +323,39 @@ async fn read_back(gpu: &GpuContext, state: &TensorState) -> crate::Result<Vec<u
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(&state.buffer, 0, &staging, 0, size);
     gpu.queue().submit([encoder.finish()]);
+    Ok((staging, state.byte_len() as usize))
+}
+
+/// Maps a submitted read's staging buffer: the tensor's bytes. The buffer is destroyed.
+async fn finish_read(
+    gpu: &GpuContext,
+    (staging, len): (wgpu::Buffer, usize),
+) -> crate::Result<Vec<u8>> {
     let slice = staging.slice(..);
     let mapped = crate::platform::map_read(gpu.device(), slice).await;
     let bytes = mapped.and_then(|()| {
         slice
             .get_mapped_range()
-            .map(|view| view[..state.byte_len() as usize].to_vec())
+            .map(|view| view[..len].to_vec())
             .map_err(|e| crate::Error::Readback(e.to_string()))
     });
     staging.destroy();
     bytes
 }
 
-/// A copy from an application's `GPUBuffer` into `state`, on the browser's device and queue
-/// (which wgpu's own calls also go through, so queue order holds), inside a validation error
-/// scope: a buffer of another device or without COPY_SRC is an error, not a console warning.
-async fn copy_from_buffer(
+/// A copy from an application's `GPUBuffer` into `state`, submitted now on the browser's
+/// device and queue (which wgpu's own calls also go through, so queue order holds), inside a
+/// validation error scope: returns the popped scope's promise (`None`: nothing to copy).
+/// A buffer of another device or without COPY_SRC is then an error, not a console warning.
+fn submit_copy(
     gpu: &GpuContext,
     state: &TensorState,
     source: &JsValue,
     offset: f64,
-) -> Result<(), JsValue> {
-    let size = state.buffer.size();
+) -> Result<Option<js_sys::Promise>, JsError> {
+    gpu.check_not_lost().map_err(to_js)?;
+    // byteLength rounded up to whole words (copies move 4-byte words).
+    let size = state.byte_len().next_multiple_of(4);
     let source_size = Reflect::get(source, &"size".into())
         .ok()
         .and_then(|v| v.as_f64());
@@ -304,22 +363,22 @@ async fn copy_from_buffer(
         return Err(JsError::new(&format!(
             "source must be a GPUBuffer, not {}",
             type_name(source)
-        ))
-        .into());
+        )));
     };
     if offset < 0.0 || offset.fract() != 0.0 || offset % 4.0 != 0.0 {
         return Err(JsError::new(&format!(
             "sourceOffset = {offset} must be a whole multiple of 4 bytes"
-        ))
-        .into());
+        )));
     }
     if offset + size as f64 > source_size {
         return Err(JsError::new(&format!(
             "the source holds {source_size} bytes; copying {size} bytes from offset {offset} \
              needs {}",
             offset + size as f64
-        ))
-        .into());
+        )));
+    }
+    if size == 0 {
+        return Ok(None);
     }
     let device: JsValue = gpu
         .device()
@@ -335,33 +394,34 @@ async fn copy_from_buffer(
         let function: js_sys::Function = Reflect::get(object, &method.into())?.dyn_into()?;
         Reflect::apply(&function, object, &args.iter().collect())
     };
-    call(&device, "pushErrorScope", &["validation".into()])?;
-    let encoder = call(&device, "createCommandEncoder", &[])?;
-    let args = [
-        source.clone(),
-        offset.into(),
-        target,
-        0.into(),
-        (size as f64).into(),
-    ];
-    call(&encoder, "copyBufferToBuffer", &args)?;
-    let commands = call(&encoder, "finish", &[])?;
-    let queue = Reflect::get(&device, &"queue".into())?;
-    call(&queue, "submit", &[js_sys::Array::of1(&commands).into()])?;
-    let popped: js_sys::Promise = call(&device, "popErrorScope", &[])?.dyn_into()?;
-    let error = wasm_bindgen_futures::JsFuture::from(popped).await?;
-    if error.is_null() || error.is_undefined() {
-        return Ok(());
-    }
-    let message = Reflect::get(&error, &"message".into())
-        .ok()
-        .and_then(|m| m.as_string())
-        .unwrap_or_default();
-    Err(JsError::new(&format!(
-        "copyFrom failed: {message} (the source must be a GPUBuffer of gpu.device with COPY_SRC \
-         usage, not destroyed)"
-    ))
-    .into())
+    call(&device, "pushErrorScope", &["validation".into()]).map_err(js_error)?;
+    let copied = (|| {
+        let encoder = call(&device, "createCommandEncoder", &[])?;
+        let args = [
+            source.clone(),
+            offset.into(),
+            target,
+            0.into(),
+            (size as f64).into(),
+        ];
+        call(&encoder, "copyBufferToBuffer", &args)?;
+        let commands = call(&encoder, "finish", &[])?;
+        let queue = Reflect::get(&device, &"queue".into())?;
+        call(&queue, "submit", &[js_sys::Array::of1(&commands).into()])
+    })();
+    // Popped whatever happened, so no scope is left on the device.
+    let popped = call(&device, "popErrorScope", &[]).map_err(js_error)?;
+    copied.map_err(js_error)?;
+    Ok(Some(popped.dyn_into().map_err(js_error)?))
+}
+
+/// A thrown JS value as an error with its message.
+fn js_error(value: JsValue) -> JsError {
+    let message = value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .unwrap_or_else(|| format!("{value:?}"));
+    JsError::new(&format!("copyFrom failed: {message}"))
 }
 
 /// A normalization whose gain and bias live on the GPU, uploaded once: made by
@@ -395,16 +455,26 @@ enum LayerKernel {
 }
 
 impl LayerKernel {
-    fn encode(
+    fn prepare(
         &self,
         gpu: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
         buffers: &RmsNormBuffers<'_>,
         rows: u32,
+    ) -> crate::Result<crate::kernel::PreparedDispatch> {
+        match self {
+            Self::Rms(k) => k.prepare(gpu.device(), buffers, rows),
+            Self::Layer(k) => k.prepare(gpu.device(), buffers, rows),
+        }
+    }
+
+    fn record(
+        &self,
+        prepared: &crate::kernel::PreparedDispatch,
+        encoder: &mut wgpu::CommandEncoder,
     ) -> crate::Result<()> {
         match self {
-            Self::Rms(k) => k.encode(gpu.device(), encoder, buffers, rows),
-            Self::Layer(k) => k.encode(gpu.device(), encoder, buffers, rows),
+            Self::Rms(k) => k.record(prepared, encoder, None),
+            Self::Layer(k) => k.record(prepared, encoder, None),
         }
     }
 }
@@ -518,6 +588,12 @@ impl LayerInner {
         let dtype = self.config.dtype;
         for (name, t) in [("x", Some(x)), ("residual", residual)] {
             match t {
+                Some(t) if t.owner != Rc::as_ptr(&self.gpu) => {
+                    return Err(JsError::new(&format!(
+                        "{name} was made by another Normalizer (another device): make it with \
+                         this one's tensor(), or copy it in with copyFrom"
+                    )))
+                }
                 Some(t) if t.dtype != dtype => {
                     return Err(JsError::new(&format!(
                         "{name} is a {} tensor; this call takes {dtype} (option dtype)",
@@ -538,30 +614,40 @@ impl LayerInner {
         u32::try_from(rows).map_err(|_| JsError::new(&format!("{rows} rows: pass fewer per call")))
     }
 
-    /// Records and submits one call on GPU tensors, inside error scopes: resolves to the new
-    /// output (and sum) tensors once the scopes report no error.
-    pub(super) async fn run(
+    /// Checks, records and submits one call on GPU tensors now, inside error scopes (the
+    /// kernel planned inside them too): the new output (and sum) tensors, and the scopes'
+    /// results to await before handing them out.
+    fn submit(
         &self,
         x: &TensorState,
         residual: Option<&TensorState>,
-    ) -> Result<Outputs, JsError> {
+    ) -> Result<(Outputs, [ScopeResult; 2]), JsError> {
         self.gpu.check_not_lost().map_err(to_js)?;
         if self.destroyed.get() {
             return Err(JsError::new("this layer was destroyed"));
         }
         let rows = self.check_inputs(x, residual)?;
-        let kernel = self.kernel(residual.is_some()).map_err(to_js)?;
         let device = self.gpu.device();
         let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let recorded = self.record(&kernel, x, residual, rows);
-        let validation = validation.pop();
-        let out_of_memory = out_of_memory.pop();
-        let error = validation.await.or(out_of_memory.await);
-        match (recorded, error) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(e)) => Err(JsError::new(&format!("the GPU refused the call: {e}"))),
-            (Ok(outputs), None) => Ok(outputs),
+        let recorded = self
+            .kernel(residual.is_some())
+            .map_err(to_js)
+            .and_then(|kernel| self.record(&kernel, x, residual, rows));
+        let scopes: [ScopeResult; 2] = [Box::pin(validation.pop()), Box::pin(out_of_memory.pop())];
+        recorded.map(|outputs| (outputs, scopes))
+    }
+
+    /// The outputs of a submitted call once its error scopes report nothing; a kernel the
+    /// browser refused is not kept.
+    async fn finish(&self, outputs: Outputs, scopes: [ScopeResult; 2]) -> Result<Outputs, JsError> {
+        let [validation, out_of_memory] = scopes;
+        match validation.await.or(out_of_memory.await) {
+            None => Ok(outputs),
+            Some(e) => {
+                *self.kernels.borrow_mut() = [None, None];
+                Err(JsError::new(&format!("the GPU refused the call: {e}")))
+            }
         }
     }
 
@@ -593,22 +679,24 @@ impl LayerInner {
             .gpu
             .device()
             .create_command_encoder(&Default::default());
-        kernel
-            .encode(&self.gpu, &mut encoder, &buffers, rows)
-            .map_err(to_js)?;
+        let prepared = kernel.prepare(&self.gpu, &buffers, rows).map_err(to_js)?;
+        kernel.record(&prepared, &mut encoder).map_err(to_js)?;
         self.gpu.queue().submit([encoder.finish()]);
+        // Its parameters go with the submitted work, not when the browser collects them.
+        prepared.destroy_buffers();
         Ok((output, sum))
     }
 
-    /// One call on whatever JS passed: GPU tensors give GPU tensors; typed arrays are
-    /// uploaded, normalized, read back and freed, giving typed arrays.
-    pub(super) async fn call(
-        &self,
-        x: JsValue,
-        residual: Option<JsValue>,
-    ) -> Result<JsValue, JsValue> {
+    /// One call on whatever JS passed, submitted now (inputs read as they are at the call):
+    /// GPU tensors give GPU tensors; typed arrays are uploaded, normalized, read back and
+    /// freed, giving typed arrays. The future waits for the error scopes and any readback.
+    pub(super) fn call(
+        self: &Rc<Self>,
+        x: &JsValue,
+        residual: Option<&JsValue>,
+    ) -> Result<impl Future<Output = Result<JsValue, JsValue>>, JsError> {
         let dtype = self.config.dtype;
-        let on_gpu = resident("x", &x).is_some();
+        let on_gpu = resident("x", x).is_some();
         let input = |name: &str,
                      value: &JsValue|
          -> Result<(Rc<TensorState>, Option<GpuTensor>), JsError> {
@@ -624,26 +712,46 @@ impl LayerInner {
                 )),
             }
         };
-        let (x_state, _x_upload) = input("x", &x)?;
-        let residual = residual.map(|r| input("residual", &r)).transpose()?;
-        let (output, sum) = self.run(&x_state, residual.as_ref().map(|r| &*r.0)).await?;
-        let pack = |t: GpuTensor| async move {
-            if on_gpu {
-                return Ok::<JsValue, JsValue>(t.into());
-            }
-            let bytes = read_back(&t.gpu, &t.state).await.map_err(to_js)?;
-            Ok(tensors::to_js(&bytes, t.state.kind)?)
+        let (x_state, x_upload) = input("x", x)?;
+        let residual = residual.map(|r| input("residual", r)).transpose()?;
+        let (outputs, scopes) = self.submit(&x_state, residual.as_ref().map(|r| &*r.0))?;
+        // Typed arrays: the reads are submitted now too, behind the call.
+        let reads = if on_gpu {
+            None
+        } else {
+            let read = |t: &GpuTensor| submit_read(&self.gpu, &t.state).map_err(to_js);
+            Some((read(&outputs.0)?, outputs.1.as_ref().map(read).transpose()?))
         };
-        let output = pack(output).await?;
-        match sum {
-            None => Ok(output),
-            Some(sum) => {
-                let object = Object::new();
-                set(&object, "output", &output);
-                set(&object, "sum", &pack(sum).await?);
-                Ok(object.into())
+        let layer = self.clone();
+        Ok(async move {
+            // The uploads live until the call is submitted; freed now.
+            drop((x_upload, residual));
+            let (output, sum) = layer.finish(outputs, scopes).await?;
+            let (output, sum): (JsValue, Option<JsValue>) = match reads {
+                None => (output.into(), sum.map(JsValue::from)),
+                Some((output_read, sum_read)) => {
+                    let bytes = finish_read(&layer.gpu, output_read).await.map_err(to_js)?;
+                    let output = tensors::to_js(&bytes, output.state.kind)?;
+                    let sum = match (sum_read, sum) {
+                        (Some(read), Some(sum)) => {
+                            let bytes = finish_read(&layer.gpu, read).await.map_err(to_js)?;
+                            Some(tensors::to_js(&bytes, sum.state.kind)?)
+                        }
+                        _ => None,
+                    };
+                    (output, sum)
+                }
+            };
+            match sum {
+                None => Ok(output),
+                Some(sum) => {
+                    let object = Object::new();
+                    set(&object, "output", &output);
+                    set(&object, "sum", &sum);
+                    Ok(object.into())
+                }
             }
-        }
+        })
     }
 }
 
@@ -689,8 +797,17 @@ impl NormLayer {
     }
 
     fn promise(&self, x: JsValue, residual: Option<JsValue>) -> js_sys::Promise {
-        let layer = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move { layer.call(x, residual).await })
+        promise_of(self.inner.call(&x, residual.as_ref()))
+    }
+}
+
+/// The promise of a call submitted now: rejected at once where submitting failed.
+pub(super) fn promise_of(
+    submitted: Result<impl Future<Output = Result<JsValue, JsValue>> + 'static, JsError>,
+) -> js_sys::Promise {
+    match submitted {
+        Ok(future) => wasm_bindgen_futures::future_to_promise(future),
+        Err(error) => js_sys::Promise::reject(&error.into()),
     }
 }
 

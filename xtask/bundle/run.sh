@@ -49,7 +49,8 @@ step() {
 
 step tests "$here/gpu-tests"
 step cli "$here/wgpu-rmsnorm" --rows 64 --hidden 4097 --p 0.0625
-step bench "$here/throughput" "${quick[@]}" --json "$out/bench.json"
+# ${quick[@]+...}: an empty array is "unbound" to bash before 4.4 under set -u.
+step bench "$here/throughput" ${quick[@]+"${quick[@]}"} --json "$out/bench.json"
 grep -h "tests run on\|^test result" "$out/tests.log" | sort | uniq -c | head -n 5
 if [ "$failed" = 0 ]; then
   echo "all passed; records in $out/bench.json"

@@ -11,6 +11,9 @@
 //!   cargo xtask train [--quick] [--json PATH]
 //!                                  setup, then train the burn integration's small language
 //!                                  model once per normalization (loss, step and norm time)
+//!   cargo xtask bench-browser [--json PATH]
+//!                                  setup, then the npm package against ONNX Runtime Web's
+//!                                  WebGPU kernels in headless Chromium (benches/ort)
 //!   cargo xtask build-web          build the demo page's package (the npm package plus the
 //!                                  benchmark panel's calls) into www/pkg
 //!   cargo xtask pack               build the npm package (bindings, wasm-opt -Oz) and pack it
@@ -63,10 +66,11 @@ fn main() -> ExitCode {
         "build-web" => build_web(),
         "pack" => web::pack().map(|_| ()),
         "bundle" => bundle::bundle().map(|_| ()),
+        "bench-browser" => setup().and_then(|()| web::bench_browser(&rest)),
         "check-bundle" => bundle::check_bundle(),
         "serve" => port_arg(&rest).and_then(|port| serve::serve_forever(&root().join("www"), port)),
         _ => Err(format!(
-            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|train|build-web|pack|bundle|check-bundle|serve [--port N]>"
+            "unknown task {task:?}\nusage: cargo xtask <setup|test|demo|bench|bench-browser|train|build-web|pack|bundle|check-bundle|serve [--port N]>"
         )),
     };
     match result {

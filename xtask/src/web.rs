@@ -180,3 +180,49 @@ pub(crate) fn install_packed_package() -> Result<PathBuf, String> {
     );
     Ok(consumer)
 }
+
+/// `cargo xtask bench-browser [--json PATH]`: the npm package against ONNX Runtime Web's
+/// WebGPU kernels in one headless Chromium run (`benches/ort/`): onnxruntime-web installed
+/// there when missing, a folder of the page, the package and onnxruntime-web served, and
+/// `benches/ort/compare.mjs` run against it.
+pub(crate) fn bench_browser(args: &[String]) -> Result<(), String> {
+    let json = match args {
+        [] => None,
+        [flag, path] if flag == "--json" => Some(
+            std::env::current_dir()
+                .map_err(|e| e.to_string())?
+                .join(path),
+        ),
+        _ => return Err("usage: cargo xtask bench-browser [--json PATH]".into()),
+    };
+    let ort = root().join("benches/ort");
+    if !ort.join("node_modules/onnxruntime-web").exists() {
+        run(workspace_command("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&ort))?;
+    }
+    pack()?;
+    let site = root().join("target/ort-compare");
+    if site.exists() {
+        std::fs::remove_dir_all(&site).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(&site).map_err(|e| e.to_string())?;
+    for (name, from) in [
+        ("index.html", ort.join("index.html")),
+        ("page.mjs", ort.join("page.mjs")),
+        ("node_modules", ort.join("node_modules")),
+        ("pkg", root().join("target/npm/pkg")),
+    ] {
+        std::os::unix::fs::symlink(&from, site.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let server = super::serve::Server::start(&site, 0)?;
+    let mut command = workspace_command("node");
+    command.arg(ort.join("compare.mjs")).env(
+        "COMPARE_URL",
+        format!("http://127.0.0.1:{}/", server.port()),
+    );
+    if let Some(json) = json {
+        command.env("JSON_OUT", json);
+    }
+    run(&mut command)
+}
