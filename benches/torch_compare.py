@@ -117,31 +117,24 @@ def main():
 
 def time_ms(torch, call):
     """Median ms per call: >= SAMPLES samples, each >= MIN_SAMPLE_MS of back-to-back calls."""
+
+    def sample(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(reps):
+            call(i)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
     for i in range(3):  # warm-up (and torch.compile's compilation)
         call(i)
     torch.cuda.synchronize()
-    # Calls per sample: enough for MIN_SAMPLE_MS, from a first estimate.
+    # Calls per sample: doubled until a sample lasts MIN_SAMPLE_MS.
     reps = 1
-    while True:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(reps):
-            call(i)
-        end.record()
-        end.synchronize()
-        if start.elapsed_time(end) >= MIN_SAMPLE_MS or reps >= 1 << 20:
-            break
+    while sample(reps) < MIN_SAMPLE_MS and reps < 1 << 20:
         reps *= 2
-    samples = []
-    for _ in range(SAMPLES):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(reps):
-            call(i)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / reps)
-    return statistics.median(samples)
+    return statistics.median(sample(reps) / reps for _ in range(SAMPLES))
 
 
 def check(torch, actual, expected, kernel, impl):
