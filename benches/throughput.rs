@@ -38,7 +38,17 @@ mod native {
         (8, 262144),
         (1, 1048576),
     ];
-    const QUICK_SHAPES: [(u32, u32); 4] = [(64, 4096), (4096, 4096), (65536, 128), (1, 1048576)];
+    /// The quick run: a small batch, 64 MiB, short rows, one split row, and 16 MiB at hidden
+    /// sizes 4096, 4097 and 4098 (rows not a multiple of 4 take scalar loads).
+    const QUICK_SHAPES: [(u32, u32); 7] = [
+        (64, 4096),
+        (4096, 4096),
+        (65536, 128),
+        (1, 1048576),
+        (1024, 4096),
+        (1024, 4097),
+        (1024, 4098),
+    ];
     /// The element types and the residual add: small, 16 MiB, 64 MiB, short rows, one row.
     const FORMAT_SHAPES: [(u32, u32); 5] = [
         (64, 4096),
@@ -228,18 +238,35 @@ mod native {
         Ok(records)
     }
 
+    /// Per shape: RMSNorm against LayerNorm and pRMSNorm, and RMSNorm's time per byte over
+    /// that of the shape where it is least.
     fn print_ratios(records: &[Record]) {
         println!("\ntime ratios per shape (below 1: the first is faster)");
         println!(
-            "{:>6} x {:<8} {:>18} {:>21} {:>20}",
+            "{:>6} x {:<8} {:>18} {:>21} {:>20} {:>28}",
             "rows",
             "hidden",
             "RMSNorm/LayerNorm",
             "pRMSNorm(1/16)/RMSNorm",
-            "pRMSNorm(1/2)/RMSNorm"
+            "pRMSNorm(1/2)/RMSNorm",
+            "RMSNorm per byte / best's"
         );
         let mut shapes: Vec<(u32, u32)> = records.iter().map(|r| (r.rows, r.hidden)).collect();
         shapes.dedup();
+        let rms_per_byte = |rows: u32, hidden: u32| {
+            records
+                .iter()
+                .find(|r| {
+                    (r.rows, r.hidden) == (rows, hidden)
+                        && r.m.pass == "forward"
+                        && r.m.kernel == "RMSNorm"
+                })
+                .map_or(f64::NAN, |r| r.m.seconds / r.m.bytes as f64)
+        };
+        let best = shapes
+            .iter()
+            .map(|&(rows, hidden)| rms_per_byte(rows, hidden))
+            .fold(f64::INFINITY, f64::min);
         for (rows, hidden) in shapes {
             let time = |kernel: &str, p: Option<f64>| {
                 records
@@ -255,10 +282,11 @@ mod native {
             };
             let rms = time("RMSNorm", None);
             println!(
-                "{rows:>6} x {hidden:<8} {:>18.2} {:>21.2} {:>20.2}",
+                "{rows:>6} x {hidden:<8} {:>18.2} {:>21.2} {:>20.2} {:>28.2}",
                 rms / time("LayerNorm", None),
                 time("pRMSNorm", Some(1.0 / 16.0)) / rms,
-                time("pRMSNorm", Some(0.5)) / rms
+                time("pRMSNorm", Some(0.5)) / rms,
+                rms_per_byte(rows, hidden) / best
             );
         }
     }

@@ -76,7 +76,7 @@ fn range_statistics(
     var local_m2 = Elem(0.0);
     var sum_u = Elem(0.0);
     var sum_u_v = Elem(0.0);
-    for (var i = begin + lane; i < end; i = i + WG) {
+    for (var i = begin + lane; i < end; i = i + ROW_STRIDE) {
         let v = load_input(row_offset + i) - shift;
         count = count + 1.0;
         let delta = v - local_mean;

@@ -3,6 +3,9 @@
 // about the subgroup size or how invocations are laid out in subgroups.
 
 // One slot per invocation (the host sets the constant WG): 4 WG bytes of workgroup memory.
+// The workgroup normalizes a row together: invocation t takes Elems t, t + WG, ...
+const ROW_STRIDE: u32 = WG;
+
 var<workgroup> partials: array<f32, WG>;
 var<workgroup> partials_total: f32;
 var<private> local_lane: u32;

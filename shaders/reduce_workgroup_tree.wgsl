@@ -2,6 +2,9 @@
 // fallback for adapters without subgroups. WG (the workgroup size) must be a power of two.
 
 // One slot per invocation (the host sets the constant WG): 4 WG bytes of workgroup memory.
+// The workgroup normalizes a row together: invocation t takes Elems t, t + WG, ...
+const ROW_STRIDE: u32 = WG;
+
 var<workgroup> tree: array<f32, WG>;
 var<workgroup> tree_total: f32;
 var<private> tree_lane: u32;

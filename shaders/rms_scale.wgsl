@@ -122,44 +122,45 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
     return vec2<f32>(pre, scale);
 }
 
+// The sum of squares of row `row_offset`'s first k elements, each scaled by `pre`, by the
+// workgroup, each invocation starting at Elem `lane`. Every invocation of the workgroup calls
+// it (it reduces). Called with a literal 1.0 on the common path, which every compiler folds.
+fn sum_of_squares(row_offset: u32, lane: u32, pre: f32) -> f32 {
+    // Elems wholly inside the first k elements, and the one that straddles k, if any.
+    let k_whole = params.k / LANES;
+    var acc = Elem(0.0);
+    for (var i = lane; i < k_whole; i = i + ROW_STRIDE) {
+        let v = load_input(row_offset + i) * pre;
+        acc = acc + v * v;
+    }
+    if (k_whole * LANES < params.k && lane == k_whole % ROW_STRIDE) {
+        let v = first_k(load_input(row_offset + k_whole), k_whole) * pre;
+        acc = acc + v * v;
+    }
+    return reduce_sum(elem_sum(acc));
+}
+
 // The factors f of row `row_offset` (y = (x * f.x) * f.y * g + b): its sum of squares over
 // the first k elements by the workgroup, each invocation starting at Elem `lane`. Every
 // invocation of the workgroup calls it (it reduces).
 fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
-    // Elems wholly inside the first k elements, and whether one more straddles k.
-    let k_whole = params.k / LANES;
-    let k_straddles = k_whole * LANES < params.k;
     // Pass 1 over the first k elements: the sum of squares. A row whose sum overflows
     // (|x| beyond ~1e19) or underflows (below 2^-64) takes it once more with its
     // elements scaled by 2^-80 or 2^80, exactly: every row of normal f32 then sums in
-    // range, and what the scaling flushes is negligible next to what it keeps. One loop
-    // serves both, so the common path carries no extra loop (software adapters pay for
-    // each one).
+    // range, and what the scaling flushes is negligible next to what it keeps. The
+    // common path is one plain loop: no scaling, no loop around it. (No `break` either:
+    // Mesa's llvmpipe (GL backend, Mesa 22.3) loses what a loop iteration that ends in
+    // `break` wrote when the workgroup is narrower than its 8-lane SIMD;
+    // tests/driver_workarounds.rs has the reduction.)
+    var sumsq = sum_of_squares(row_offset, lane, 1.0);
     var pre = 1.0;
     var e = 0;
     var phase = 0u;
-    var sumsq = 0.0;
-    // The exit test stands at the top of the loop: Mesa's llvmpipe (GL backend, Mesa
-    // 22.3) loses what a loop iteration that ends in `break` wrote when the workgroup is
-    // narrower than its 8-lane SIMD (tests/driver_workarounds.rs has the reduction).
-    var summing = true;
-    while (summing) {
-        var acc = Elem(0.0);
-        for (var i = lane; i < k_whole; i = i + WG) {
-            let v = load_input(row_offset + i) * pre;
-            acc = acc + v * v;
-        }
-        if (k_straddles && lane == k_whole % WG) {
-            let v = first_k(load_input(row_offset + k_whole), k_whole) * pre;
-            acc = acc + v * v;
-        }
-        sumsq = reduce_sum(elem_sum(acc));
-        summing = phase == 0u && sum_needs_rescaling(sumsq);
-        if (summing) {
-            phase = 2u;
-            e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
-            pre = ldexp(1.0, -e);
-        }
+    if (sum_needs_rescaling(sumsq)) {
+        phase = 2u;
+        e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
+        pre = ldexp(1.0, -e);
+        sumsq = sum_of_squares(row_offset, lane, pre);
     }
     if (sum_is_zero(sumsq)) {
         // The first k elements are all zero (or subnormal).

@@ -16,10 +16,10 @@
 @group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 
 
-// y = (x * f.x) * f.y * g + b for Elems first, first + WG, ... below end of one row (x
+// y = (x * f.x) * f.y * g + b for Elems first, first + ROW_STRIDE, ... below end of one row (x
 // being the input h, stored too where the call stores the sum).
 fn write_scaled(row_offset: u32, first: u32, end: u32, f: vec2<f32>) {
-    for (var i = first; i < end; i = i + WG) {
+    for (var i = first; i < end; i = i + ROW_STRIDE) {
         let h = load_input_storing_sum(row_offset + i);
         store(row_offset, i, (h * f.x) * f.y);
     }

@@ -37,7 +37,7 @@ usage: wgpu-rmsnorm [options]
                        recomputed and saved; the gain defaults to scale, and a bias is added
   --f16 IMPL           f16 as WGSL's f16 type (native, needs SHADER_F16) or packed u32
                        words (packed); default: the plan's choice
-  --reduction R        auto (default), tree, subgroups or single-subgroup
+  --reduction R        auto (default), tree, subgroups, single-subgroup or per-invocation
   --workgroup-size W   invocations per workgroup (power of two)
   --samples S          timing samples (median taken), default 10
 Values may also be given as --flag=value. Progress goes to stderr, the table to stdout.
@@ -196,6 +196,7 @@ Adapter: WGPU_BACKEND, WGPU_ADAPTER_NAME, WGPU_POWER_PREF.";
                     ("tree", Reduction::WorkgroupTree),
                     ("subgroups", Reduction::Subgroups),
                     ("single-subgroup", Reduction::SingleSubgroup),
+                    ("per-invocation", Reduction::PerInvocation),
                 ];
                 args.options.reduction = choice(flag, value, &reductions)?;
             }

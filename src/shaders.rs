@@ -24,12 +24,18 @@ pub enum ReductionKind {
     Subgroups,
     /// The workgroup is a single subgroup: subgroupAdd alone, no barrier.
     SingleSubgroup,
+    /// None: each invocation normalizes whole rows alone (the `*_per_invocation` entry
+    /// points).
+    PerInvocation,
 }
 
 impl ReductionKind {
     /// Whether the module uses subgroup operations.
     pub fn uses_subgroups(self) -> bool {
-        !matches!(self, ReductionKind::WorkgroupTree)
+        matches!(
+            self,
+            ReductionKind::Subgroups | ReductionKind::SingleSubgroup
+        )
     }
 }
 
@@ -284,6 +290,10 @@ pub struct Kernel {
     pub files: &'static [ShaderFile],
     /// The entry points.
     pub entries: &'static [&'static str],
+    /// The file of the one-row-per-invocation entry point, composed last where the reduction
+    /// is [`ReductionKind::PerInvocation`] (and only there: its loop over rows depends on the
+    /// invocation, so no other reduction's barriers may stand in it).
+    pub per_invocation: Option<ShaderFile>,
     /// Whether the read-once entry point needs the generated `RowCache` code.
     pub row_cache: bool,
     /// Whether it is a backward kernel (its tensors are dy, dx, dgain, dbias besides x).
@@ -295,6 +305,8 @@ const LAYER_MOMENTS: ShaderFile = shader_file!("layer_moments.wgsl");
 const BACKWARD_COMMON: ShaderFile = shader_file!("backward_common.wgsl");
 const RMSNORM_FILE: ShaderFile = shader_file!("rmsnorm.wgsl");
 const LAYERNORM_FILE: ShaderFile = shader_file!("layernorm.wgsl");
+const RMSNORM_PER_INVOCATION: ShaderFile = shader_file!("rmsnorm_per_invocation.wgsl");
+const LAYERNORM_PER_INVOCATION: ShaderFile = shader_file!("layernorm_per_invocation.wgsl");
 const RMSNORM_BACKWARD_FILE: ShaderFile = shader_file!("rmsnorm_backward.wgsl");
 const LAYERNORM_BACKWARD_FILE: ShaderFile = shader_file!("layernorm_backward.wgsl");
 
@@ -307,7 +319,9 @@ pub const RMSNORM: Kernel = Kernel {
         "rms_norm_cached",
         "split_partials",
         "split_scale",
+        "rms_norm_per_invocation",
     ],
+    per_invocation: Some(RMSNORM_PER_INVOCATION),
     row_cache: true,
     backward: false,
 };
@@ -315,7 +329,13 @@ pub const RMSNORM: Kernel = Kernel {
 pub const LAYERNORM: Kernel = Kernel {
     path: LAYERNORM_FILE.path,
     files: &[LAYER_MOMENTS, LAYERNORM_FILE],
-    entries: &["layer_norm"],
+    entries: &[
+        "layer_norm",
+        "split_partials",
+        "split_scale",
+        "layer_norm_per_invocation",
+    ],
+    per_invocation: Some(LAYERNORM_PER_INVOCATION),
     row_cache: false,
     backward: false,
 };
@@ -331,6 +351,7 @@ pub const RMSNORM_BACKWARD: Kernel = Kernel {
         "backward_split_dx",
         "weight_grads",
     ],
+    per_invocation: None,
     row_cache: false,
     backward: true,
 };
@@ -346,6 +367,7 @@ pub const LAYERNORM_BACKWARD: Kernel = Kernel {
         "backward_split_dx",
         "weight_grads",
     ],
+    per_invocation: None,
     row_cache: false,
     backward: true,
 };
@@ -360,6 +382,7 @@ const ELEM_SCALAR: ShaderFile = shader_file!("elem_scalar.wgsl");
 const REDUCE_TREE: ShaderFile = shader_file!("reduce_workgroup_tree.wgsl");
 const REDUCE_SUBGROUP: ShaderFile = shader_file!("reduce_subgroup.wgsl");
 const REDUCE_SINGLE: ShaderFile = shader_file!("reduce_single_subgroup.wgsl");
+const REDUCE_PER_INVOCATION: ShaderFile = shader_file!("reduce_per_invocation.wgsl");
 
 /// Every standalone module (used as it is, not composed).
 pub const STANDALONE: [ShaderFile; 1] = [COPY_VEC4];
@@ -368,10 +391,11 @@ pub const KERNELS: [Kernel; 4] = [RMSNORM, LAYERNORM, RMSNORM_BACKWARD, LAYERNOR
 /// Every element layout.
 pub const ELEM_LAYOUTS: [ElemLayout; 2] = [ElemLayout::Vec4, ElemLayout::Scalar];
 /// Every reduction.
-pub const REDUCTIONS: [ReductionKind; 3] = [
+pub const REDUCTIONS: [ReductionKind; 4] = [
     ReductionKind::WorkgroupTree,
     ReductionKind::Subgroups,
     ReductionKind::SingleSubgroup,
+    ReductionKind::PerInvocation,
 ];
 
 /// What is compiled into one module besides its kernel file: the element layout, the
@@ -436,6 +460,7 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
         ReductionKind::WorkgroupTree => REDUCE_TREE,
         ReductionKind::Subgroups => REDUCE_SUBGROUP,
         ReductionKind::SingleSubgroup => REDUCE_SINGLE,
+        ReductionKind::PerInvocation => REDUCE_PER_INVOCATION,
     };
     let mut source = String::new();
     if shape.io.uses_f16() {
@@ -455,7 +480,13 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
     }
     let mut parts = vec![(1, "<prelude>")];
     let files = [elem, reduce, FORMATS, NORM_COMMON].into_iter();
-    for file in files.chain(kernel.files.iter().copied()) {
+    let per_invocation = kernel
+        .per_invocation
+        .filter(|_| shape.reduction == ReductionKind::PerInvocation);
+    for file in files
+        .chain(kernel.files.iter().copied())
+        .chain(per_invocation)
+    {
         parts.push((source.lines().count() + 1, file.path));
         source.push_str(file.text);
         if !source.ends_with('\n') {

@@ -13,8 +13,8 @@ use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
 use wgpu_rmsnorm::{
     bf16, f16, BufferRegion, DType, Error, Gain, GpuContext, KernelOptions, LayerNorm,
-    LayerNormConfig, NormKernel, PartialRms, Residual, RmsNorm, RmsNormBuffers, RmsNormConfig,
-    Weights,
+    LayerNormConfig, NormKernel, PartialRms, Reduction, Residual, RmsNorm, RmsNormBuffers,
+    RmsNormConfig, Weights,
 };
 
 /// One call: the data (as values of their types), where each tensor starts, what comes back.
@@ -534,6 +534,10 @@ fn the_stored_sum_is_right_on_every_path() {
                 read_once: Some(true),
                 ..KernelOptions::default()
             },
+        ),
+        (
+            "one row per invocation",
+            KernelOptions::with_reduction(Reduction::PerInvocation),
         ),
     ];
     for (path, options) in &paths {

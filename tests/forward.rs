@@ -397,6 +397,13 @@ fn variant_rule() {
         let k = kernel(hidden, cpu);
         (k.reduction(), k.workgroup_size())
     };
+    // CPU adapters: rows of at most 256 elements one per invocation, a SIMD width's rows (at
+    // least 8) per workgroup; GPUs never.
+    let per_invocation = choose(256, Some(true));
+    assert_eq!(per_invocation.0, Reduction::PerInvocation);
+    assert!(per_invocation.1 >= 8, "{per_invocation:?}");
+    assert_ne!(choose(257, Some(true)).0, Reduction::PerInvocation);
+    assert_ne!(choose(128, Some(false)).0, Reduction::PerInvocation);
     match caps.fixed_subgroup_width() {
         // lavapipe: one subgroup and no barrier on the CPU adapter rule.
         Some(width) => assert_eq!(choose(4096, Some(true)), (Reduction::SingleSubgroup, width)),
@@ -453,8 +460,19 @@ fn check_variant(
     label: &str,
 ) {
     let Some(turn) = gpu() else { return };
-    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
-    for reduction in reductions(gpu) {
+    check_variant_with(&turn, &reductions(&turn), options, shapes, extremes, label);
+}
+
+/// [`check_variant`] with the given reductions.
+fn check_variant_with(
+    gpu: &wgpu_rmsnorm::GpuContext,
+    reductions: &[Reduction],
+    options: impl Fn(Reduction) -> KernelOptions,
+    shapes: &[(usize, u32)],
+    extremes: (usize, u32),
+    label: &str,
+) {
+    for &reduction in reductions {
         let options = options(reduction);
         let run = |config: &RmsNormConfig, x: &[f32], g: Option<&[f32]>, b: Option<&[f32]>| {
             let kernel = wgpu_rmsnorm::RmsNorm::new(gpu.device(), config, &options).unwrap();
@@ -527,6 +545,36 @@ fn read_once_matches_the_reference() {
         (3, 1000),
         "read-once",
     );
+}
+
+/// One row per invocation (forced here; by default on CPU adapters for rows of at most 256
+/// elements): rows of every length class, as many rows as a workgroup's invocations and not,
+/// one workgroup looping over all of them, and offsets that rule out vec4.
+#[test]
+fn one_row_per_invocation_matches_the_reference() {
+    let Some(turn) = gpu() else { return };
+    for max_workgroups in [None, Some(1), Some(3)] {
+        check_variant_with(
+            &turn,
+            &[Reduction::PerInvocation],
+            |reduction| KernelOptions {
+                reduction,
+                max_workgroups,
+                ..KernelOptions::default()
+            },
+            &[
+                (1, 1),
+                (9, 3),
+                (17, 33),
+                (100, 128),
+                (13, 256),
+                (7, 1000),
+                (3, 4097),
+            ],
+            (17, 130),
+            "PerInvocation",
+        );
+    }
 }
 
 /// Fewer workgroups than rows, each looping over several rows (the default on CPU adapters).

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use wgpu_rmsnorm::reference;
-use wgpu_rmsnorm::{Gain, KernelOptions, LayerNorm, LayerNormConfig, Weights};
+use wgpu_rmsnorm::{Gain, KernelOptions, LayerNorm, LayerNormConfig, Reduction, Weights};
 
 fn check(
     y: &[f32],
@@ -43,6 +43,76 @@ fn hidden_sizes_and_reductions() {
             check(&y, &x, &config, None, None, &format!("{reduction:?} n={n}"));
         }
     }
+}
+
+/// One row per invocation and split rows, forced (by default: CPU adapters' rows of at most
+/// 256 elements; few long rows), with gain and bias, a row of large mean and small spread and
+/// a constant row; split rows also with a last piece that is empty (9 elements in 8 pieces).
+#[test]
+fn one_row_per_invocation_and_split_rows() {
+    let Some(turn) = gpu() else { return };
+    let gpu: &wgpu_rmsnorm::GpuContext = &turn;
+    let per_invocation = KernelOptions::with_reduction(Reduction::PerInvocation);
+    let split = KernelOptions {
+        split_rows: Some(true),
+        ..KernelOptions::default()
+    };
+    let shapes = [
+        (1usize, 1u32),
+        (9, 3),
+        (17, 9),
+        (5, 33),
+        (13, 256),
+        (7, 1000),
+        (3, 4097),
+    ];
+    let long = [(1usize, 65536u32), (2, 100_003)];
+    for (label, options, shapes) in [
+        ("PerInvocation", per_invocation, &shapes[..]),
+        ("split", split, &shapes[..]),
+        ("split", split, &long[..]),
+    ] {
+        for &(rows, n) in shapes {
+            let mut x = data(rows * n as usize, u64::from(n) + 5);
+            let len = n as usize;
+            x[..len].iter_mut().for_each(|v| *v = 1000.0 + *v * 1e-2);
+            if rows > 1 {
+                x[len..2 * len].fill(-3.25);
+            }
+            let g = data(len, 6);
+            let b = data(len, 7);
+            let config = LayerNormConfig::new(n)
+                .with_gain(Gain::Scale)
+                .with_bias(true);
+            let kernel = LayerNorm::new(gpu.device(), &config, &options).unwrap();
+            let probe = storage_buffer(gpu, &x);
+            let buffers = wgpu_rmsnorm::RmsNormBuffers::new((&probe).into(), (&probe).into());
+            let variant = kernel.variant_name(&buffers, rows as u32);
+            // A row of one element has nothing to split.
+            assert!(
+                variant.contains(label) || n == 1,
+                "{variant} is not {label}"
+            );
+            let y = run_made_kernel(gpu, &kernel, n, &x, Some(&g), Some(&b));
+            check(
+                &y,
+                &x,
+                &config,
+                Some(&g),
+                Some(&b),
+                &format!("{variant}: {rows} x {n}"),
+            );
+        }
+    }
+    // Few long rows split by default, as RMSNorm's.
+    let config = LayerNormConfig::new(262_147);
+    let kernel = LayerNorm::new(gpu.device(), &config, &KernelOptions::default()).unwrap();
+    let x = data(2 * 262_147, 8);
+    let probe = storage_buffer(gpu, &x);
+    let buffers = wgpu_rmsnorm::RmsNormBuffers::new((&probe).into(), (&probe).into());
+    assert!(kernel.splits_rows(&buffers, 2));
+    let y = run_made_kernel(gpu, &kernel, config.hidden, &x, None, None);
+    check(&y, &x, &config, None, None, "2 x 262147 by default");
 }
 
 #[test]

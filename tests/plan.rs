@@ -176,6 +176,7 @@ fn option_sets() -> Vec<KernelOptions> {
         Reduction::WorkgroupTree,
         Reduction::Subgroups,
         Reduction::SingleSubgroup,
+        Reduction::PerInvocation,
     ] {
         sets.push(KernelOptions::with_reduction(reduction));
     }
@@ -236,6 +237,8 @@ fn emulate_reduction(reduction: ReductionKind, values: &[f32], width: usize) -> 
             }
             vec![tree[0]; wg]
         }
+        // No reduction: each invocation keeps its own (a row is one invocation's).
+        ReductionKind::PerInvocation => values.to_vec(),
         ReductionKind::SingleSubgroup => (0..wg)
             .map(|lane| subgroup_add(lane, &|i| values[i]))
             .collect(),
@@ -286,6 +289,10 @@ fn the_emulated_reductions_catch_a_wrong_subgroup_assumption() {
     // 16 on an adapter that reports 16 and runs 8 (Intel on D3D12) sums half the values.
     assert!(reduction_correct(ReductionKind::SingleSubgroup, 16, 16));
     assert!(!reduction_correct(ReductionKind::SingleSubgroup, 16, 8));
+    // No reduction sums a workgroup of one only: the plan pairs it with the entry points
+    // that take a row per invocation (check_plan).
+    assert!(reduction_correct(ReductionKind::PerInvocation, 1, 8));
+    assert!(!reduction_correct(ReductionKind::PerInvocation, 8, 8));
 }
 
 /// Loop iterations of one invocation for one work item, counted from the shaders' loops
@@ -309,11 +316,14 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
     let reduce = match stage.shape.reduction {
         ReductionKind::Subgroups => u64::from(wg.div_ceil(narrowest)),
         ReductionKind::WorkgroupTree => u64::from(wg.ilog2()),
-        ReductionKind::SingleSubgroup => 0,
+        ReductionKind::SingleSubgroup | ReductionKind::PerInvocation => 0,
     };
     let (passes, reductions) = match stage.entry {
         // rms_norm: the sum, the rescaled sum, the scaling; two reductions at most.
         Entry::RmsNorm => (3 * row, 2),
+        // The same three and LayerNorm's two over a whole row, in one invocation.
+        Entry::RmsNormPerInvocation => (3 * u64::from(row_len), 0),
+        Entry::LayerNormPerInvocation => (2 * u64::from(row_len), 0),
         Entry::RmsNormCached => (0, 2),
         Entry::LayerNorm => (2 * row, 2),
         // split_partials: the sum over the piece; out of range, the max and the scaled sum.
@@ -363,9 +373,14 @@ fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, wha
             chunk.scratch_bytes <= caps.max_storage_binding,
             "{what}: scratch"
         );
-        // The backward's work item is a block of rows.
+        // The backward's work item is a block of rows; one row per invocation's a row for
+        // each invocation of a workgroup.
+        let first = launch.stages[0];
         let rows_per_item = match (plan.pass, launch.split_pieces) {
             (Pass::Backward, None) => u64::from(BACKWARD_ROW_BLOCK),
+            _ if first.shape.reduction == ReductionKind::PerInvocation => {
+                u64::from(first.shape.workgroup_size)
+            }
             _ => 1,
         };
         let items = u64::from(chunk.rows).div_ceil(rows_per_item)
@@ -421,6 +436,19 @@ fn check_plan(device: &Simulated, plan: &Plan, what: &str) {
         );
         if shape.reduction.uses_subgroups() {
             assert!(caps.subgroups, "{what}: subgroups without the feature");
+        }
+        // No reduction: exactly the entry points that take a row per invocation.
+        let alone = stage.entry.per_invocation() == Some(stage.entry);
+        assert_eq!(
+            alone,
+            shape.reduction == ReductionKind::PerInvocation,
+            "{what}: {:?} with {:?}",
+            stage.entry,
+            shape.reduction
+        );
+        if alone {
+            assert!(plan.pass == Pass::Forward, "{what}");
+            continue;
         }
         for &width in device.runs_subgroups {
             assert!(
@@ -840,6 +868,165 @@ fn long_rows_plan_by_default() {
                 (Err(e), true) => panic!("{what}: {e}"),
             }
         }
+    }
+}
+
+/// One row per invocation: the default for the forward of short rows on CPU adapters only
+/// (lavapipe, llvmpipe, SwiftShader), for RMSNorm and LayerNorm, never the backward; forced,
+/// it runs on any device, and what it cannot do is refused by name.
+#[test]
+fn one_row_per_invocation_where_it_pays_and_refused_where_it_cannot_run() {
+    let cpu_devices = ["lavapipe", "GL backend", "SwiftShader"];
+    for device in devices() {
+        let cpu = cpu_devices.iter().any(|p| device.name.starts_with(p));
+        for norm in [Norm::Rms, Norm::Layer] {
+            for (hidden, short) in [
+                (1u32, true),
+                (128, true),
+                (256, true),
+                (257, false),
+                (4096, false),
+            ] {
+                let config = RmsNormConfig::new(hidden);
+                let plan = Plan::for_pass(
+                    &device.caps,
+                    norm,
+                    Pass::Forward,
+                    &config,
+                    &KernelOptions {
+                        cpu_adapter: Some(cpu),
+                        ..KernelOptions::default()
+                    },
+                )
+                .unwrap();
+                let alone =
+                    plan.primary_stage().entry.per_invocation() == Some(plan.primary_stage().entry);
+                let what = format!("{} {norm:?} n={hidden}", device.name);
+                assert_eq!(alone, cpu && short, "{what}");
+                if alone {
+                    // A SIMD width's rows per workgroup, a row per invocation per work item.
+                    let launch = plan.launch(65536, hidden % 4 == 0).unwrap();
+                    let wg = launch.stages[0].shape.workgroup_size;
+                    assert!(wg >= 8, "{what}: wg {wg}");
+                    assert!(launch.chunks.iter().all(|c| c.workgroups <= 1024), "{what}");
+                    check_launch(&device, &plan, &launch, 65536, &what);
+                }
+                let backward = Plan::for_pass(
+                    &device.caps,
+                    norm,
+                    Pass::Backward,
+                    &config,
+                    &KernelOptions {
+                        cpu_adapter: Some(cpu),
+                        ..KernelOptions::default()
+                    },
+                )
+                .unwrap();
+                assert!(
+                    backward
+                        .stages()
+                        .iter()
+                        .all(|s| s.shape.reduction != ReductionKind::PerInvocation),
+                    "{what}"
+                );
+            }
+        }
+    }
+    let lavapipe = &simulated("lavapipe").caps;
+    let forced = KernelOptions::with_reduction(Reduction::PerInvocation);
+    let refusal = |pass, options: &KernelOptions, hidden: u32| {
+        Plan::for_pass(
+            lavapipe,
+            Norm::Rms,
+            pass,
+            &RmsNormConfig::new(hidden),
+            options,
+        )
+        .unwrap_err()
+    };
+    let e = refusal(Pass::Backward, &forced, 128);
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedOption {
+                option: "Reduction::PerInvocation",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("not the backward"), "{e}");
+    let split = KernelOptions {
+        split_rows: Some(true),
+        ..forced
+    };
+    let e = refusal(Pass::Forward, &split, 128);
+    assert!(e.to_string().contains("split rows"), "{e}");
+    let read_once = KernelOptions {
+        read_once: Some(true),
+        ..forced
+    };
+    let e = refusal(Pass::Forward, &read_once, 128);
+    assert!(
+        matches!(
+            e,
+            Error::UnsupportedOption {
+                option: "read_once",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A row too long for one invocation within the loop budget (scalar: 3 passes of 12289).
+    let e = refusal(Pass::Forward, &forced, 12289);
+    assert!(matches!(e, Error::InvalidWorkgroupSize { .. }), "{e:?}");
+    assert!(e.to_string().contains("one invocation"), "{e}");
+    // Forced on a GPU it plans (it is correct anywhere), 64 rows per workgroup; never split.
+    let nvidia = &simulated("NVIDIA").caps;
+    let plan = rms_plan(nvidia, 4096, &forced).unwrap();
+    assert_eq!(plan.primary_stage().entry, Entry::RmsNormPerInvocation);
+    assert_eq!(plan.primary_stage().shape.workgroup_size, 64);
+    assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
+}
+
+/// LayerNorm's forward splits few long rows as RMSNorm's does: two stages, three words per
+/// piece (mean, sum of squared deviations, the row's shift).
+#[test]
+fn layer_norm_splits_few_long_rows() {
+    for device in devices() {
+        let config = RmsNormConfig::new(1 << 20);
+        let Ok(plan) = Plan::new(
+            &device.caps,
+            Norm::Layer,
+            &config,
+            &KernelOptions::default(),
+        ) else {
+            // Devices with too few storage buffers to split refuse such rows.
+            assert!(
+                device.caps.max_storage_buffers_per_stage < 4,
+                "{}",
+                device.name
+            );
+            continue;
+        };
+        let launch = plan.launch(1, true).unwrap();
+        let pieces = launch.split_pieces.expect("split");
+        let entries: Vec<Entry> = launch.stages.iter().map(|s| s.entry).collect();
+        assert_eq!(
+            entries,
+            [Entry::SplitPartials, Entry::SplitScale],
+            "{}",
+            device.name
+        );
+        assert_eq!(
+            launch.chunks[0].scratch_bytes,
+            12 * u64::from(pieces),
+            "{}",
+            device.name
+        );
+        check_launch(&device, &plan, &launch, 1, device.name);
+        // Many rows do not split.
+        assert!(plan.launch(33, true).unwrap().split_pieces.is_none());
     }
 }
 

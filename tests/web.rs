@@ -60,7 +60,11 @@ async fn the_backend_is_the_browsers_webgpu() {
 
 #[wasm_bindgen_test]
 async fn core_cases_match_the_reference() {
-    for reduction in [Reduction::Auto, Reduction::WorkgroupTree] {
+    for reduction in [
+        Reduction::Auto,
+        Reduction::WorkgroupTree,
+        Reduction::PerInvocation,
+    ] {
         // CPU-sized and GPU-sized workgroups (GPU-sized reads x once), split rows.
         for (cpu_adapter, split_rows, read_once) in [
             (Some(true), None, None),
@@ -68,6 +72,10 @@ async fn core_cases_match_the_reference() {
             (None, Some(true), None),
             (Some(true), None, Some(true)),
         ] {
+            // One row per invocation neither splits rows nor reads them once.
+            if reduction == Reduction::PerInvocation && (split_rows, read_once) != (None, None) {
+                continue;
+            }
             let options = KernelOptions {
                 reduction,
                 cpu_adapter,
@@ -99,6 +107,44 @@ async fn core_cases_match_the_reference() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// LayerNorm one row per invocation (the default for SwiftShader's short rows) and split
+/// rows, with gain and bias, against the reference.
+#[wasm_bindgen_test]
+async fn layer_norm_per_invocation_and_split_rows() {
+    for (reduction, split_rows) in [
+        (Reduction::PerInvocation, None),
+        (Reduction::Auto, Some(true)),
+    ] {
+        let options = KernelOptions {
+            reduction,
+            split_rows,
+            cpu_adapter: Some(true),
+            ..KernelOptions::default()
+        };
+        let Some(gpu) = gpu(options).await else {
+            return;
+        };
+        for (rows, n) in [(17usize, 9u32), (5, 256), (3, 4097), (1, 65536)] {
+            if reduction == Reduction::PerInvocation && n > 4097 {
+                continue;
+            }
+            let x = data(rows * n as usize, u64::from(n));
+            let (g, b) = (data(n as usize, 1), data(n as usize, 2));
+            let config = LayerNormConfig::new(n)
+                .with_gain(Gain::Scale)
+                .with_bias(true);
+            let weights = Weights {
+                gain: Some(&g),
+                bias: Some(&b),
+            };
+            let y = gpu.layer_norm(&x, &config, weights).await.unwrap();
+            let expected = reference::layer_norm(&x, &config, Some(&g), Some(&b)).unwrap();
+            let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
+            assert_eq!(stats.failures, 0, "{reduction:?} {rows} x {n}: {stats:?}");
         }
     }
 }

@@ -43,6 +43,12 @@ pub enum Reduction {
     /// subgroup holds the whole workgroup: a CPU adapter with one fixed subgroup width
     /// (lavapipe). Elsewhere a typed error.
     SingleSubgroup,
+    /// No reduction: each invocation normalizes whole rows on its own, a workgroup's rows
+    /// side by side in its SIMD lanes; no barrier, no subgroups. The forward of whole rows
+    /// only (not the backward, split rows or read-once: a typed error). `Auto` takes it on
+    /// CPU adapters for rows of at most 256 elements; it runs correctly on every device, but
+    /// on a GPU neighbouring invocations would read memory a row apart.
+    PerInvocation,
 }
 
 /// How the kernel is built; the defaults suit every device.
@@ -57,8 +63,8 @@ pub struct KernelOptions {
     /// 20x. `None`: from the adapter's device type (browsers report SwiftShader as a GPU,
     /// so the JavaScript API sets this from the adapter's architecture).
     pub cpu_adapter: Option<bool>,
-    /// Whether few long rows are each split across many workgroups (RMSNorm and pRMSNorm,
-    /// and every backward; LayerNorm's forward never splits). `None`: for calls of at most 32 rows of at least 8192 loads
+    /// Whether few long rows are each split across many workgroups (every kernel, forward
+    /// and backward). `None`: for calls of at most 32 rows of at least 8192 loads
     /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
     /// the row allows; `Some(false)`: never.
     pub split_rows: Option<bool>,
@@ -74,9 +80,9 @@ pub struct KernelOptions {
     pub native_f16: Option<bool>,
     /// At most this many workgroups per dispatch, each looping over several rows (not for
     /// split rows). `None`: 1024 on CPU adapters that use the workgroup tree (SwiftShader in
-    /// browsers, where each workgroup costs much: 3.5x faster on 16384 x 128), else one
-    /// workgroup per row up to the device's limit (lavapipe's subgroup path measured slower
-    /// with the cap).
+    /// browsers, where each workgroup costs much: 3.5x faster on 16384 x 128) or one row per
+    /// invocation, else one workgroup per row up to the device's limit (lavapipe's subgroup
+    /// path measured slower with the cap).
     pub max_workgroups: Option<u32>,
 }
 

@@ -128,6 +128,10 @@ pub enum Entry {
     SplitScale,
     /// `layer_norm`.
     LayerNorm,
+    /// `rms_norm_per_invocation`: one row per invocation, no reduction.
+    RmsNormPerInvocation,
+    /// `layer_norm_per_invocation`: the same for LayerNorm.
+    LayerNormPerInvocation,
     /// `rms_norm_backward`: dx and the partial sums of dgain and dbias, one workgroup per row.
     RmsNormBackward,
     /// `layer_norm_backward`: the same for LayerNorm.
@@ -152,6 +156,8 @@ impl Entry {
             Entry::SplitPartials => "split_partials",
             Entry::SplitScale => "split_scale",
             Entry::LayerNorm => "layer_norm",
+            Entry::RmsNormPerInvocation => "rms_norm_per_invocation",
+            Entry::LayerNormPerInvocation => "layer_norm_per_invocation",
             Entry::RmsNormBackward => "rms_norm_backward",
             Entry::LayerNormBackward => "layer_norm_backward",
             Entry::WeightGrads => "weight_grads",
@@ -172,6 +178,16 @@ impl Entry {
                 | Entry::BackwardSplitSums
                 | Entry::BackwardSplitDx
         )
+    }
+
+    /// The entry point that does the same work one row per invocation, where there is one
+    /// (the forward's whole rows).
+    pub fn per_invocation(self) -> Option<Entry> {
+        match self {
+            Entry::RmsNorm | Entry::RmsNormPerInvocation => Some(Entry::RmsNormPerInvocation),
+            Entry::LayerNorm | Entry::LayerNormPerInvocation => Some(Entry::LayerNormPerInvocation),
+            _ => None,
+        }
     }
 
     /// Whether the entry point is one of the backward's split rows.
@@ -328,7 +344,10 @@ pub const SPLIT_PIECE_LOADS: u32 = 2048;
 pub const SPLIT_MAX_ROWS: u32 = 32;
 /// ... of at least this many Elems per row.
 pub const SPLIT_MIN_ROW_LOADS: u32 = 8192;
-/// CPU adapters with the workgroup tree: workgroups per dispatch by default.
+/// CPU adapters: rows of at most this many elements take one row per invocation by default.
+pub const PER_INVOCATION_MAX_HIDDEN: u32 = 256;
+/// CPU adapters with the workgroup tree or a row per invocation: workgroups per dispatch by
+/// default.
 const CPU_MAX_WORKGROUPS: u32 = 1024;
 /// Backward on CPU adapters: workgroups per dispatch by default, each summing dgain and
 /// dbias over its rows into a partial row (a few per core keep every core busy).
@@ -360,6 +379,10 @@ pub fn item_iterations(
     let passes = match entry {
         // The sum, the rescaled sum, the scaling.
         Entry::RmsNorm => 3 * per_pass,
+        // The same over the whole row, which one invocation takes (a work item is a row per
+        // invocation of the workgroup).
+        Entry::RmsNormPerInvocation => 3 * u64::from(loads),
+        Entry::LayerNormPerInvocation => 2 * u64::from(loads),
         Entry::RmsNormCached => 0,
         // The sum over the piece; out of range, the max and the scaled sum.
         Entry::SplitPartials => 3 * per_pass,
@@ -384,7 +407,7 @@ pub fn item_iterations(
     let per_reduction = match reduction {
         ReductionKind::WorkgroupTree => u64::from(wg.trailing_zeros()),
         ReductionKind::Subgroups => u64::from(wg.div_ceil(subgroup_min.max(1))),
-        ReductionKind::SingleSubgroup => 0,
+        ReductionKind::SingleSubgroup | ReductionKind::PerInvocation => 0,
     };
     // Two reductions at most; three in split_partials out of range (sum, max, sum), four in
     // the backward (the statistics', the correction's).
@@ -451,7 +474,7 @@ impl Plan {
                 limit: caps.binding_limit(),
             });
         }
-        let split_policy = split_policy(caps, norm, pass, &io, config.hidden, options)?;
+        let split_policy = split_policy(caps, pass, &io, config.hidden, options)?;
         let planner = LayoutPlanner {
             caps,
             norm,
@@ -472,11 +495,16 @@ impl Plan {
             (Ok(layout), _) | (Err(_), Some(layout)) => layout.first_stage(),
             (Err(e), None) => return Err(e.clone()),
         };
-        let tree = primary.shape.reduction == ReductionKind::WorkgroupTree;
+        // CPU adapters pay for each workgroup: where nothing but the row loop needs many
+        // (the tree's barriers, a row per invocation) fewer loop over more rows.
+        let few_workgroups = matches!(
+            primary.shape.reduction,
+            ReductionKind::WorkgroupTree | ReductionKind::PerInvocation
+        );
         let default_cap = match (pass, cpu) {
             (Pass::Backward, true) => Some(BACKWARD_CPU_MAX_WORKGROUPS),
             (Pass::Backward, false) => Some(BACKWARD_GPU_MAX_WORKGROUPS),
-            (Pass::Forward, _) => (cpu && tree).then_some(CPU_MAX_WORKGROUPS),
+            (Pass::Forward, _) => (cpu && few_workgroups).then_some(CPU_MAX_WORKGROUPS),
         };
         Ok(Self {
             norm,
@@ -547,11 +575,18 @@ impl Plan {
         // The backward's work item is a block of rows (whole rows).
         let rows_per_item = match (self.pass, pieces) {
             (Pass::Backward, None) => u64::from(BACKWARD_ROW_BLOCK),
+            // A row per invocation.
+            (_, None) if stages[0].entry.per_invocation() == Some(stages[0].entry) => {
+                u64::from(stages[0].shape.workgroup_size)
+            }
             _ => 1,
         };
-        let piece_bytes = match self.pass {
-            Pass::Forward => 8,
-            Pass::Backward => 16,
+        // Split rows' words per piece: RMSNorm's sum and exponent, LayerNorm's mean, sum of
+        // squared deviations and shift, the backward's four.
+        let piece_bytes = match (self.pass, self.norm) {
+            (Pass::Forward, Norm::Rms) => 8,
+            (Pass::Forward, Norm::Layer) => 12,
+            (Pass::Backward, _) => 16,
         };
         let rows_per_chunk = self.rows_per_chunk(per_item, pieces, rows_per_item)?;
         let mut chunks: Vec<LaunchChunk> = Vec::new();
@@ -810,6 +845,7 @@ pub(crate) fn public_reduction(kind: ReductionKind) -> Reduction {
         ReductionKind::WorkgroupTree => Reduction::WorkgroupTree,
         ReductionKind::Subgroups => Reduction::Subgroups,
         ReductionKind::SingleSubgroup => Reduction::SingleSubgroup,
+        ReductionKind::PerInvocation => Reduction::PerInvocation,
     }
 }
 
@@ -873,7 +909,6 @@ fn tensor_io(
 /// Whether (and when) this kernel splits rows.
 fn split_policy(
     caps: &DeviceCaps,
-    norm: Norm,
     pass: Pass,
     io: &TensorIo,
     hidden: u32,
@@ -885,12 +920,10 @@ fn split_policy(
         Pass::Backward => io.backward_storage_buffers(),
     } + 1;
     let fits = caps.max_storage_buffers_per_stage >= split_buffers;
-    // LayerNorm's forward does not split; its backward does.
-    let splits = norm == Norm::Rms || pass == Pass::Backward;
-    match (splits, options.split_rows) {
-        (false, _) | (_, Some(false)) => Ok(SplitPolicy::Never),
-        (true, Some(true)) if fits => Ok(SplitPolicy::Always),
-        (true, Some(true)) => Err(Error::UnsupportedOption {
+    match options.split_rows {
+        Some(false) => Ok(SplitPolicy::Never),
+        Some(true) if fits => Ok(SplitPolicy::Always),
+        Some(true) => Err(Error::UnsupportedOption {
             option: "split_rows",
             reason: format!(
                 "split rows bind {split_buffers} storage buffers and this device allows \
@@ -898,8 +931,10 @@ fn split_policy(
                 caps.max_storage_buffers_per_stage
             ),
         }),
-        (true, None) if fits && hidden >= SPLIT_MIN_ROW_LOADS * 4 => Ok(SplitPolicy::FewLongRows),
-        (true, None) => Ok(SplitPolicy::Never),
+        // One row per invocation, when asked for, takes whole rows only.
+        None if options.reduction == Reduction::PerInvocation => Ok(SplitPolicy::Never),
+        None if fits && hidden >= SPLIT_MIN_ROW_LOADS * 4 => Ok(SplitPolicy::FewLongRows),
+        None => Ok(SplitPolicy::Never),
     }
 }
 
@@ -950,6 +985,10 @@ impl LayoutPlanner<'_> {
         };
         let rows = match (self.reduction(elem, work)?, &split) {
             (Some((reduction, workgroup_size)), _) => {
+                let entry = match reduction {
+                    ReductionKind::PerInvocation => entry.per_invocation().unwrap_or(entry),
+                    _ => entry,
+                };
                 let shape = ModuleShape {
                     elem,
                     reduction,
@@ -978,13 +1017,10 @@ impl LayoutPlanner<'_> {
                     hidden: loads * lanes(elem),
                     reason: format!(
                         "{} invocations per workgroup would each loop past the {} iterations \
-                         that every adapter runs correctly{}",
+                         that every adapter runs correctly, and split_rows is off or this \
+                         device cannot split",
                         self.caps.workgroup_limit(),
                         LOOP_ITERATION_BUDGET,
-                        match (self.pass, self.norm) {
-                            (Pass::Forward, Norm::Layer) => "; LayerNorm does not split rows",
-                            _ => ", and split_rows is off or this device cannot split",
-                        }
                     ),
                 })
             }
@@ -1056,6 +1092,10 @@ impl LayoutPlanner<'_> {
             .iter()
             .map(|&entry| {
                 let min = self.caps.narrowest_subgroup();
+                let entry = match (reduction, entry.per_invocation()) {
+                    (ReductionKind::PerInvocation, Some(alone)) => alone,
+                    _ => entry,
+                };
                 item_iterations(entry, reduction, wg, work.loads, work.pieces, min)
             })
             .max()
@@ -1076,6 +1116,9 @@ impl LayoutPlanner<'_> {
         .unwrap_or(limit);
         let fixed = caps.fixed_subgroup_width();
         let reduction = match self.options.reduction {
+            Reduction::Auto if self.rows_per_invocation_by_default(elem, work) => {
+                ReductionKind::PerInvocation
+            }
             Reduction::Auto => match fixed {
                 Some(width)
                     if self.cpu && row_minimum <= width && forced.is_none_or(|s| s <= width) =>
@@ -1088,7 +1131,18 @@ impl LayoutPlanner<'_> {
             Reduction::WorkgroupTree => ReductionKind::WorkgroupTree,
             Reduction::Subgroups => ReductionKind::Subgroups,
             Reduction::SingleSubgroup => ReductionKind::SingleSubgroup,
+            Reduction::PerInvocation => ReductionKind::PerInvocation,
         };
+        let whole_rows = work.entries.iter().all(|e| e.per_invocation().is_some());
+        if reduction == ReductionKind::PerInvocation && !whole_rows {
+            return Err(Error::UnsupportedOption {
+                option: "Reduction::PerInvocation",
+                reason: "one row per invocation runs the forward of whole rows, not the \
+                         backward or split rows: pass Auto or another reduction (and \
+                         split_rows None or Some(false))"
+                    .into(),
+            });
+        }
         if reduction.uses_subgroups() && !caps.subgroups {
             let name = match reduction {
                 ReductionKind::SingleSubgroup => "SingleSubgroup",
@@ -1100,6 +1154,12 @@ impl LayoutPlanner<'_> {
             (_, Some(size), _) => size,
             (ReductionKind::SingleSubgroup, None, Some(width)) => width,
             (ReductionKind::SingleSubgroup, None, None) => 0,
+            // No reduction: one SIMD width's rows side by side (CPU adapters), or two
+            // 32-wide SIMDs' (a GPU, where it is only ever asked for).
+            (ReductionKind::PerInvocation, None, _) if self.cpu => {
+                cpu_floor(caps).max(8).min(limit)
+            }
+            (ReductionKind::PerInvocation, None, _) => GPU_MIN_WORKGROUP.min(limit),
             (_, None, _) if self.cpu => cpu_floor(caps).max(row_minimum).min(limit),
             // GPUs: about 16 elements per invocation.
             (_, None, _) => (work.loads * lanes(elem))
@@ -1109,7 +1169,13 @@ impl LayoutPlanner<'_> {
                 .max(row_minimum)
                 .min(limit),
         };
-        let chosen = forced.is_none() && reduction != ReductionKind::SingleSubgroup;
+        // Sizes the plan chose may give way to split rows; a single subgroup's and one row
+        // per invocation's are fixed, so past the budget they are refused.
+        let chosen = forced.is_none()
+            && !matches!(
+                reduction,
+                ReductionKind::SingleSubgroup | ReductionKind::PerInvocation
+            );
         if chosen && self.iterations(work, reduction, size) > LOOP_ITERATION_BUDGET {
             return Ok(None);
         }
@@ -1153,6 +1219,14 @@ impl LayoutPlanner<'_> {
             ));
         }
         let iterations = self.iterations(work, reduction, size);
+        if iterations > LOOP_ITERATION_BUDGET && reduction == ReductionKind::PerInvocation {
+            return invalid(format!(
+                "rows of {} loads would loop {iterations} times in the one invocation that \
+                 takes each, past the {LOOP_ITERATION_BUDGET} that every adapter runs \
+                 correctly: use Reduction::Auto or another reduction",
+                work.loads
+            ));
+        }
         if iterations > LOOP_ITERATION_BUDGET {
             let needed = min_power_of_two(
                 |wg| self.iterations(work, reduction, wg) <= LOOP_ITERATION_BUDGET,
@@ -1171,6 +1245,19 @@ impl LayoutPlanner<'_> {
         Ok(())
     }
 
+    /// Whether `Reduction::Auto` takes one row per invocation: the forward of whole rows of
+    /// at most [`PER_INVOCATION_MAX_HIDDEN`] elements on a CPU adapter, where no option asks
+    /// for what it does not do (a workgroup size, read-once, split rows).
+    fn rows_per_invocation_by_default(&self, elem: ElemLayout, work: Work<'_>) -> bool {
+        let options = self.options;
+        self.cpu
+            && work.entries.iter().all(|e| e.per_invocation().is_some())
+            && work.loads * lanes(elem) <= PER_INVOCATION_MAX_HIDDEN
+            && options.workgroup_size.is_none()
+            && options.read_once != Some(true)
+            && options.split_rows != Some(true)
+    }
+
     /// Read once (RMSNorm): the workgroup size and cache length, where each invocation's
     /// share of a row fits. On GPUs by default, growing the workgroup up to the device's
     /// limit so that rows up to 32 f32 per invocation fit; forced, up to
@@ -1184,6 +1271,16 @@ impl LayoutPlanner<'_> {
     ) -> Result<Option<(u32, u32)>> {
         let max_len = match (self.norm, self.options.read_once) {
             _ if self.pass == Pass::Backward => return Ok(None),
+            (_, Some(true)) if reduction == ReductionKind::PerInvocation => {
+                return Err(Error::UnsupportedOption {
+                    option: "read_once",
+                    reason: "one row per invocation (Reduction::PerInvocation) reads each \
+                             row twice: pass read_once None or Some(false), or another \
+                             reduction"
+                        .into(),
+                })
+            }
+            _ if reduction == ReductionKind::PerInvocation => return Ok(None),
             (Norm::Layer, _) | (_, Some(false)) => return Ok(None),
             (Norm::Rms, Some(true)) => READ_ONCE_FORCED_MAX,
             (Norm::Rms, None) if self.cpu => return Ok(None),

@@ -86,8 +86,8 @@ export interface RmsNormOptions {
 export interface NormalizerOptions {
   /** "high-performance" (default) or "low-power". */
   powerPreference?: "high-performance" | "low-power";
-  /** Workgroup reduction: "auto" (default), "tree", "subgroups" or "single-subgroup". */
-  reduction?: "auto" | "tree" | "subgroups" | "single-subgroup";
+  /** Workgroup reduction: "auto" (default), "tree", "subgroups", "single-subgroup" or "per-invocation" (one row per invocation, no reduction: the forward of whole rows). */
+  reduction?: "auto" | "tree" | "subgroups" | "single-subgroup" | "per-invocation";
   /** Invocations per workgroup, a power of two; default chosen from the device and row. */
   workgroupSize?: number;
   /** At most this many workgroups per dispatch, each looping over several rows. */

@@ -74,8 +74,9 @@ fn parse_device_options(options: &JsValue) -> Result<(AdapterChoice, KernelOptio
             Some("tree") => Reduction::WorkgroupTree,
             Some("subgroups") => Reduction::Subgroups,
             Some("single-subgroup") => Reduction::SingleSubgroup,
+            Some("per-invocation") => Reduction::PerInvocation,
             _ => return Err(JsError::new(
-                "option reduction must be \"auto\", \"tree\", \"subgroups\" or \"single-subgroup\"",
+                "option reduction must be \"auto\", \"tree\", \"subgroups\", \"single-subgroup\" or \"per-invocation\"",
             )),
         };
     let size = get("workgroupSize");
