@@ -122,19 +122,19 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
     return vec2<f32>(pre, scale);
 }
 
-// The sum of squares of row `row_offset`'s first k elements, each scaled by `pre`, by the
+// The sum of squares of row `row_offset`'s first `k` elements, each scaled by `pre`, by the
 // workgroup, each invocation starting at Elem `lane`. Every invocation of the workgroup calls
 // it (it reduces). Called with a literal 1.0 on the common path, which every compiler folds.
-fn sum_of_squares(row_offset: u32, lane: u32, pre: f32) -> f32 {
+fn sum_of_squares(row_offset: u32, lane: u32, pre: f32, k: u32) -> f32 {
     // Elems wholly inside the first k elements, and the one that straddles k, if any.
-    let k_whole = params.k / LANES;
+    let k_whole = k / LANES;
     var acc = Elem(0.0);
     for (var i = lane; i < k_whole; i = i + ROW_STRIDE) {
         let v = load_input(row_offset + i) * pre;
         acc = acc + v * v;
     }
-    if (k_whole * LANES < params.k && lane == k_whole % ROW_STRIDE) {
-        let v = first_k(load_input(row_offset + k_whole), k_whole) * pre;
+    if (k_whole * LANES < k && lane == k_whole % ROW_STRIDE) {
+        let v = elem_keep_below(load_input(row_offset + k_whole), k_whole * LANES, k) * pre;
         acc = acc + v * v;
     }
     return reduce_sum(elem_sum(acc));
@@ -152,15 +152,20 @@ fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
     // Mesa's llvmpipe (GL backend, Mesa 22.3) loses what a loop iteration that ends in
     // `break` wrote when the workgroup is narrower than its 8-lane SIMD;
     // tests/driver_workarounds.rs has the reduction.)
-    var sumsq = sum_of_squares(row_offset, lane, 1.0);
+    var sumsq = sum_of_squares(row_offset, lane, 1.0, params.k);
+    let rescale = sum_needs_rescaling(sumsq);
     var pre = 1.0;
     var e = 0;
     var phase = 0u;
-    if (sum_needs_rescaling(sumsq)) {
+    if (rescale) {
         phase = 2u;
         e = select(-RESCALE_EXPONENT, RESCALE_EXPONENT, sum_overflowed(sumsq));
         pre = ldexp(1.0, -e);
-        sumsq = sum_of_squares(row_offset, lane, pre);
+        // The bound is 0 for invocations whose row needs no second look: CPU adapters run
+        // a branch's loop for the SIMD lanes the branch leaves out, until their own exit
+        // test fails (on SwiftShader a second pass with every lane masked cost 1.15x to
+        // 1.3x RMSNorm's time, uniform branch or not).
+        sumsq = sum_of_squares(row_offset, lane, pre, select(0u, params.k, rescale));
     }
     if (sum_is_zero(sumsq)) {
         // The first k elements are all zero (or subnormal).
@@ -195,17 +200,20 @@ fn piece_squares(g: u32, lane: u32) -> vec2<f32> {
     }
     var sum = reduce_sum(elem_sum(acc));
     var e = 0;
-    if (sum_needs_rescaling(sum)) {
+    let rescale = sum_needs_rescaling(sum);
+    if (rescale) {
         // Out of range: the piece's max |x| sets its power of two, and the piece (small
-        // enough to be in cache) is summed again scaled by it.
+        // enough to be in cache) is summed again scaled by it. (The bound is the piece's
+        // start for lanes the branch leaves out, as in row_factors.)
+        let last = select(begin, end, rescale);
         var local_max = 0.0;
-        for (var i = begin + lane; i < end; i = i + WG) {
+        for (var i = begin + lane; i < last; i = i + WG) {
             let v = first_k(load_input(row_offset + i), i);
             local_max = max(local_max, elem_abs_max(v));
         }
         e = clamp(frexp(reduce_max(local_max)).exp, -126, 126);
         var scaled = Elem(0.0);
-        for (var i = begin + lane; i < end; i = i + WG) {
+        for (var i = begin + lane; i < last; i = i + WG) {
             let v = elem_ldexp(first_k(load_input(row_offset + i), i), -e);
             scaled = scaled + v * v;
         }

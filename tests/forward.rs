@@ -397,13 +397,20 @@ fn variant_rule() {
         let k = kernel(hidden, cpu);
         (k.reduction(), k.workgroup_size())
     };
-    // CPU adapters: rows of at most 256 elements one per invocation, a SIMD width's rows (at
-    // least 8) per workgroup; GPUs never.
-    let per_invocation = choose(256, Some(true));
-    assert_eq!(per_invocation.0, Reduction::PerInvocation);
-    assert!(per_invocation.1 >= 8, "{per_invocation:?}");
-    assert_ne!(choose(257, Some(true)).0, Reduction::PerInvocation);
-    assert_ne!(choose(128, Some(false)).0, Reduction::PerInvocation);
+    // CPU adapters: calls of at least 32 rows of at most 256 elements (4096 on the tree) one
+    // row per invocation, a SIMD width's rows (at least 8) per workgroup; fewer rows, longer
+    // rows and GPUs never.
+    let probe = storage_buffer(gpu, &vec![0.0; 1 << 16]);
+    let probe_buffers = wgpu_rmsnorm::RmsNormBuffers::new((&probe).into(), (&probe).into());
+    let variant = |hidden, cpu, rows| kernel(hidden, cpu).variant_name(&probe_buffers, rows);
+    let tree = choose(4096, Some(true)).0 == Reduction::WorkgroupTree;
+    let longest = if tree { 4096 } else { 256 };
+    assert!(variant(longest, Some(true), 32).starts_with("PerInvocation wg="));
+    assert!(variant(100, Some(true), 64).starts_with("PerInvocation wg="));
+    assert!(!variant(longest, Some(true), 31).contains("PerInvocation"));
+    assert!(!variant(longest + 1, Some(true), 64).contains("PerInvocation"));
+    assert!(!variant(128, Some(false), 64).contains("PerInvocation"));
+    assert_ne!(choose(128, Some(true)).0, Reduction::PerInvocation);
     match caps.fixed_subgroup_width() {
         // lavapipe: one subgroup and no barrier on the CPU adapter rule.
         Some(width) => assert_eq!(choose(4096, Some(true)), (Reduction::SingleSubgroup, width)),

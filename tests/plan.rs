@@ -871,57 +871,46 @@ fn long_rows_plan_by_default() {
     }
 }
 
-/// One row per invocation: the default for the forward of short rows on CPU adapters only
-/// (lavapipe, llvmpipe, SwiftShader), for RMSNorm and LayerNorm, never the backward; forced,
-/// it runs on any device, and what it cannot do is refused by name.
+/// One row per invocation: by default only on CPU adapters (lavapipe, llvmpipe, SwiftShader),
+/// for the forward of calls of at least 32 rows of at most 256 elements (4096 where the
+/// workgroup stage is the tree), for RMSNorm and LayerNorm, never the backward; forced, it
+/// runs on any device, and what it cannot do is refused by name.
 #[test]
 fn one_row_per_invocation_where_it_pays_and_refused_where_it_cannot_run() {
     let cpu_devices = ["lavapipe", "GL backend", "SwiftShader"];
     for device in devices() {
         let cpu = cpu_devices.iter().any(|p| device.name.starts_with(p));
+        let options = KernelOptions {
+            cpu_adapter: Some(cpu),
+            ..KernelOptions::default()
+        };
         for norm in [Norm::Rms, Norm::Layer] {
-            for (hidden, short) in [
-                (1u32, true),
-                (128, true),
-                (256, true),
-                (257, false),
-                (4096, false),
-            ] {
+            for hidden in [1u32, 128, 256, 257, 4096, 4097, 8192] {
                 let config = RmsNormConfig::new(hidden);
-                let plan = Plan::for_pass(
-                    &device.caps,
-                    norm,
-                    Pass::Forward,
-                    &config,
-                    &KernelOptions {
-                        cpu_adapter: Some(cpu),
-                        ..KernelOptions::default()
-                    },
-                )
-                .unwrap();
-                let alone =
-                    plan.primary_stage().entry.per_invocation() == Some(plan.primary_stage().entry);
+                let plan =
+                    Plan::for_pass(&device.caps, norm, Pass::Forward, &config, &options).unwrap();
+                let tree = plan.primary_stage().shape.reduction == ReductionKind::WorkgroupTree;
+                let longest = if tree { 4096 } else { 256 };
                 let what = format!("{} {norm:?} n={hidden}", device.name);
-                assert_eq!(alone, cpu && short, "{what}");
-                if alone {
-                    // A SIMD width's rows per workgroup, a row per invocation per work item.
-                    let launch = plan.launch(65536, hidden % 4 == 0).unwrap();
-                    let wg = launch.stages[0].shape.workgroup_size;
-                    assert!(wg >= 8, "{what}: wg {wg}");
-                    assert!(launch.chunks.iter().all(|c| c.workgroups <= 1024), "{what}");
-                    check_launch(&device, &plan, &launch, 65536, &what);
-                }
-                let backward = Plan::for_pass(
-                    &device.caps,
-                    norm,
-                    Pass::Backward,
-                    &config,
-                    &KernelOptions {
-                        cpu_adapter: Some(cpu),
-                        ..KernelOptions::default()
-                    },
-                )
-                .unwrap();
+                let vec4 = hidden % 4 == 0;
+                let alone = |rows: u32| {
+                    let launch = plan.launch(rows, vec4).unwrap();
+                    check_launch(&device, &plan, &launch, rows, &what);
+                    let stage = launch.stages[0];
+                    if stage.shape.reduction == ReductionKind::PerInvocation {
+                        // A SIMD width's rows per workgroup, at most 1024 workgroups.
+                        assert!(stage.shape.workgroup_size >= 8, "{what}");
+                        assert!(launch.chunks.iter().all(|c| c.workgroups <= 1024), "{what}");
+                        assert_eq!(stage.entry.per_invocation(), Some(stage.entry), "{what}");
+                    }
+                    stage.shape.reduction == ReductionKind::PerInvocation
+                };
+                assert_eq!(alone(4096), cpu && hidden <= longest, "{what}");
+                assert_eq!(alone(32), cpu && hidden <= longest, "{what}");
+                assert!(!alone(31), "{what}");
+                assert!(!alone(1), "{what}");
+                let backward =
+                    Plan::for_pass(&device.caps, norm, Pass::Backward, &config, &options).unwrap();
                 assert!(
                     backward
                         .stages()

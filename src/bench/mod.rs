@@ -254,7 +254,10 @@ fn copy_contestants(
         .collect();
     let launch = rms.plan().launch(rows, true)?;
     if hidden.is_multiple_of(4) && launch.split_pieces.is_none() && launch.chunks.len() == 1 {
-        let (wg, groups) = (rms.workgroup_size(), launch.chunks[0].workgroups);
+        let (wg, groups) = (
+            launch.stages[0].shape.workgroup_size,
+            launch.chunks[0].workgroups,
+        );
         let constants = [
             ("WG", f64::from(wg)),
             ("ROWS", f64::from(rows)),

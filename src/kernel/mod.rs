@@ -46,8 +46,9 @@ pub enum Reduction {
     /// No reduction: each invocation normalizes whole rows on its own, a workgroup's rows
     /// side by side in its SIMD lanes; no barrier, no subgroups. The forward of whole rows
     /// only (not the backward, split rows or read-once: a typed error). `Auto` takes it on
-    /// CPU adapters for rows of at most 256 elements; it runs correctly on every device, but
-    /// on a GPU neighbouring invocations would read memory a row apart.
+    /// CPU adapters for calls of at least 32 rows of at most 256 elements (4096 without
+    /// subgroups, where the tree's barriers cost most); it runs correctly on every device,
+    /// but on a GPU neighbouring invocations would read memory a row apart.
     PerInvocation,
 }
 

@@ -217,6 +217,9 @@ pub struct LayoutPlan {
     /// Split rows' stages (two for the forward, two or three for the backward), where this
     /// kernel splits rows.
     pub split: Option<Vec<StagePlan>>,
+    /// One row per invocation, which calls of at least [`PER_INVOCATION_MIN_ROWS`] rows take
+    /// instead of `rows` (CPU adapters' forward of short rows, where `Reduction::Auto`).
+    pub alone: Option<StagePlan>,
     /// Backward with a gain or a bias: the pass that sums dgain and dbias over the
     /// partial sums of the row stage's workgroups.
     pub weight_grads: Option<StagePlan>,
@@ -344,8 +347,16 @@ pub const SPLIT_PIECE_LOADS: u32 = 2048;
 pub const SPLIT_MAX_ROWS: u32 = 32;
 /// ... of at least this many Elems per row.
 pub const SPLIT_MIN_ROW_LOADS: u32 = 8192;
-/// CPU adapters: rows of at most this many elements take one row per invocation by default.
+/// CPU adapters: calls of at least this many rows of at most [`PER_INVOCATION_MAX_HIDDEN`]
+/// elements take one row per invocation by default (fewer rows would leave SIMD lanes idle:
+/// on SwiftShader one 4096-element row took 0.34 ms alone against 0.17 ms with the tree).
+pub const PER_INVOCATION_MIN_ROWS: u32 = 32;
+/// CPU adapters with subgroups (lavapipe): the longest rows one row per invocation takes by
+/// default (65536 x 128 1.4x faster; at 4096 the single subgroup was ahead).
 pub const PER_INVOCATION_MAX_HIDDEN: u32 = 256;
+/// CPU adapters on the workgroup tree (SwiftShader, llvmpipe's GL): the same, where the
+/// tree's barriers cost more (SwiftShader: 4096 x 1024 1.8x faster, 1024 x 4096 1.2x).
+pub const PER_INVOCATION_MAX_HIDDEN_TREE: u32 = 4096;
 /// CPU adapters with the workgroup tree or a row per invocation: workgroups per dispatch by
 /// default.
 const CPU_MAX_WORKGROUPS: u32 = 1024;
@@ -497,10 +508,15 @@ impl Plan {
         };
         // CPU adapters pay for each workgroup: where nothing but the row loop needs many
         // (the tree's barriers, a row per invocation) fewer loop over more rows.
-        let few_workgroups = matches!(
-            primary.shape.reduction,
-            ReductionKind::WorkgroupTree | ReductionKind::PerInvocation
-        );
+        let alone = vec4
+            .iter()
+            .chain(scalar.as_ref().ok())
+            .any(|layout| layout.alone.is_some());
+        let few_workgroups = alone
+            || matches!(
+                primary.shape.reduction,
+                ReductionKind::WorkgroupTree | ReductionKind::PerInvocation
+            );
         let default_cap = match (pass, cpu) {
             (Pass::Backward, true) => Some(BACKWARD_CPU_MAX_WORKGROUPS),
             (Pass::Backward, false) => Some(BACKWARD_GPU_MAX_WORKGROUPS),
@@ -535,6 +551,7 @@ impl Plan {
         let mut stages = Vec::new();
         for layout in self.vec4.iter().chain(self.scalar.as_ref().ok()) {
             stages.extend(layout.rows);
+            stages.extend(layout.alone);
             stages.extend(layout.split.iter().flatten());
             stages.extend(layout.weight_grads);
         }
@@ -567,8 +584,9 @@ impl Plan {
             (Some(_), Some(_)) => self.split_pieces(rows, row_len),
             _ => None,
         };
-        let stages: Vec<StagePlan> = match (pieces, &layout.split) {
-            (Some(_), Some(split)) => split.clone(),
+        let stages: Vec<StagePlan> = match (pieces, &layout.split, layout.alone) {
+            (Some(_), Some(split), _) => split.clone(),
+            (None, _, Some(alone)) if rows >= PER_INVOCATION_MIN_ROWS => vec![alone],
             _ => vec![layout.first_stage()],
         };
         let per_item = self.item_iterations(&stages, row_len, pieces);
@@ -1025,6 +1043,11 @@ impl LayoutPlanner<'_> {
                 })
             }
         };
+        let tree = rows.is_some_and(|r| r.shape.reduction == ReductionKind::WorkgroupTree);
+        let alone = match (self.pass, rows) {
+            (Pass::Forward, Some(_)) => self.alone_stage(elem, work, tree),
+            _ => None,
+        };
         let io = self.io_of(elem);
         let any_stage = rows.or_else(|| split.as_ref().map(|stages| stages[0]));
         let weight_grads = match any_stage {
@@ -1037,6 +1060,7 @@ impl LayoutPlanner<'_> {
         Ok(LayoutPlan {
             rows,
             split,
+            alone,
             weight_grads,
         })
     }
@@ -1116,9 +1140,6 @@ impl LayoutPlanner<'_> {
         .unwrap_or(limit);
         let fixed = caps.fixed_subgroup_width();
         let reduction = match self.options.reduction {
-            Reduction::Auto if self.rows_per_invocation_by_default(elem, work) => {
-                ReductionKind::PerInvocation
-            }
             Reduction::Auto => match fixed {
                 Some(width)
                     if self.cpu && row_minimum <= width && forced.is_none_or(|s| s <= width) =>
@@ -1245,17 +1266,40 @@ impl LayoutPlanner<'_> {
         Ok(())
     }
 
-    /// Whether `Reduction::Auto` takes one row per invocation: the forward of whole rows of
-    /// at most [`PER_INVOCATION_MAX_HIDDEN`] elements on a CPU adapter, where no option asks
-    /// for what it does not do (a workgroup size, read-once, split rows).
-    fn rows_per_invocation_by_default(&self, elem: ElemLayout, work: Work<'_>) -> bool {
+    /// One row per invocation beside the workgroup stage, for calls of many rows: the
+    /// forward of whole rows on a CPU adapter with `Reduction::Auto` and no option asking for
+    /// what it does not do (a workgroup size, read-once, split rows), rows of at most
+    /// [`PER_INVOCATION_MAX_HIDDEN`] elements, or [`PER_INVOCATION_MAX_HIDDEN_TREE`] where
+    /// the workgroup stage would be the tree (its barriers cost most there), within the
+    /// iteration budget.
+    fn alone_stage(&self, elem: ElemLayout, work: Work<'_>, tree: bool) -> Option<StagePlan> {
         let options = self.options;
-        self.cpu
-            && work.entries.iter().all(|e| e.per_invocation().is_some())
-            && work.loads * lanes(elem) <= PER_INVOCATION_MAX_HIDDEN
+        let entry = work.entries.first()?.per_invocation()?;
+        let max_hidden = if tree {
+            PER_INVOCATION_MAX_HIDDEN_TREE
+        } else {
+            PER_INVOCATION_MAX_HIDDEN
+        };
+        let wanted = self.cpu
+            && work.entries.len() == 1
+            && options.reduction == Reduction::Auto
             && options.workgroup_size.is_none()
             && options.read_once != Some(true)
             && options.split_rows != Some(true)
+            && work.loads * lanes(elem) <= max_hidden;
+        let workgroup_size = cpu_floor(self.caps).max(8).min(self.caps.workgroup_limit());
+        let fits = self.iterations(work, ReductionKind::PerInvocation, workgroup_size)
+            <= LOOP_ITERATION_BUDGET;
+        (wanted && fits).then_some(StagePlan {
+            entry,
+            shape: ModuleShape {
+                elem,
+                reduction: ReductionKind::PerInvocation,
+                workgroup_size,
+                cache_len: 1,
+                io: self.io_of(elem),
+            },
+        })
     }
 
     /// Read once (RMSNorm): the workgroup size and cache length, where each invocation's
