@@ -5,7 +5,7 @@
 import { writeFileSync } from "node:fs";
 import { chromium } from "../../tests/e2e/node_modules/playwright-core/index.mjs";
 
-const shapes = JSON.parse(process.env.SHAPES ?? "[[64,4096],[1024,4096],[4096,1024],[4096,4096],[16384,1024]]");
+const shapes = JSON.parse(process.env.SHAPES ?? "[[64,4096],[1024,4096],[4096,1024],[4096,4096],[16384,1024],[65536,128]]");
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
