@@ -5,7 +5,7 @@
 #   ./run.sh [--quick] OUTDIR
 #
 # Writes OUTDIR/{tests,cli,bench}.log and OUTDIR/bench.json (the benchmark's records); exits
-# non-zero if any step fails. --quick runs the benchmark's four quick shapes (the whole run
+# non-zero if any step fails. --quick runs the benchmark's seven quick shapes (the whole run
 # then takes a few minutes on a GPU). WGPU_BACKEND may name another backend (default vulkan).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
