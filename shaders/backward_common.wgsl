@@ -44,12 +44,6 @@ fn piece_load(i: u32) -> f32 {
     return pieces[i];
 }
 
-// The Elems [begin, end) of piece g's part of its row.
-fn piece_range(g: u32) -> vec2<u32> {
-    let begin = (g % params.chunks) * params.chunk_len;
-    return vec2<u32>(begin, min(begin + params.chunk_len, params.row_len));
-}
-
 // The sum over row `row`'s pieces of word `word` of each.
 fn sum_of_pieces(row: u32, word: u32, lane: u32) -> f32 {
     var local_sum = 0.0;

@@ -98,6 +98,38 @@ fn range_statistics(
     return RangeStatistics(mean, m2, sums.x, sums.y);
 }
 
+// Split rows: the mean and sum of squared deviations of x - shift over piece g of its row
+// (both 0 for an empty piece, not 0 / 0). Every invocation of the workgroup calls it (it
+// reduces).
+fn piece_statistics(g: u32, lane: u32, shift: f32) -> RangeStatistics {
+    let row_offset = (g / params.chunks) * params.row_len;
+    let range = piece_range(g);
+    let n = max(f32((range.y - range.x) * LANES), 1.0);
+    return range_statistics(row_offset, range.x, range.y, lane, shift, n, false);
+}
+
+// Split rows: row `row`'s statistics from its pieces', merged by Chan's formula (every term
+// >= 0, as within a workgroup): piece j's mean and sum of squared deviations are read with
+// the module's `piece_load` at first + stride j and the word after, each weighing its
+// elements (an empty piece nothing). Every invocation of the workgroup calls it (it reduces).
+fn moments_of_pieces(row: u32, first: u32, stride: u32, shift: f32, lane: u32) -> Moments {
+    var local_sum = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        let range = piece_range(row * params.chunks + j);
+        let n = f32((range.y - range.x) * LANES);
+        local_sum = local_sum + n * piece_load(first + stride * j);
+    }
+    let mean = reduce_sum(local_sum) / params.k_f32;
+    var local_m2 = 0.0;
+    for (var j = lane; j < params.chunks; j = j + WG) {
+        let range = piece_range(row * params.chunks + j);
+        let n = f32((range.y - range.x) * LANES);
+        let deviation = piece_load(first + stride * j) - mean;
+        local_m2 = local_m2 + piece_load(first + stride * j + 1u) + n * deviation * deviation;
+    }
+    return moments_from(shift, mean, reduce_sum(local_m2));
+}
+
 // A row's statistics from the mean and sum of squared deviations of x - shift over it.
 fn moments_from(shift: f32, mean: f32, m2: f32) -> Moments {
     let variance = max(m2 / params.k_f32, 0.0);

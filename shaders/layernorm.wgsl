@@ -53,13 +53,12 @@ fn layer_norm(
 @group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 const LAYER_PIECE_WORDS: u32 = 3u;
 
-// The Elems [begin, end) of piece g's part of its row (empty for a last piece past the end).
-fn split_piece(g: u32) -> vec2<u32> {
-    let begin = min((g % params.chunks) * params.chunk_len, params.row_len);
-    return vec2<u32>(begin, min(begin + params.chunk_len, params.row_len));
+// Split rows' values, as `moments_of_pieces` (layer_moments.wgsl) reads them.
+fn piece_load(i: u32) -> f32 {
+    return row_partials[i];
 }
 
-// Dispatch 1 of a split row: piece g's statistics.
+// Dispatch 1 of a split row: piece g's statistics, and its row's shift.
 @compute @workgroup_size(WG)
 fn split_partials(
     @builtin(local_invocation_index) lane: u32,
@@ -68,41 +67,14 @@ fn split_partials(
 ) {
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
-        let row_offset = (g / params.chunks) * params.row_len;
-        let shift = row_shift(row_offset);
-        let range = split_piece(g);
-        // An empty piece has mean and deviations 0 (not 0 / 0) and weighs nothing.
-        let n = max(f32((range.y - range.x) * LANES), 1.0);
-        let s = range_statistics(row_offset, range.x, range.y, lane, shift, n, false);
+        let shift = row_shift((g / params.chunks) * params.row_len);
+        let s = piece_statistics(g, lane, shift);
         if (lane == 0u) {
             row_partials[LAYER_PIECE_WORDS * g] = s.mean;
             row_partials[LAYER_PIECE_WORDS * g + 1u] = s.m2;
             row_partials[LAYER_PIECE_WORDS * g + 2u] = shift;
         }
     }
-}
-
-// The statistics of split row `row` from its pieces', merged by Chan's formula (every term
-// >= 0, as within a workgroup). Every invocation of the workgroup calls it (it reduces).
-fn moments_of_pieces(row: u32, lane: u32) -> Moments {
-    let first = LAYER_PIECE_WORDS * row * params.chunks;
-    var local_sum = 0.0;
-    for (var j = lane; j < params.chunks; j = j + WG) {
-        let range = split_piece(row * params.chunks + j);
-        let n = f32((range.y - range.x) * LANES);
-        local_sum = local_sum + n * row_partials[first + LAYER_PIECE_WORDS * j];
-    }
-    let mean = reduce_sum(local_sum) / params.k_f32;
-    var local_m2 = 0.0;
-    for (var j = lane; j < params.chunks; j = j + WG) {
-        let range = split_piece(row * params.chunks + j);
-        let n = f32((range.y - range.x) * LANES);
-        let deviation = row_partials[first + LAYER_PIECE_WORDS * j] - mean;
-        local_m2 = local_m2 + row_partials[first + LAYER_PIECE_WORDS * j + 1u]
-            + n * deviation * deviation;
-    }
-    let m2 = reduce_sum(local_m2);
-    return moments_from(row_partials[first + 2u], mean, m2);
 }
 
 // Dispatch 2 of a split row: workgroup g merges its row's pieces and normalizes piece g.
@@ -116,11 +88,12 @@ fn split_scale(
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row = g / params.chunks;
         let row_offset = row * params.row_len;
-        let m = moments_of_pieces(row, lane);
+        let first = LAYER_PIECE_WORDS * row * params.chunks;
+        let m = moments_of_pieces(row, first, LAYER_PIECE_WORDS, piece_load(first + 2u), lane);
         if (lane == 0u && g % params.chunks == 0u) {
             stats_store_moments(row, m);
         }
-        let range = split_piece(g);
+        let range = piece_range(g);
         for (var i = range.x + lane; i < range.y; i = i + ROW_STRIDE) {
             let h = load_input_storing_sum(row_offset + i);
             store(row_offset, i, ((h - m.shift) - m.mean) * m.scale);

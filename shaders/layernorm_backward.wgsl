@@ -78,12 +78,6 @@ fn layer_norm_backward(
 // piece), in three dispatches of one pass; dgain and dbias go to partial row `row` (the
 // dispatch's row), each workgroup into its piece's Elems of it.
 
-// Elements in piece j of a row.
-fn piece_elements(j: u32) -> f32 {
-    let begin = j * params.chunk_len;
-    return f32((min(begin + params.chunk_len, params.row_len) - begin) * LANES);
-}
-
 // Dispatch 1 (without saved statistics): each piece's mean and sum of squared deviations of
 // x - shift (the row's shift).
 @compute @workgroup_size(WG)
@@ -94,11 +88,7 @@ fn backward_split_statistics(
 ) {
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
-        let row_offset = (g / params.chunks) * params.row_len;
-        let shift = row_shift(row_offset);
-        let range = piece_range(g);
-        let n = piece_elements(g % params.chunks);
-        let s = range_statistics(row_offset, range.x, range.y, lane, shift, n, false);
+        let s = piece_statistics(g, lane, row_shift((g / params.chunks) * params.row_len));
         if (lane == 0u) {
             pieces[PIECE_STRIDE * g] = s.mean;
             pieces[PIECE_STRIDE * g + 1u] = s.m2;
@@ -112,19 +102,7 @@ fn split_moments(row: u32, lane: u32) -> Moments {
         return stats_load_moments(row);
     }
     let first = PIECE_STRIDE * row * params.chunks;
-    var local_sum = 0.0;
-    for (var j = lane; j < params.chunks; j = j + WG) {
-        local_sum = local_sum + piece_elements(j) * pieces[first + PIECE_STRIDE * j];
-    }
-    let mean = reduce_sum(local_sum) / params.k_f32;
-    var local_m2 = 0.0;
-    for (var j = lane; j < params.chunks; j = j + WG) {
-        let deviation = pieces[first + PIECE_STRIDE * j] - mean;
-        local_m2 = local_m2 + pieces[first + PIECE_STRIDE * j + 1u]
-            + piece_elements(j) * deviation * deviation;
-    }
-    let m2 = reduce_sum(local_m2);
-    return moments_from(row_shift(row * params.row_len), mean, m2);
+    return moments_of_pieces(row, first, PIECE_STRIDE, row_shift(row * params.row_len), lane);
 }
 
 // Dispatch 2: each piece's sums of u and u x^.

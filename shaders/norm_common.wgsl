@@ -102,3 +102,11 @@ fn store(row_offset: u32, i: u32, normalized: Elem) {
     }
     y_store(params.y_base + row_offset + i, v);
 }
+
+// Split rows (a few long rows, each across params.chunks workgroups): the Elems [begin, end)
+// of piece g % chunks of its row, empty for the last pieces of a row shorter than
+// chunks * chunk_len (a short row split in 8: 9 Elems leave pieces 5 to 7 empty).
+fn piece_range(g: u32) -> vec2<u32> {
+    let begin = min((g % params.chunks) * params.chunk_len, params.row_len);
+    return vec2<u32>(begin, min(begin + params.chunk_len, params.row_len));
+}

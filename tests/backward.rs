@@ -418,6 +418,14 @@ fn split_rows_match_the_reference() {
                 }
             }
         }
+        // Short rows forced into 8 pieces, the last ones empty (9 scalar Elems in pieces of
+        // 2; 36 elements, 9 vec4, likewise).
+        for n in [9u32, 36] {
+            let config = RmsNormConfig::new(n).with_gain(Gain::Scale).with_bias(true);
+            let mut case = Case::new(config, which, 5, 31);
+            case.options = split;
+            case.check(&gpu, &format!("split, empty pieces, n = {n}"));
+        }
         // Long rows split by default: 3 rows of 40000.
         let config = RmsNormConfig::new(40000)
             .with_gain(Gain::Scale)
