@@ -594,7 +594,7 @@ impl Plan {
         let rows_per_item = match (self.pass, pieces) {
             (Pass::Backward, None) => u64::from(BACKWARD_ROW_BLOCK),
             // A row per invocation.
-            (_, None) if stages[0].entry.per_invocation() == Some(stages[0].entry) => {
+            (_, None) if stages[0].shape.reduction == ReductionKind::PerInvocation => {
                 u64::from(stages[0].shape.workgroup_size)
             }
             _ => 1,
@@ -1177,10 +1177,7 @@ impl LayoutPlanner<'_> {
             (ReductionKind::SingleSubgroup, None, None) => 0,
             // No reduction: one SIMD width's rows side by side (CPU adapters), or two
             // 32-wide SIMDs' (a GPU, where it is only ever asked for).
-            (ReductionKind::PerInvocation, None, _) if self.cpu => {
-                cpu_floor(caps).max(8).min(limit)
-            }
-            (ReductionKind::PerInvocation, None, _) => GPU_MIN_WORKGROUP.min(limit),
+            (ReductionKind::PerInvocation, None, _) => self.per_invocation_workgroup(),
             (_, None, _) if self.cpu => cpu_floor(caps).max(row_minimum).min(limit),
             // GPUs: about 16 elements per invocation.
             (_, None, _) => (work.loads * lanes(elem))
@@ -1287,7 +1284,7 @@ impl LayoutPlanner<'_> {
             && options.read_once != Some(true)
             && options.split_rows != Some(true)
             && work.loads * lanes(elem) <= max_hidden;
-        let workgroup_size = cpu_floor(self.caps).max(8).min(self.caps.workgroup_limit());
+        let workgroup_size = self.per_invocation_workgroup();
         let fits = self.iterations(work, ReductionKind::PerInvocation, workgroup_size)
             <= LOOP_ITERATION_BUDGET;
         (wanted && fits).then_some(StagePlan {
@@ -1300,6 +1297,17 @@ impl LayoutPlanner<'_> {
                 io: self.io_of(elem),
             },
         })
+    }
+
+    /// Invocations per workgroup with one row per invocation: a SIMD width's rows, at least 8
+    /// (CPU adapters), or two 32-wide SIMDs' (a GPU, where it is only ever asked for).
+    fn per_invocation_workgroup(&self) -> u32 {
+        let width = if self.cpu {
+            cpu_floor(self.caps).max(8)
+        } else {
+            GPU_MIN_WORKGROUP
+        };
+        width.min(self.caps.workgroup_limit())
     }
 
     /// Read once (RMSNorm): the workgroup size and cache length, where each invocation's
