@@ -61,6 +61,9 @@ fn main() {
                         },
                         grad_sum: false,
                     };
+                    if !elem.holds(&io) {
+                        continue;
+                    }
                     check(&ModuleShape {
                         elem,
                         reduction: ReductionKind::WorkgroupTree,

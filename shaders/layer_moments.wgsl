@@ -36,7 +36,7 @@ fn row_moments(row_offset: u32, lane: u32) -> Moments {
 // the same pass over the row.
 fn row_statistics(row_offset: u32, lane: u32, with_upstream: bool) -> MomentsAndSums {
     let shift = row_shift(row_offset);
-    let s = range_statistics(row_offset, 0u, params.row_len, lane, shift, params.k_f32, with_upstream);
+    let s = range_statistics(row_offset, 0u, row_elems(), lane, shift, params.k_f32, with_upstream);
     return MomentsAndSums(moments_from(shift, s.mean, s.m2), s.sum_u, s.sum_u_v);
 }
 
@@ -46,10 +46,8 @@ fn row_statistics(row_offset: u32, lane: u32, with_upstream: bool) -> MomentsAnd
 // (anywhere, the first element included) does not become the shift: x - K for the rest of
 // the row would then be rounded to the outlier's magnitude.
 fn row_shift(row_offset: u32) -> f32 {
-    let a = elem_first(load_input(row_offset));
-    let b = elem_first(load_input(row_offset + params.row_len / 2u));
-    let c = elem_first(load_input(row_offset + params.row_len - 1u));
-    return max(min(a, b), min(max(a, b), c));
+    let s = row_shift_samples(row_offset);
+    return max(min(s.x, s.y), min(max(s.x, s.y), s.z));
 }
 
 // The mean and sum of squared deviations of x - shift over Elems [begin, end) of a row (`n`
@@ -71,59 +69,97 @@ fn range_statistics(
     n: f32,
     with_upstream: bool,
 ) -> RangeStatistics {
-    var count = 0.0;
-    var local_mean = Elem(0.0);
-    var local_m2 = Elem(0.0);
-    var sum_u = Elem(0.0);
-    var sum_u_v = Elem(0.0);
-    for (var i = begin + lane; i < end; i = i + ROW_STRIDE) {
-        let v = load_input(row_offset + i) - shift;
-        count = count + 1.0;
-        let delta = v - local_mean;
-        local_mean = local_mean + delta * (1.0 / count);
-        local_m2 = local_m2 + delta * (v - local_mean);
-        if (with_upstream) {
-            let u = upstream(row_offset, i);
-            sum_u = sum_u + u;
-            sum_u_v = sum_u_v + u * v;
-        }
+    // The row's body unmasked, the Elems around it masked.
+    var w = Welford(Count(0.0), Elem(0.0), Elem(0.0), Elem(0.0), Elem(0.0));
+    let inner = inner_range(begin, end);
+    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
+        welford_add(&w, row_offset, i, shift, with_upstream, false);
     }
-    let mean = reduce_sum(elem_sum(local_mean * count)) / n;
-    let deviation = local_mean - Elem(mean);
-    let m2 = reduce_sum(elem_sum(local_m2 + deviation * deviation * count));
+    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
+        welford_add(&w, row_offset, i, shift, with_upstream, true);
+    }
+    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
+        welford_add(&w, row_offset, i, shift, with_upstream, false);
+    }
+    let mean = reduce_sum(elem_sum(w.mean * w.count)) / n;
+    let deviation = w.mean - Elem(mean);
+    let m2 = reduce_sum(elem_sum(w.m2 + deviation * deviation * w.count));
     var sums = vec2<f32>(0.0);
     if (with_upstream) {
-        sums = vec2<f32>(reduce_sum(elem_sum(sum_u)), reduce_sum(elem_sum(sum_u_v)));
+        sums = vec2<f32>(reduce_sum(elem_sum(w.sum_u)), reduce_sum(elem_sum(w.sum_u_v)));
     }
     return RangeStatistics(mean, m2, sums.x, sums.y);
+}
+
+// One invocation's running statistics: per lane of an Elem (rows at any element count per
+// lane: lanes outside the row count nothing), Welford's mean and sum of squared deviations
+// of x - shift, and the backward's sums.
+struct Welford {
+    count: Count,
+    mean: Elem,
+    m2: Elem,
+    sum_u: Elem,
+    sum_u_v: Elem,
+}
+
+// Adds Elem i of a row to `w` (`inner`: Elem i lies in the row's body; it and
+// `with_upstream` are constants at every call).
+fn welford_add(
+    w: ptr<function, Welford>,
+    row_offset: u32,
+    i: u32,
+    shift: f32,
+    with_upstream: bool,
+    inner: bool,
+) {
+    let at = row_offset + i;
+    var v: Elem;
+    var counted: Count;
+    if (inner) {
+        v = load_inner(at) - shift;
+        counted = Count(1.0);
+    } else {
+        v = load_input(at) - shift;
+        counted = in_row_count(at);
+    }
+    (*w).count = (*w).count + counted;
+    let delta = (v - (*w).mean) * counted;
+    (*w).mean = (*w).mean + delta * welford_weight((*w).count);
+    (*w).m2 = (*w).m2 + delta * (v - (*w).mean);
+    if (with_upstream) {
+        let u = upstream(row_offset, i);
+        (*w).sum_u = (*w).sum_u + u;
+        (*w).sum_u_v = (*w).sum_u_v + u * v;
+    }
 }
 
 // Split rows: the mean and sum of squared deviations of x - shift over piece g of its row
 // (both 0 for an empty piece, not 0 / 0). Every invocation of the workgroup calls it (it
 // reduces).
 fn piece_statistics(g: u32, lane: u32, shift: f32) -> RangeStatistics {
-    let row_offset = (g / params.chunks) * params.row_len;
+    let row_offset = row_begin(g / params.chunks);
     let range = piece_range(g);
-    let n = max(f32((range.y - range.x) * LANES), 1.0);
+    let n = max(f32(elements_in(range.x, range.y)), 1.0);
     return range_statistics(row_offset, range.x, range.y, lane, shift, n, false);
 }
 
 // Split rows: row `row`'s statistics from its pieces', merged by Chan's formula (every term
 // >= 0, as within a workgroup): piece j's mean and sum of squared deviations are read with
 // the module's `piece_load` at first + stride j and the word after, each weighing its
-// elements (an empty piece nothing). Every invocation of the workgroup calls it (it reduces).
+// elements (an empty piece nothing). The row must be the one last begun. Every invocation of
+// the workgroup calls it (it reduces).
 fn moments_of_pieces(row: u32, first: u32, stride: u32, shift: f32, lane: u32) -> Moments {
     var local_sum = 0.0;
     for (var j = lane; j < params.chunks; j = j + WG) {
         let range = piece_range(row * params.chunks + j);
-        let n = f32((range.y - range.x) * LANES);
+        let n = f32(elements_in(range.x, range.y));
         local_sum = local_sum + n * piece_load(first + stride * j);
     }
     let mean = reduce_sum(local_sum) / params.k_f32;
     var local_m2 = 0.0;
     for (var j = lane; j < params.chunks; j = j + WG) {
         let range = piece_range(row * params.chunks + j);
-        let n = f32((range.y - range.x) * LANES);
+        let n = f32(elements_in(range.x, range.y));
         let deviation = piece_load(first + stride * j) - mean;
         local_m2 = local_m2 + piece_load(first + stride * j + 1u) + n * deviation * deviation;
     }

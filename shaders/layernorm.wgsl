@@ -11,12 +11,33 @@
 // division per load.
 //
 // The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*),
-// norm_common.wgsl (Params, the options, load_input with the residual add, store),
-// layer_moments.wgsl (row_moments) and the tensors' accessors for the call's storage formats.
+// norm_common.wgsl (Params, the options, load_input with the residual add, store), where
+// rows lie (rows_aligned.wgsl or rows_masked.wgsl), layer_moments.wgsl (row_moments) and the tensors' accessors for the call's storage formats.
 
 // The backward's upstream gradient, which the forward's statistics do not take.
 fn upstream(row_offset: u32, i: u32) -> Elem {
     return Elem(0.0);
+}
+
+// y = ((x - shift) - mean) * scale * g + b for Elems begin + lane, begin + lane + ROW_STRIDE,
+// ... below end of one row (x being the input h, stored too where the call stores the sum):
+// the row's body unmasked, the Elems around it masked.
+fn write_normalized(row_offset: u32, lane: u32, begin: u32, end: u32, m: Moments) {
+    let inner = inner_range(begin, end);
+    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
+        normalize_elem(row_offset, i, m, false);
+    }
+    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
+        normalize_elem(row_offset, i, m, true);
+    }
+    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
+        normalize_elem(row_offset, i, m, false);
+    }
+}
+
+fn normalize_elem(row_offset: u32, i: u32, m: Moments, inner: bool) {
+    let h = load_input_storing_sum(row_offset + i, inner);
+    store(row_offset, i, ((h - m.shift) - m.mean) * m.scale, inner);
 }
 
 @compute @workgroup_size(WG)
@@ -27,7 +48,7 @@ fn layer_norm(
 ) {
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let m = row_moments(row_offset, lane);
         if (lane == 0u) {
             stats_store_moments(row, m);
@@ -38,10 +59,7 @@ fn layer_norm(
             storageBarrier();
         }
 
-        for (var i = lane; i < params.row_len; i = i + ROW_STRIDE) {
-            let h = load_input_storing_sum(row_offset + i);
-            store(row_offset, i, ((h - m.shift) - m.mean) * m.scale);
-        }
+        write_normalized(row_offset, lane, 0u, row_elems(), m);
     }
 }
 
@@ -67,7 +85,7 @@ fn split_partials(
 ) {
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
-        let shift = row_shift((g / params.chunks) * params.row_len);
+        let shift = row_shift(row_begin(g / params.chunks));
         let s = piece_statistics(g, lane, shift);
         if (lane == 0u) {
             row_partials[LAYER_PIECE_WORDS * g] = s.mean;
@@ -87,16 +105,13 @@ fn split_scale(
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row = g / params.chunks;
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let first = LAYER_PIECE_WORDS * row * params.chunks;
         let m = moments_of_pieces(row, first, LAYER_PIECE_WORDS, piece_load(first + 2u), lane);
         if (lane == 0u && g % params.chunks == 0u) {
             stats_store_moments(row, m);
         }
         let range = piece_range(g);
-        for (var i = range.x + lane; i < range.y; i = i + ROW_STRIDE) {
-            let h = load_input_storing_sum(row_offset + i);
-            store(row_offset, i, ((h - m.shift) - m.mean) * m.scale);
-        }
+        write_normalized(row_offset, lane, range.x, range.y, m);
     }
 }

@@ -8,13 +8,10 @@ fn layer_norm_per_invocation(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     for (var row = group.x * WG + lane; row < params.rows; row = row + groups.x * WG) {
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let m = row_moments_alone(row_offset);
         stats_store_moments(row, m);
-        for (var i = 0u; i < params.row_len; i = i + 1u) {
-            let h = load_input_storing_sum(row_offset + i);
-            store(row_offset, i, ((h - m.shift) - m.mean) * m.scale);
-        }
+        write_normalized(row_offset, 0u, 0u, row_elems(), m);
     }
 }
 
@@ -30,9 +27,9 @@ fn row_moments_alone(row_offset: u32) -> Moments {
     var count = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    for (var begin = 0u; begin < params.row_len; begin = begin + STATISTICS_BLOCK) {
-        let end = min(begin + STATISTICS_BLOCK, params.row_len);
-        let block_count = f32((end - begin) * LANES);
+    for (var begin = 0u; begin < row_elems(); begin = begin + STATISTICS_BLOCK) {
+        let end = min(begin + STATISTICS_BLOCK, row_elems());
+        let block_count = f32(elements_in(begin, end));
         let block = range_statistics(row_offset, begin, end, 0u, shift, block_count, false);
         let total = count + block_count;
         let delta = block.mean - mean;

@@ -6,7 +6,7 @@
 struct Params {
     // Rows in this dispatch.
     rows: u32,
-    // Row length in Elems (n / LANES).
+    // Row length in Elems (n / LANES; the most Elems a row covers with rows_masked.wgsl).
     row_len: u32,
     // Elements (scalars, not Elems) in the RMS: k of pRMSNorm, n for RMSNorm and LayerNorm.
     k: u32,
@@ -39,6 +39,13 @@ struct Params {
     partial_rows: u32,
     dgain_base: u32,
     dbias_base: u32,
+    // Rows at any element (rows_masked.wgsl) only: the row length in elements, the lane of
+    // Elem 0 where row 0 starts, and the lanes where the gain's and the bias's element 0
+    // lie in their Elems at gain_base and bias_base.
+    hidden: u32,
+    row_phase: u32,
+    gain_phase: u32,
+    bias_phase: u32,
 }
 
 // Fixed per pipeline.
@@ -62,13 +69,28 @@ override EPS_INSIDE_ROOT: bool = true;
 
 // Elem `at` of the normalized input (`at` counts from row 0 of the dispatch): x, or with the
 // residual h = x + r, added in f32 and rounded to the activations' format, so that the
-// fused kernel normalizes exactly the h an add kernel would have stored.
+// fused kernel normalizes exactly the h an add kernel would have stored. Lanes outside the
+// row last begun (rows_masked.wgsl) are zero.
 fn load_input(at: u32) -> Elem {
-    let x_value = x_load(params.x_base + at);
+    return keep_in_row(at, load_inner(at));
+}
+
+// Elem `at` of the input with no lane zeroed: for the Elems of a row's body (row_body), all
+// of whose lanes are the row's.
+fn load_inner(at: u32) -> Elem {
+    var h = x_load(params.x_base + at);
     if (HAS_RESIDUAL) {
-        return act_round(x_value + r_load(params.r_base + at));
+        h = act_round(h + r_load(params.r_base + at));
     }
-    return x_value;
+    return h;
+}
+
+// The Elems of [begin, end) in the row's body: a row's loops take [begin, x) and [y, end)
+// with masks (rows at any element: at most its first and last Elem), [x, y) without.
+fn inner_range(begin: u32, end: u32) -> vec2<u32> {
+    let body = row_body();
+    let x = clamp(body.x, begin, end);
+    return vec2<u32>(x, clamp(body.y, x, end));
 }
 
 // Elem `at` of the input in the last pass over it, stored as the sum h where the call
@@ -77,20 +99,29 @@ fn load_input(at: u32) -> Elem {
 // kernel 1.35x slower than an add kernel and RMSNorm on SwiftShader (1024 x 4096 f32, 135
 // against 100 ms), where computing it again made it 1.55x faster (67 against 104 ms, the
 // same test run again). Rows read once (GPUs) move 4n.
-fn load_input_storing_sum(at: u32) -> Elem {
+// `inner`: Elem `at` lies in the row's body (a constant at every call).
+fn load_input_storing_sum(at: u32, inner: bool) -> Elem {
+    if (inner) {
+        let h = load_inner(at);
+        if (STORES_SUM) {
+            sum_store(params.sum_base + at, h);
+        }
+        return h;
+    }
     let h = load_input(at);
     if (STORES_SUM) {
-        sum_store(params.sum_base + at, h);
+        put_sum(at, h);
     }
     return h;
 }
 
 // Element i of a row's output (the row's Elems start at `row_offset`) from its normalized
-// value: gain, bias, store.
-fn store(row_offset: u32, i: u32, normalized: Elem) {
+// value: gain, bias, store (`inner`: Elem i lies in the row's body, a constant at every
+// call).
+fn store(row_offset: u32, i: u32, normalized: Elem, inner: bool) {
     var v = normalized;
     if (HAS_GAIN) {
-        let g = gain_load(params.gain_base + i);
+        let g = gain_at(i);
         if (GAIN_PLUS_ONE) {
             v = v * (g + 1.0);
         } else {
@@ -98,15 +129,20 @@ fn store(row_offset: u32, i: u32, normalized: Elem) {
         }
     }
     if (HAS_BIAS) {
-        v = v + bias_load(params.bias_base + i);
+        v = v + bias_at(i);
     }
-    y_store(params.y_base + row_offset + i, v);
+    if (inner) {
+        y_store(params.y_base + row_offset + i, v);
+    } else {
+        put_y(row_offset + i, v);
+    }
 }
 
 // Split rows (a few long rows, each across params.chunks workgroups): the Elems [begin, end)
 // of piece g % chunks of its row, empty for the last pieces of a row shorter than
 // chunks * chunk_len (a short row split in 8: 9 Elems leave pieces 5 to 7 empty).
+// (Of the row last begun.)
 fn piece_range(g: u32) -> vec2<u32> {
-    let begin = min((g % params.chunks) * params.chunk_len, params.row_len);
-    return vec2<u32>(begin, min(begin + params.chunk_len, params.row_len));
+    let begin = min((g % params.chunks) * params.chunk_len, row_elems());
+    return vec2<u32>(begin, min(begin + params.chunk_len, row_elems()));
 }

@@ -57,14 +57,19 @@ fn scale_from_sum(sumsq: f32) -> f32 {
     return 1.0 / (sqrt(mean) + params.eps);
 }
 
+// Where the row's first k elements end, counted in lanes from the start of its Elem 0.
+fn k_end() -> u32 {
+    return params.k + row_phase();
+}
+
 // Elem i of a row, with lanes at or past k zeroed.
 fn first_k(v: Elem, i: u32) -> Elem {
-    return elem_keep_below(v, i * LANES, params.k);
+    return elem_keep_below(v, i * LANES, k_end());
 }
 
 // Elems of a row that hold any of its first k elements.
 fn k_elems() -> u32 {
-    return (params.k + LANES - 1u) / LANES;
+    return (k_end() + LANES - 1u) / LANES;
 }
 
 // The scale for a row whose sum of squares over the first k elements is `sumsq`: of x for
@@ -122,22 +127,39 @@ fn output_factors(pre: f32, scale: f32) -> vec2<f32> {
     return vec2<f32>(pre, scale);
 }
 
-// The sum of squares of row `row_offset`'s first `k` elements, each scaled by `pre`, by the
-// workgroup, each invocation starting at Elem `lane`. Every invocation of the workgroup calls
-// it (it reduces). Called with a literal 1.0 on the common path, which every compiler folds.
-fn sum_of_squares(row_offset: u32, lane: u32, pre: f32, k: u32) -> f32 {
-    // Elems wholly inside the first k elements, and the one that straddles k, if any.
-    let k_whole = k / LANES;
-    var acc = Elem(0.0);
-    for (var i = lane; i < k_whole; i = i + ROW_STRIDE) {
-        let v = load_input(row_offset + i) * pre;
-        acc = acc + v * v;
-    }
-    if (k_whole * LANES < k && lane == k_whole % ROW_STRIDE) {
-        let v = elem_keep_below(load_input(row_offset + k_whole), k_whole * LANES, k) * pre;
+// The sum of squares of row `row_offset`'s elements before lane `end` (counted from the start
+// of its Elem 0: k_end() for its first k), each scaled by `pre`, by the workgroup, each
+// invocation starting at Elem `lane`. Every invocation of the workgroup calls it (it
+// reduces). Called with a literal 1.0 on the common path, which every compiler folds.
+fn sum_of_squares(row_offset: u32, lane: u32, pre: f32, end: u32) -> f32 {
+    // Elems wholly before `end`, and the one that straddles it, if any.
+    let whole = end / LANES;
+    var acc = squares_of(row_offset, lane, 0u, whole, pre);
+    if (whole * LANES < end && lane == whole % ROW_STRIDE) {
+        let v = elem_keep_below(load_input(row_offset + whole), whole * LANES, end) * pre;
         acc = acc + v * v;
     }
     return reduce_sum(elem_sum(acc));
+}
+
+// The sum of the squares of Elems begin + lane, begin + lane + ROW_STRIDE, ... below end of
+// a row, each scaled by `pre`: the row's body unmasked, the Elems around it masked.
+fn squares_of(row_offset: u32, lane: u32, begin: u32, end: u32, pre: f32) -> Elem {
+    let inner = inner_range(begin, end);
+    var acc = Elem(0.0);
+    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
+        let v = load_input(row_offset + i) * pre;
+        acc = acc + v * v;
+    }
+    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
+        let v = load_inner(row_offset + i) * pre;
+        acc = acc + v * v;
+    }
+    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
+        let v = load_input(row_offset + i) * pre;
+        acc = acc + v * v;
+    }
+    return acc;
 }
 
 // The factors f of row `row_offset` (y = (x * f.x) * f.y * g + b): its sum of squares over
@@ -152,7 +174,7 @@ fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
     // Mesa's llvmpipe (GL backend, Mesa 22.3) loses what a loop iteration that ends in
     // `break` wrote when the workgroup is narrower than its 8-lane SIMD;
     // tests/driver_workarounds.rs has the reduction.)
-    var sumsq = sum_of_squares(row_offset, lane, 1.0, params.k);
+    var sumsq = sum_of_squares(row_offset, lane, 1.0, k_end());
     let rescale = sum_needs_rescaling(sumsq);
     var pre = 1.0;
     var e = 0;
@@ -165,7 +187,7 @@ fn row_factors(row_offset: u32, lane: u32) -> vec2<f32> {
         // a branch's loop for the SIMD lanes the branch leaves out, until their own exit
         // test fails (on SwiftShader a second pass with every lane masked cost 1.15x to
         // 1.3x RMSNorm's time, uniform branch or not).
-        sumsq = sum_of_squares(row_offset, lane, pre, select(0u, params.k, rescale));
+        sumsq = sum_of_squares(row_offset, lane, pre, select(0u, k_end(), rescale));
     }
     if (sum_is_zero(sumsq)) {
         // The first k elements are all zero (or subnormal).
@@ -188,14 +210,16 @@ const EXPONENT_BIAS: f32 = 1000.0;
 // (scaled) sum of squares and biased exponent. Every invocation of the workgroup calls it (it
 // reduces).
 fn piece_squares(g: u32, lane: u32) -> vec2<f32> {
-    let row_offset = (g / params.chunks) * params.row_len;
+    let row_offset = row_begin(g / params.chunks);
     let begin = (g % params.chunks) * params.k_chunk_len;
     let end = min(begin + params.k_chunk_len, k_elems());
     // One look where the piece's plain sum of squares is in range, as in row_factors (with
-    // the residual add, each look computes x + r again).
-    var acc = Elem(0.0);
-    for (var i = begin + lane; i < end; i = i + WG) {
-        let v = first_k(load_input(row_offset + i), i);
+    // the residual add, each look computes x + r again): the Elems wholly before k, and the
+    // one that straddles it if it is the piece's.
+    let whole = k_end() / LANES;
+    var acc = squares_of(row_offset, lane, min(begin, whole), min(end, whole), 1.0);
+    if (whole >= begin && whole < end && lane == 0u) {
+        let v = first_k(load_input(row_offset + whole), whole);
         acc = acc + v * v;
     }
     var sum = reduce_sum(elem_sum(acc));

@@ -6,7 +6,8 @@
 //
 // The host prepends an element layout (elem_vec4.wgsl or elem_scalar.wgsl: Elem, LANES), a
 // reduction (reduce_*.wgsl: WG, reduce_setup, reduce_sum, reduce_max), norm_common.wgsl
-// (Params, the options, load_input, store), rms_scale.wgsl (the row's scale, row_factors)
+// (Params, the options, load_input, store), where rows lie (rows_aligned.wgsl, or
+// rows_masked.wgsl for rows at any element), rms_scale.wgsl (the row's scale, row_factors)
 // and the tensors' accessors for the call's
 // storage formats (f32, f16, bf16; sums are f32 on every path). Invocation t handles
 // elements t, t + WG, t + 2 WG, ... of a row, so neighbouring invocations touch neighbouring
@@ -16,13 +17,25 @@
 @group(0) @binding(5) var<storage, read_write> row_partials: array<f32>;
 
 
-// y = (x * f.x) * f.y * g + b for Elems first, first + ROW_STRIDE, ... below end of one row (x
-// being the input h, stored too where the call stores the sum).
-fn write_scaled(row_offset: u32, first: u32, end: u32, f: vec2<f32>) {
-    for (var i = first; i < end; i = i + ROW_STRIDE) {
-        let h = load_input_storing_sum(row_offset + i);
-        store(row_offset, i, (h * f.x) * f.y);
+// y = (x * f.x) * f.y * g + b for Elems begin + lane, begin + lane + ROW_STRIDE, ... below end
+// of one row (x being the input h, stored too where the call stores the sum): the row's body
+// unmasked, the Elems around it masked.
+fn write_scaled(row_offset: u32, lane: u32, begin: u32, end: u32, f: vec2<f32>) {
+    let inner = inner_range(begin, end);
+    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
+        scale_elem(row_offset, i, f, false);
     }
+    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
+        scale_elem(row_offset, i, f, true);
+    }
+    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
+        scale_elem(row_offset, i, f, false);
+    }
+}
+
+fn scale_elem(row_offset: u32, i: u32, f: vec2<f32>, inner: bool) {
+    let h = load_input_storing_sum(row_offset + i, inner);
+    store(row_offset, i, (h * f.x) * f.y, inner);
 }
 
 @compute @workgroup_size(WG)
@@ -33,12 +46,12 @@ fn rms_norm(
 ) {
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let f = row_factors(row_offset, lane);
         if (lane == 0u) {
             stats_store_factors(row, f);
         }
-        write_scaled(row_offset, lane, params.row_len, f);
+        write_scaled(row_offset, lane, 0u, row_elems(), f);
     }
 }
 
@@ -52,7 +65,7 @@ fn rms_norm(
 // Elem i of the row whose Elems start at `row_offset`, or zero past the row's end.
 fn load_in_row(row_offset: u32, i: u32) -> Elem {
     var v = Elem(0.0);
-    if (i < params.row_len) {
+    if (i < row_elems()) {
         v = load_input(row_offset + i);
     }
     return v;
@@ -60,18 +73,18 @@ fn load_in_row(row_offset: u32, i: u32) -> Elem {
 
 // The squares of the lanes of `v` (Elem i of a row) that lie in the first k elements.
 fn square_first_k(v: Elem, i: u32) -> Elem {
-    let first_k = elem_keep_below(v, i * LANES, params.k);
-    return first_k * first_k;
+    let kept = first_k(v, i);
+    return kept * kept;
 }
 
 // Stores Elem i of a row from its input h (where the call stores the sum) and normalized
 // value, if the row has it.
 fn store_in_row(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
-    if (i < params.row_len) {
+    if (i < row_elems()) {
         if (STORES_SUM) {
-            sum_store(params.sum_base + row_offset + i, h);
+            put_sum(row_offset + i, h);
         }
-        store(row_offset, i, normalized);
+        store(row_offset, i, normalized, false);
     }
 }
 
@@ -83,7 +96,7 @@ fn rms_norm_cached(
 ) {
     reduce_setup(lane);
     for (var row = group.x; row < params.rows; row = row + groups.x) {
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let cache = cache_load(row_offset, lane);
         var sumsq = reduce_sum(elem_sum(cache_sum_squares(cache, lane, 1.0)));
         // Out-of-range sums are redone from the cache, scaled as in rms_norm.
@@ -144,13 +157,12 @@ fn split_scale(
     reduce_setup(lane);
     for (var g = group.x; g < params.rows * params.chunks; g = g + groups.x) {
         let row = g / params.chunks;
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let f = factors_of_pieces(2u * row * params.chunks, 2u, lane);
-        let begin = (g % params.chunks) * params.chunk_len;
-        let end = min(begin + params.chunk_len, params.row_len);
+        let range = piece_range(g);
         if (lane == 0u && g % params.chunks == 0u) {
             stats_store_factors(row, f);
         }
-        write_scaled(row_offset, begin + lane, end, f);
+        write_scaled(row_offset, lane, range.x, range.y, f);
     }
 }

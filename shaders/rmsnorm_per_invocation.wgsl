@@ -10,9 +10,9 @@ fn rms_norm_per_invocation(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     for (var row = group.x * WG + lane; row < params.rows; row = row + groups.x * WG) {
-        let row_offset = row * params.row_len;
+        let row_offset = row_begin(row);
         let f = row_factors(row_offset, 0u);
         stats_store_factors(row, f);
-        write_scaled(row_offset, 0u, params.row_len, f);
+        write_scaled(row_offset, 0u, 0u, row_elems(), f);
     }
 }

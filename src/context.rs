@@ -201,8 +201,9 @@ struct WeightsLayout {
 
 impl WeightsLayout {
     fn new(config: &RmsNormConfig) -> Self {
+        // Whole vec4s: rows at any element bind the weights up to the next 16 bytes.
         let vector_bytes =
-            (u64::from(config.hidden) * config.weight_dtype.bytes()).next_multiple_of(4);
+            (u64::from(config.hidden) * config.weight_dtype.bytes()).next_multiple_of(16);
         let bias_offset = vector_bytes.next_multiple_of(256);
         Self {
             bias_offset,
@@ -522,8 +523,9 @@ impl GpuContext {
             (None, None) => 4,
             _ => WeightsLayout::new(config).bytes,
         };
+        let outputs = if config.residual.stores_sum() { 2 } else { 1 };
         let sizes = ScratchSizes {
-            tensor: bytes.next_multiple_of(4),
+            tensor: self.tensor_bytes(bytes, outputs),
             weights: weight_bytes,
             residual: config.residual.is_some(),
         };
@@ -541,7 +543,6 @@ impl GpuContext {
             (Ok(_), Some(e)) => return Err(self.classify_failure(Error::Gpu(e.to_string()))),
             (Ok(pair), None) => pair,
         };
-        let outputs = if config.residual.stores_sum() { 2 } else { 1 };
         let result = match submitted {
             Ok(()) => self.read_output(&scratch, sizes.tensor, outputs).await,
             Err(e) => Err(e),
@@ -603,6 +604,16 @@ impl GpuContext {
         Ok(rows)
     }
 
+    /// The bytes each tensor buffer of a call of `bytes` bytes takes (`outputs` of them in
+    /// the staging buffer): whole vec4s where the device allows (rows at any element bind
+    /// the tensors up to the next 16 bytes), else whole words.
+    fn tensor_bytes(&self, bytes: u64, outputs: u64) -> u64 {
+        match bytes.next_multiple_of(16) {
+            padded if padded * outputs <= self.device.limits().max_buffer_size => padded,
+            _ => bytes.next_multiple_of(4),
+        }
+    }
+
     /// Uploads the call's data, records the kernel and the copies to the staging buffer,
     /// and submits.
     fn submit_call(
@@ -613,7 +624,8 @@ impl GpuContext {
         config: &RmsNormConfig,
         rows: u32,
     ) -> Result<()> {
-        let tensor = (data.x.len() as u64).next_multiple_of(4);
+        let outputs = if config.residual.stores_sum() { 2 } else { 1 };
+        let tensor = self.tensor_bytes(data.x.len() as u64, outputs);
         let bias_offset = WeightsLayout::new(config).bias_offset;
         self.upload(&scratch.input, 0, data.x);
         if let Some(residual) = data.residual {

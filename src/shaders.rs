@@ -13,6 +13,20 @@ pub enum ElemLayout {
     Vec4,
     /// `f32`: any hidden size and any 4-byte aligned offset.
     Scalar,
+    /// `vec4<f32>` for rows at any element (`shaders/rows_masked.wgsl`): any hidden size
+    /// and offsets, where x, y, the residual and the sum share one phase within aligned
+    /// vec4s and every binding reaches whole vec4s. The lanes of the rows around a row are
+    /// zeroed on load and not written. f32 tensors, forward kernels.
+    Vec4Masked,
+}
+
+impl ElemLayout {
+    /// Whether a module of this layout can hold tensors stored as `io` says: the masked
+    /// layout writes single lanes of a vec4, which only f32 storage has.
+    pub fn holds(self, io: &TensorIo) -> bool {
+        self != ElemLayout::Vec4Masked
+            || (io.activations == Storage::F32 && io.weights == Storage::F32)
+    }
 }
 
 /// How a workgroup combines its invocations' partial sums.
@@ -379,6 +393,8 @@ const NORM_COMMON: ShaderFile = shader_file!("norm_common.wgsl");
 const FORMATS: ShaderFile = shader_file!("formats.wgsl");
 const ELEM_VEC4: ShaderFile = shader_file!("elem_vec4.wgsl");
 const ELEM_SCALAR: ShaderFile = shader_file!("elem_scalar.wgsl");
+const ROWS_ALIGNED: ShaderFile = shader_file!("rows_aligned.wgsl");
+const ROWS_MASKED: ShaderFile = shader_file!("rows_masked.wgsl");
 const REDUCE_TREE: ShaderFile = shader_file!("reduce_workgroup_tree.wgsl");
 const REDUCE_SUBGROUP: ShaderFile = shader_file!("reduce_subgroup.wgsl");
 const REDUCE_SINGLE: ShaderFile = shader_file!("reduce_single_subgroup.wgsl");
@@ -389,7 +405,8 @@ pub const STANDALONE: [ShaderFile; 1] = [COPY_VEC4];
 /// Every kernel.
 pub const KERNELS: [Kernel; 4] = [RMSNORM, LAYERNORM, RMSNORM_BACKWARD, LAYERNORM_BACKWARD];
 /// Every element layout.
-pub const ELEM_LAYOUTS: [ElemLayout; 2] = [ElemLayout::Vec4, ElemLayout::Scalar];
+pub const ELEM_LAYOUTS: [ElemLayout; 3] =
+    [ElemLayout::Vec4, ElemLayout::Scalar, ElemLayout::Vec4Masked];
 /// Every reduction.
 pub const REDUCTIONS: [ReductionKind; 4] = [
     ReductionKind::WorkgroupTree,
@@ -452,9 +469,10 @@ impl ComposedShader {
 /// The module for `kernel` with the given shape, for `target`. A backward kernel's tensors
 /// are `shape.io` (already [`TensorIo::backward`]'s).
 pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> ComposedShader {
-    let elem = match shape.elem {
-        ElemLayout::Vec4 => ELEM_VEC4,
-        ElemLayout::Scalar => ELEM_SCALAR,
+    let (elem, rows) = match shape.elem {
+        ElemLayout::Vec4 => (ELEM_VEC4, ROWS_ALIGNED),
+        ElemLayout::Scalar => (ELEM_SCALAR, ROWS_ALIGNED),
+        ElemLayout::Vec4Masked => (ELEM_VEC4, ROWS_MASKED),
     };
     let reduce = match shape.reduction {
         ReductionKind::WorkgroupTree => REDUCE_TREE,
@@ -479,7 +497,7 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
         source.push_str(&backward_tensor_code(&shape.io, shape.elem));
     }
     let mut parts = vec![(1, "<prelude>")];
-    let files = [elem, reduce, FORMATS, NORM_COMMON].into_iter();
+    let files = [elem, reduce, FORMATS, NORM_COMMON, rows].into_iter();
     let per_invocation = kernel
         .per_invocation
         .filter(|_| shape.reduction == ReductionKind::PerInvocation);
@@ -586,7 +604,11 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout, backward: bool) -> String {
         });
     }
     let absent_r = "fn r_load(i: u32) -> Elem {\n    return Elem(0.0);\n}\n";
-    let absent_sum = "fn sum_store(i: u32, v: Elem) {}\n";
+    let absent_sum = if elem == ElemLayout::Vec4Masked {
+        "fn sum_store(i: u32, v: Elem) {}\nfn sum_store_lanes(i: u32, v: Elem, keep: vec4<bool>) {}\n"
+    } else {
+        "fn sum_store(i: u32, v: Elem) {}\n"
+    };
     code.push_str(&match io.residual {
         ResidualIo::None => format!("{absent_r}{absent_sum}"),
         ResidualIo::Add => tensor("r", BINDING_RESIDUAL, act, elem, Access::Load) + absent_sum,
@@ -596,8 +618,15 @@ fn tensor_code(io: &TensorIo, elem: ElemLayout, backward: bool) -> String {
         }
         // The sum is r's binding.
         ResidualIo::StoreSumInPlace => {
-            tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStoreExact)
-                + "fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n"
+            let mut code = tensor("r", BINDING_RESIDUAL, act, elem, Access::LoadStoreExact)
+                + "fn sum_store(i: u32, v: Elem) {\n    r_store(i, v);\n}\n";
+            if elem == ElemLayout::Vec4Masked {
+                code.push_str(
+                    "fn sum_store_lanes(i: u32, v: Elem, keep: vec4<bool>) {\n    \
+                     r_store_lanes(i, v, keep);\n}\n",
+                );
+            }
+            code
         }
     });
     code.push_str(&act_round_code(act, elem));
@@ -692,7 +721,9 @@ enum Access {
 /// `f` applied to each f32 of the Elem `v`.
 fn elem_map(elem: ElemLayout, f: &str, v: &str) -> String {
     match elem {
-        ElemLayout::Vec4 => format!("Elem({f}({v}.x), {f}({v}.y), {f}({v}.z), {f}({v}.w))"),
+        ElemLayout::Vec4 | ElemLayout::Vec4Masked => {
+            format!("Elem({f}({v}.x), {f}({v}.y), {f}({v}.z), {f}({v}.w))")
+        }
         ElemLayout::Scalar => format!("{f}({v})"),
     }
 }
@@ -707,9 +738,9 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
     let scalar = elem == ElemLayout::Scalar;
     let array = match (storage, elem) {
         (Storage::F32, _) => "Elem",
-        (Storage::F16, ElemLayout::Vec4) => "vec4<f16>",
+        (Storage::F16, ElemLayout::Vec4 | ElemLayout::Vec4Masked) => "vec4<f16>",
         (Storage::F16, ElemLayout::Scalar) => "f16",
-        (_, ElemLayout::Vec4) => "vec2<u32>",
+        (_, ElemLayout::Vec4 | ElemLayout::Vec4Masked) => "vec2<u32>",
         (_, ElemLayout::Scalar) if writes => "atomic<u32>",
         (_, ElemLayout::Scalar) => "u32",
     };
@@ -771,6 +802,19 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
         code.push_str(&format!(
             "fn {name}_store(i: u32, v: Elem) {{\n    {body}\n}}\n"
         ));
+        // Rows at any element write the lanes of their first and last Elems one by one
+        // (f32 storage: `ElemLayout::holds`).
+        if elem == ElemLayout::Vec4Masked && storage == Storage::F32 {
+            code.push_str(&format!(
+                "fn {name}_store_lanes(i: u32, v: Elem, keep: vec4<bool>) {{\n"
+            ));
+            for lane in ["x", "y", "z", "w"] {
+                code.push_str(&format!(
+                    "    if (keep.{lane}) {{\n        {name}[i].{lane} = v.{lane};\n    }}\n"
+                ));
+            }
+            code.push_str("}\n");
+        }
     }
     code
 }

@@ -10,6 +10,7 @@
 mod common;
 
 use common::{f16_options, gpu, no_gpu_errors, reductions, Placed};
+use wgpu_rmsnorm::kernel::plan::WideOffsets;
 use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, compare_normwise, Gradients, BACKWARD_TOL};
 use wgpu_rmsnorm::{
@@ -368,7 +369,7 @@ fn dispatches_of_one_call_add_into_the_same_partial_rows() {
             &case.options,
         )
         .unwrap();
-        let launch = kernel.plan().launch(29, true).unwrap();
+        let launch = kernel.plan().launch(29, WideOffsets::ANY).unwrap();
         assert!(
             launch.chunks.len() >= 4,
             "{which:?}: {} chunks",
@@ -412,7 +413,16 @@ fn split_rows_match_the_reference() {
                         &case.options,
                     )
                     .unwrap();
-                    let launch = kernel.plan().launch(5, offset == 0).unwrap();
+                    let launch = kernel
+                        .plan()
+                        .launch(
+                            5,
+                            WideOffsets {
+                                aligned: offset == 0,
+                                same_phase: offset == 0,
+                            },
+                        )
+                        .unwrap();
                     assert!(launch.split_pieces.is_some(), "split");
                     case.check(&gpu, &format!("split {dtype} {residual:?} saved {save}"));
                 }

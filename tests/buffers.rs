@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use wgpu_rmsnorm::shaders::ElemLayout;
 use wgpu_rmsnorm::{
     block_on, BufferRegion, Error, Gain, GpuContext, KernelOptions, PartialRms, Reduction, RmsNorm,
     RmsNormBuffers, RmsNormConfig, Weights,
@@ -14,7 +15,15 @@ const GUARD: f32 = -12345.678;
 
 /// Writes y at a non-zero offset inside a larger buffer and checks that the words around
 /// the output keep their value.
-fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_vec4: bool) {
+/// `tail`: guard words after each buffer's data (0: the buffer ends with its data).
+fn check_offsets(
+    gpu: &GpuContext,
+    n: u32,
+    rows: u32,
+    offsets: [u64; 4],
+    tail: usize,
+    expect: ElemLayout,
+) {
     let device = gpu.device();
     let len = (n * rows) as usize;
     let x = data(len, u64::from(n));
@@ -27,7 +36,7 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
     // Each buffer holds GUARD everywhere but its data, which starts at its offset.
     let placed = |data: &[f32], offset: u64| {
         let start = (offset / 4) as usize;
-        let mut all = vec![GUARD; start + data.len() + 67];
+        let mut all = vec![GUARD; start + data.len() + tail];
         all[start..start + data.len()].copy_from_slice(data);
         storage_buffer(gpu, &all)
     };
@@ -59,7 +68,11 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
     };
     let y_all = no_gpu_errors(device, || {
         let kernel = RmsNorm::new(device, &config, &KernelOptions::default()).unwrap();
-        assert_eq!(kernel.uses_vec4(&buffers), expect_vec4, "{offsets:?}");
+        assert_eq!(
+            kernel.elem_layout(&buffers, rows).unwrap(),
+            expect,
+            "{offsets:?}"
+        );
         let mut encoder = device.create_command_encoder(&Default::default());
         kernel.encode(device, &mut encoder, &buffers, rows).unwrap();
         gpu.queue().submit([encoder.finish()]);
@@ -79,14 +92,31 @@ fn check_offsets(gpu: &GpuContext, n: u32, rows: u32, offsets: [u64; 4], expect_
 fn offsets_scalar_and_vec4_with_guard_words() {
     let Some(turn) = gpu() else { return };
     let gpu: &wgpu_rmsnorm::GpuContext = &turn;
-    check_offsets(gpu, 1024, 5, [0, 0, 0, 0], true);
-    check_offsets(gpu, 1024, 5, [16, 272, 48, 512], true);
-    check_offsets(gpu, 1024, 5, [20, 0, 0, 0], false);
-    check_offsets(gpu, 1024, 5, [0, 4, 0, 0], false);
-    check_offsets(gpu, 1024, 5, [0, 0, 0, 8], false);
-    check_offsets(gpu, 257, 3, [0, 0, 0, 0], false);
-    check_offsets(gpu, 257, 3, [12, 1028, 260, 4], false);
-    check_offsets(gpu, 3, 9, [4, 8, 12, 16], false);
+    use ElemLayout::{Scalar, Vec4, Vec4Masked};
+    let check = |n, rows, offsets, tail, expect| check_offsets(gpu, n, rows, offsets, tail, expect);
+    check(1024, 5, [0, 0, 0, 0], 67, Vec4);
+    check(1024, 5, [16, 272, 48, 512], 67, Vec4);
+    // x and y at different lanes of a vec4: scalar.
+    check(1024, 5, [20, 0, 0, 0], 67, Scalar);
+    check(1024, 5, [0, 4, 0, 0], 67, Scalar);
+    check(257, 3, [12, 1028, 260, 4], 67, Scalar);
+    check(3, 9, [4, 8, 12, 16], 67, Scalar);
+    // x and y at one lane, the weights at any: vec4 with masked row edges, whatever the
+    // hidden size, the guard words around every row's first and last Elem intact.
+    check(1024, 5, [0, 0, 0, 8], 67, Vec4Masked);
+    check(1024, 5, [4, 260, 8, 12], 67, Vec4Masked);
+    check(257, 3, [0, 0, 0, 0], 67, Vec4Masked);
+    check(257, 3, [12, 1036, 4, 8], 67, Vec4Masked);
+    check(1023, 7, [8, 24, 12, 0], 67, Vec4Masked);
+    check(4098, 3, [4, 4, 4, 4], 67, Vec4Masked);
+    check(3, 9, [4, 20, 12, 16], 67, Vec4Masked);
+    check(1, 37, [12, 12, 0, 4], 67, Vec4Masked);
+    check(5, 40, [0, 0, 4, 8], 3, Vec4Masked);
+    // A buffer that ends with its data short of a whole vec4 cannot be bound as vec4s.
+    check(257, 3, [0, 0, 0, 0], 0, Scalar);
+    check(5, 40, [0, 0, 12, 12], 0, Vec4Masked);
+    check(5, 41, [0, 0, 12, 12], 0, Scalar);
+    check(5, 40, [0, 0, 4, 12], 0, Scalar);
 }
 
 #[test]

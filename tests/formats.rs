@@ -11,6 +11,7 @@ mod common;
 use common::{f16_options, gpu, no_gpu_errors, Placed};
 use wgpu_rmsnorm::kernel::NormKind;
 use wgpu_rmsnorm::reference::{self, F32_ABS_TOL, F32_REL_TOL};
+use wgpu_rmsnorm::shaders::ElemLayout;
 use wgpu_rmsnorm::{
     bf16, f16, BufferRegion, DType, Error, Gain, GpuContext, KernelOptions, LayerNorm,
     LayerNormConfig, NormKernel, PartialRms, Reduction, Residual, RmsNorm, RmsNormBuffers,
@@ -28,10 +29,12 @@ struct Call {
     offsets: [u64; 6],
 }
 
-/// What a call wrote: y, and the sum (from its own buffer, or from r when in place).
+/// What a call wrote: y, and the sum (from its own buffer, or from r when in place); and the
+/// loads it took.
 struct Written {
     y: Vec<f32>,
     sum: Option<Vec<f32>>,
+    elem: ElemLayout,
 }
 
 impl Call {
@@ -87,7 +90,7 @@ impl Call {
             .bias
             .as_ref()
             .map(|b| Placed::new(gpu, b, weight, o[5]));
-        no_gpu_errors(gpu.device(), || {
+        let elem = no_gpu_errors(gpu.device(), || {
             let buffers = RmsNormBuffers {
                 input: x.region(),
                 output: y.region(),
@@ -102,6 +105,7 @@ impl Call {
                 .encode(gpu.device(), &mut encoder, &buffers, self.rows)
                 .expect("encode");
             gpu.queue().submit([encoder.finish()]);
+            kernel.elem_layout(&buffers, self.rows).expect("layout")
         });
         let written_sum = match config.residual {
             Residual::AddStoreSum => sum.as_ref(),
@@ -115,6 +119,7 @@ impl Call {
         Written {
             y: y.read(gpu, act, "y"),
             sum: written_sum.map(|s| s.read(gpu, act, "sum")),
+            elem,
         }
     }
 
@@ -256,6 +261,96 @@ fn residual_add_in_every_form_matches_the_unfused_reference() {
                     };
                     run_case(&turn, which, config, &options, 7, [3, 1, 5, 2, 0, 0]);
                 }
+            }
+        }
+    }
+}
+
+/// Rows at any element (f32 tensors of any hidden size, x, r, y and the sum at one lane of a
+/// vec4, the gain and bias at others): vec4 loads with each row's first and last Elem masked,
+/// the lanes of the rows around it neither counted nor written. Hidden sizes around
+/// multiples of 4 (rows of one to three elements within one Elem, rows straddling two), every
+/// phase, every residual form, RMSNorm, pRMSNorm and LayerNorm, with whole rows, one row per
+/// invocation, split rows, read-once and three workgroups looping over rows: each output a
+/// rounding of the f64 reference, the sum bit for bit, the guard bytes around every tensor
+/// intact.
+#[test]
+fn rows_at_any_element_match_the_reference() {
+    let Some(turn) = gpu() else { return };
+    let options = [
+        KernelOptions::default(),
+        KernelOptions::with_reduction(Reduction::PerInvocation),
+        KernelOptions {
+            split_rows: Some(true),
+            ..KernelOptions::default()
+        },
+        KernelOptions {
+            max_workgroups: Some(3),
+            ..KernelOptions::default()
+        },
+        KernelOptions {
+            read_once: Some(true),
+            workgroup_size: Some(64),
+            ..KernelOptions::default()
+        },
+    ];
+    let residuals = [
+        Residual::None,
+        Residual::Add,
+        Residual::AddStoreSum,
+        Residual::AddStoreSumInPlace,
+    ];
+    let hidden = [1u32, 2, 3, 5, 7, 13, 63, 257, 1023, 4097, 4098, 4099];
+    for (case, hidden) in hidden.into_iter().enumerate() {
+        let phase = case as u64 % 4;
+        // x, r, y, sum at one lane (and different vec4s); gain and bias at two others.
+        let offsets = [
+            phase,
+            phase + 4,
+            phase + 8,
+            phase + 12,
+            phase + 1,
+            phase + 6,
+        ];
+        let rows = [1, 3, 33][case % 3];
+        let residual = residuals[case % 4];
+        for options in &options {
+            for which in [Which::Rms, Which::Partial, Which::Layer] {
+                if options.read_once.is_some() && matches!(which, Which::Layer) {
+                    continue;
+                }
+                let config = RmsNormConfig::new(hidden)
+                    .with_gain(Gain::Scale)
+                    .with_bias(true)
+                    .with_residual(residual);
+                let config = match which {
+                    Which::Partial => config.with_partial(PartialRms::Fraction(0.3)),
+                    _ => config,
+                };
+                let what = format!(
+                    "{which:?} n={hidden} x {rows} {residual:?} offsets {offsets:?} {options:?}"
+                );
+                let call = Call::new(&config, rows, u64::from(hidden), offsets);
+                let input = call.input(&config);
+                let (gain, bias) = (call.gain.as_deref(), call.bias.as_deref());
+                let (written, expected) = match which {
+                    Which::Layer => {
+                        let layer = LayerNormConfig::new(hidden)
+                            .with_gain(Gain::Scale)
+                            .with_bias(true)
+                            .with_residual(residual);
+                        let kernel = LayerNorm::new(turn.device(), &layer, options).expect(&what);
+                        let expected = reference::layer_norm(&input, &layer, gain, bias);
+                        (call.run(&turn, &kernel, &config), expected.unwrap())
+                    }
+                    _ => {
+                        let kernel = RmsNorm::new(turn.device(), &config, options).expect(&what);
+                        let expected = reference::rms_norm(&input, &config, gain, bias);
+                        (call.run(&turn, &kernel, &config), expected.unwrap())
+                    }
+                };
+                assert_eq!(written.elem, ElemLayout::Vec4Masked, "{what}");
+                call.check(&written, &config, &expected, &what);
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use wgpu_rmsnorm::kernel::plan::StagePlan;
 use wgpu_rmsnorm::kernel::plan::{
-    DeviceCaps, Entry, Launch, Pass, Plan, BACKWARD_ROW_BLOCK, LOOP_ITERATION_BUDGET,
+    DeviceCaps, Entry, Launch, Pass, Plan, WideOffsets, BACKWARD_ROW_BLOCK, LOOP_ITERATION_BUDGET,
 };
 use wgpu_rmsnorm::kernel::Norm;
 use wgpu_rmsnorm::shaders::{ElemLayout, ReductionKind, ShaderTarget, Storage};
@@ -347,15 +347,24 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
     passes + reductions * reduce + 3
 }
 
+/// Offsets that allow the wide layouts, or scalar loads only.
+fn offsets(wide: bool) -> WideOffsets {
+    if wide {
+        WideOffsets::ANY
+    } else {
+        WideOffsets::NONE
+    }
+}
+
 fn check_launch(device: &Simulated, plan: &Plan, launch: &Launch, rows: u32, what: &str) {
     let caps = &device.caps;
     let mut covered = 0u64;
-    let lanes = if launch.elem == wgpu_rmsnorm::shaders::ElemLayout::Vec4 {
-        4
-    } else {
-        1
+    let row_len = match launch.elem {
+        ElemLayout::Vec4 => plan.hidden / 4,
+        // A row at any element may start at an Elem's last lane.
+        ElemLayout::Vec4Masked => (plan.hidden + 3).div_ceil(4),
+        ElemLayout::Scalar => plan.hidden,
     };
-    let row_len = plan.hidden / lanes;
     for chunk in &launch.chunks {
         assert_eq!(chunk.first_row, covered, "{what}: chunks in order");
         covered += u64::from(chunk.rows);
@@ -525,11 +534,19 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
                         .into_iter()
                         .filter(|&r| u64::from(r) * u64::from(hidden) <= 1 << 32);
                     for rows in rows {
-                        for vec4 in [true, false] {
-                            match plan.launch(rows, vec4) {
+                        let same_phase = WideOffsets {
+                            aligned: false,
+                            same_phase: true,
+                        };
+                        for offsets in [WideOffsets::ANY, same_phase, WideOffsets::NONE] {
+                            match plan.launch(rows, offsets) {
                                 Ok(launch) => check_launch(&device, &plan, &launch, rows, &what),
-                                // Only unaligned calls of a layout that cannot run.
-                                Err(e) => assert!(!vec4 || plan.vec4.is_none(), "{what}: {e:?}"),
+                                // Only calls that fall back to a scalar layout that cannot run.
+                                Err(e) => assert!(
+                                    !(offsets.aligned && plan.vec4.is_some())
+                                        && !(offsets.same_phase && plan.masked.is_some()),
+                                    "{what}: {e:?}"
+                                ),
                             }
                         }
                     }
@@ -590,9 +607,17 @@ fn forced_options_are_honoured_or_refused() {
         ..weighted
     };
     let plan = Plan::new(&downlevel.caps, Norm::Rms, &long, &KernelOptions::default()).unwrap();
-    assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
+    assert!(plan
+        .launch(1, WideOffsets::ANY)
+        .unwrap()
+        .split_pieces
+        .is_none());
     let plan = rms_plan(&downlevel.caps, 1 << 20, &KernelOptions::default()).unwrap();
-    assert!(plan.launch(1, true).unwrap().split_pieces.is_some());
+    assert!(plan
+        .launch(1, WideOffsets::ANY)
+        .unwrap()
+        .split_pieces
+        .is_some());
 }
 
 /// f16 is WGSL's type where the device has SHADER_F16 and packed words elsewhere; forcing
@@ -631,9 +656,9 @@ fn formats_and_residual_are_planned_by_the_device() {
     let plan = Plan::new(&lavapipe.caps, Norm::Rms, &f16, &default).unwrap();
     assert_eq!(plan.io(ElemLayout::Vec4).activations, Storage::PackedF16);
     assert_eq!(plan.io(ElemLayout::Scalar).activations, Storage::F16);
-    let launch = plan.launch(4, true).unwrap();
+    let launch = plan.launch(4, WideOffsets::ANY).unwrap();
     assert!(plan.variant_name(&launch).ends_with("vec4 packed-f16"));
-    let launch = plan.launch(4, false).unwrap();
+    let launch = plan.launch(4, WideOffsets::NONE).unwrap();
     assert!(plan.variant_name(&launch).ends_with("scalar f16"));
     let bf16 = f16.with_dtype(DType::Bf16);
     let plan = Plan::new(&nvidia.caps, Norm::Rms, &bf16, &default).unwrap();
@@ -682,7 +707,7 @@ fn formats_and_residual_are_planned_by_the_device() {
     check_plan(&downlevel, &plan, "in place on downlevel");
     let plan = Plan::new(&nvidia.caps, Norm::Rms, &fused, &default).unwrap();
     check_plan(&nvidia, &plan, "fused on NVIDIA");
-    let launch = plan.launch(1, true).unwrap();
+    let launch = plan.launch(1, WideOffsets::ANY).unwrap();
     assert!(
         plan.variant_name(&launch).ends_with("f16 +residual"),
         "{}",
@@ -697,7 +722,7 @@ fn plan_table() {
         let mut line = format!("| {} |", device.name);
         for (rows, hidden) in [(4096, 128), (4096, 4096), (64, 4097), (1, 1 << 20)] {
             let plan = rms_plan(&device.caps, hidden, &KernelOptions::default()).unwrap();
-            let launch = plan.launch(rows, true).unwrap();
+            let launch = plan.launch(rows, WideOffsets::ANY).unwrap();
             line.push_str(&format!(" {} |", plan.variant_name(&launch)));
         }
         println!("{line}");
@@ -859,7 +884,7 @@ fn long_rows_plan_by_default() {
             match (result, splits) {
                 (Ok(plan), _) => {
                     for (rows, vec4) in [(1, true), (3, false)] {
-                        if let Ok(launch) = plan.launch(rows, vec4) {
+                        if let Ok(launch) = plan.launch(rows, offsets(vec4)) {
                             check_launch(&device, &plan, &launch, rows, &what);
                         }
                     }
@@ -894,7 +919,7 @@ fn one_row_per_invocation_where_it_pays_and_refused_where_it_cannot_run() {
                 let what = format!("{} {norm:?} n={hidden}", device.name);
                 let vec4 = hidden % 4 == 0;
                 let alone = |rows: u32| {
-                    let launch = plan.launch(rows, vec4).unwrap();
+                    let launch = plan.launch(rows, offsets(vec4)).unwrap();
                     check_launch(&device, &plan, &launch, rows, &what);
                     let stage = launch.stages[0];
                     if stage.shape.reduction == ReductionKind::PerInvocation {
@@ -975,7 +1000,11 @@ fn one_row_per_invocation_where_it_pays_and_refused_where_it_cannot_run() {
     let plan = rms_plan(nvidia, 4096, &forced).unwrap();
     assert_eq!(plan.primary_stage().entry, Entry::RmsNormPerInvocation);
     assert_eq!(plan.primary_stage().shape.workgroup_size, 64);
-    assert!(plan.launch(1, true).unwrap().split_pieces.is_none());
+    assert!(plan
+        .launch(1, WideOffsets::ANY)
+        .unwrap()
+        .split_pieces
+        .is_none());
 }
 
 /// LayerNorm's forward splits few long rows as RMSNorm's does: two stages, three words per
@@ -998,7 +1027,7 @@ fn layer_norm_splits_few_long_rows() {
             );
             continue;
         };
-        let launch = plan.launch(1, true).unwrap();
+        let launch = plan.launch(1, WideOffsets::ANY).unwrap();
         let pieces = launch.split_pieces.expect("split");
         let entries: Vec<Entry> = launch.stages.iter().map(|s| s.entry).collect();
         assert_eq!(
@@ -1015,7 +1044,11 @@ fn layer_norm_splits_few_long_rows() {
         );
         check_launch(&device, &plan, &launch, 1, device.name);
         // Many rows do not split.
-        assert!(plan.launch(33, true).unwrap().split_pieces.is_none());
+        assert!(plan
+            .launch(33, WideOffsets::ANY)
+            .unwrap()
+            .split_pieces
+            .is_none());
     }
 }
 
@@ -1049,7 +1082,7 @@ fn a_row_beyond_one_dispatch_is_refused() {
     };
     let hidden = (1u32 << 30) - 73;
     let plan = rms_plan(&device.caps, hidden, &KernelOptions::default()).unwrap();
-    match plan.launch(1, false) {
+    match plan.launch(1, WideOffsets::NONE) {
         Ok(launch) => check_launch(&device, &plan, &launch, 1, device.name),
         Err(e) => assert!(matches!(e, Error::RowTooLong { .. }), "{e:?}"),
     }

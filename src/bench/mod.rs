@@ -252,7 +252,9 @@ fn copy_contestants(
             groups: vec4s.div_ceil(wg).clamp(1, 65535),
         })
         .collect();
-    let launch = rms.plan().launch(rows, true)?;
+    let launch = rms
+        .plan()
+        .launch(rows, crate::kernel::plan::WideOffsets::ALIGNED)?;
     if hidden.is_multiple_of(4) && launch.split_pieces.is_none() && launch.chunks.len() == 1 {
         let (wg, groups) = (
             launch.stages[0].shape.workgroup_size,

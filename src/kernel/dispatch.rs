@@ -5,10 +5,11 @@ use super::pipelines::{
     BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARAMS, BINDING_PARTIALS, BINDING_PIECES,
     BINDING_RESIDUAL, BINDING_STATS, BINDING_SUM, BINDING_WEIGHT_PARTIALS, BINDING_X, BINDING_Y,
 };
-use super::plan::{lanes, DeviceCaps, Launch, LaunchChunk, Plan};
+use super::plan::{lanes, row_loads, DeviceCaps, Launch, LaunchChunk, Plan, WideOffsets};
 use super::{BackwardBuffers, BufferRegion, Norm, RmsNormBuffers};
 use crate::config::{Residual, RmsNormConfig};
 use crate::error::{Error, Result};
+use crate::shaders::ElemLayout;
 use bytemuck::Zeroable;
 
 /// The uniform block of `shaders/norm_common.wgsl` (`struct Params`); `tests/contract.rs`
@@ -37,6 +38,10 @@ pub(crate) struct Params {
     partial_rows: u32,
     dgain_base: u32,
     dbias_base: u32,
+    hidden: u32,
+    row_phase: u32,
+    gain_phase: u32,
+    bias_phase: u32,
 }
 
 /// Bytes in `Params`.
@@ -44,7 +49,7 @@ pub const PARAMS_SIZE: usize = std::mem::size_of::<Params>();
 
 /// Each field of `Params` (the uniform block of `shaders/norm_common.wgsl`) by name and byte
 /// offset, for the test that checks the Rust and WGSL sides against each other.
-pub const PARAMS_FIELDS: [(&str, usize); 21] = [
+pub const PARAMS_FIELDS: [(&str, usize); 25] = [
     ("rows", std::mem::offset_of!(Params, rows)),
     ("row_len", std::mem::offset_of!(Params, row_len)),
     ("k", std::mem::offset_of!(Params, k)),
@@ -69,6 +74,10 @@ pub const PARAMS_FIELDS: [(&str, usize); 21] = [
     ("partial_rows", std::mem::offset_of!(Params, partial_rows)),
     ("dgain_base", std::mem::offset_of!(Params, dgain_base)),
     ("dbias_base", std::mem::offset_of!(Params, dbias_base)),
+    ("hidden", std::mem::offset_of!(Params, hidden)),
+    ("row_phase", std::mem::offset_of!(Params, row_phase)),
+    ("gain_phase", std::mem::offset_of!(Params, gain_phase)),
+    ("bias_phase", std::mem::offset_of!(Params, bias_phase)),
 ];
 
 /// A checked call with its bind groups and parameters, from `prepare`. It keeps the
@@ -259,12 +268,31 @@ pub(crate) fn backward_tensors<'a>(
     .collect()
 }
 
-/// Whether every offset of the call allows vec4 loads (4 elements).
-pub(crate) fn vec4_offsets(tensors: &[Tensor<'_>]) -> bool {
-    tensors
-        .iter()
-        .filter(|t| t.elems)
-        .all(|t| t.region.offset % (4 * t.element_bytes) == 0)
+/// What the offsets of a call of `rows` rows allow: vec4 loads where every offset is a
+/// multiple of 4 elements; rows at any element where the tensors are f32, the row tensors'
+/// element 0 lie at one lane of an aligned vec4, and every binding can be rounded up to
+/// whole vec4s within its buffer.
+pub(crate) fn wide_offsets(tensors: &[Tensor<'_>], rows: u32) -> WideOffsets {
+    let elems = || tensors.iter().filter(|t| t.elems);
+    let aligned = elems().all(|t| t.region.offset % (4 * t.element_bytes) == 0);
+    let phase = |t: &Tensor<'_>| t.region.offset % 16;
+    let row_phase = elems()
+        .find(|t| matches!(t.extent, Extent::PerRow(_)))
+        .map(phase);
+    let same_phase = elems().all(|t| {
+        let elements = match t.extent {
+            Extent::Fixed(n) => n,
+            Extent::PerRow(n) => u64::from(rows) * n,
+        };
+        let end = t.region.offset + elements * t.element_bytes;
+        t.element_bytes == 4
+            && end.next_multiple_of(16) <= t.region.buffer.size()
+            && (matches!(t.extent, Extent::Fixed(_)) || Some(phase(t)) == row_phase)
+    });
+    WideOffsets {
+        aligned,
+        same_phase,
+    }
 }
 
 /// What the config requires of a forward call's buffers, as typed errors.
@@ -448,7 +476,14 @@ pub(crate) fn bind_groups(
     for chunk in &launch.chunks {
         let bound = ChunkBindings::new(plan, tensors, chunk);
         let lanes = lanes(launch.elem);
-        let params = chunk_params(plan, config, launch, chunk, |b| bound.base(b, lanes));
+        let params = chunk_params(
+            plan,
+            config,
+            launch,
+            chunk,
+            |b| bound.base(b, lanes),
+            |b| bound.phase(b),
+        );
         let params_buffer = uniform_buffer(device, bytemuck::bytes_of(&params))?;
         let partials = (chunk.scratch_bytes > 0)
             .then(|| scratch_buffer(device, "split partials", chunk.scratch_bytes));
@@ -591,6 +626,14 @@ impl<'a> ChunkBindings<'a> {
         Self { bound }
     }
 
+    /// The lane of its base Elem where the tensor at `binding` starts (vec4s of f32).
+    fn phase(&self, binding: u32) -> u32 {
+        self.bound
+            .iter()
+            .find(|(t, _)| t.binding == binding)
+            .map_or(0, |(_, b)| b.base_elements % 4)
+    }
+
     /// The base of the tensor at `binding`: in Elems of `lanes` elements, or in f32 words
     /// for the statistics; 0 where the call has none.
     fn base(&self, binding: u32, lanes: u32) -> u32 {
@@ -604,16 +647,27 @@ impl<'a> ChunkBindings<'a> {
 }
 
 /// A chunk's `Params`: `base(binding)` gives a tensor's base in Elems of the launch's layout
-/// (in f32 words for the statistics), 0 for tensors the call does not have.
+/// (in f32 words for the statistics), 0 for tensors the call does not have; `phase(binding)`
+/// the lane of that Elem where its element 0 lies (rows at any element only).
 pub(crate) fn chunk_params(
     plan: &Plan,
     config: &RmsNormConfig,
     launch: &Launch,
     chunk: &LaunchChunk,
     base: impl Fn(u32) -> u32,
+    phase: impl Fn(u32) -> u32,
 ) -> Params {
-    let lanes = lanes(launch.elem);
-    let (row_len, k_len) = (plan.hidden / lanes, plan.k.div_ceil(lanes));
+    let elem = launch.elem;
+    let row_len = row_loads(elem, plan.hidden);
+    let k_len = match elem {
+        ElemLayout::Vec4Masked => row_loads(elem, plan.k),
+        _ => plan.k.div_ceil(lanes(elem)),
+    };
+    // Rows at any element: where element 0 lies in its Elem (x's, as y's, r's and the sum's).
+    let phase = |binding: u32| match elem {
+        ElemLayout::Vec4Masked => phase(binding),
+        _ => 0,
+    };
     let pieces = launch.split_pieces;
     // Written over r in place: the sum's base is r's.
     let sum_base = match config.residual {
@@ -644,6 +698,10 @@ pub(crate) fn chunk_params(
         partial_rows: launch.partial_rows() as u32,
         dgain_base: 0,
         dbias_base: 0,
+        hidden: plan.hidden,
+        row_phase: phase(BINDING_X),
+        gain_phase: phase(BINDING_GAIN),
+        bias_phase: phase(BINDING_BIAS),
     }
 }
 
@@ -656,7 +714,7 @@ pub(crate) fn weight_grads_params(
     dbias_base: u32,
 ) -> Params {
     let mut params = Params::zeroed();
-    params.row_len = plan.hidden / lanes(launch.elem);
+    params.row_len = row_loads(launch.elem, plan.hidden);
     params.partial_rows = launch.partial_rows() as u32;
     params.dgain_base = dgain_base;
     params.dbias_base = dbias_base;

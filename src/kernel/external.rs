@@ -10,7 +10,7 @@ use super::pipelines::{
     kernel_file, BINDING_GRAD_OUTPUT, BINDING_GRAD_SUM, BINDING_PARTIALS, BINDING_PIECES,
     BINDING_RESIDUAL, BINDING_STATS, BINDING_SUM, BINDING_X, BINDING_Y,
 };
-use super::plan::{lanes, Pass, Plan, StagePlan};
+use super::plan::{lanes, Pass, Plan, StagePlan, WideOffsets};
 use super::Norm;
 use crate::config::RmsNormConfig;
 use crate::error::{Error, Result};
@@ -65,7 +65,7 @@ impl Plan {
                 hidden: self.hidden,
             });
         }
-        let launch = self.launch(rows, true)?;
+        let launch = self.launch(rows, WideOffsets::ALIGNED)?;
         let lanes = lanes(launch.elem);
         let stats_words = stats_per_row(self.norm);
         let mut dispatches = Vec::new();
@@ -83,7 +83,7 @@ impl Plan {
                 // Within one binding, checked above: element indices are u32.
                 elements as u32
             };
-            let params = chunk_params(self, config, &launch, chunk, base);
+            let params = chunk_params(self, config, &launch, chunk, base, |_| 0);
             for stage in &launch.stages {
                 dispatches.push(ExternalDispatch {
                     stage: *stage,

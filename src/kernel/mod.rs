@@ -20,6 +20,7 @@ pub use pipelines::{
 
 use crate::config::{LayerNormConfig, RmsNormConfig};
 use crate::error::{Error, Result};
+use crate::shaders::ElemLayout;
 use dispatch::Tensor;
 use pipelines::{Layouts, PipelineCache, PipelineKey};
 use plan::{DeviceCaps, Pass, Plan, StagePlan};
@@ -357,7 +358,8 @@ impl KernelCore {
 
     /// The launch of a call of `rows` rows with these tensors.
     fn launch(&self, tensors: &[Tensor<'_>], rows: u32) -> Result<plan::Launch> {
-        self.plan.launch(rows, dispatch::vec4_offsets(tensors))
+        self.plan
+            .launch(rows, dispatch::wide_offsets(tensors, rows))
     }
 
     pub(crate) fn prepare(
@@ -547,11 +549,13 @@ impl<N: NormKind> NormKernel<N> {
         self.core.plan.primary_stage().shape.workgroup_size
     }
 
-    /// Whether a call with these buffers would use vec4 loads and stores (hidden size and
-    /// every offset a multiple of 4 elements) rather than scalar ones.
-    pub fn uses_vec4(&self, buffers: &RmsNormBuffers<'_>) -> bool {
+    /// The loads a call of `rows` rows with these buffers would use: vec4 (hidden size and
+    /// every offset a multiple of 4 elements), vec4 with masked row edges (f32 forward, rows
+    /// at any element: x, y, the residual and the sum at one offset modulo 16 bytes, and
+    /// every buffer reaching the next multiple of 16 bytes past its data), else scalar.
+    pub fn elem_layout(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> Result<ElemLayout> {
         let tensors = dispatch::tensors(N::NORM, &self.core.config, buffers);
-        self.core.plan.vec4.is_some() && dispatch::vec4_offsets(&tensors)
+        Ok(self.core.launch(&tensors, rows)?.elem)
     }
 
     /// Whether a call of `rows` rows with these buffers splits its rows across workgroups.

@@ -275,10 +275,16 @@ pub struct Plan {
     pub io: TensorIo,
     /// The tensors as the vec4 layout runs them.
     vec4_io: TensorIo,
+    /// The tensors as rows at any element run them (f32 only).
+    masked_io: TensorIo,
     /// Whether the device was treated as a CPU adapter.
     pub cpu: bool,
     /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
     pub vec4: Option<LayoutPlan>,
+    /// vec4 loads for rows at any element (`ElemLayout::Vec4Masked`): the forward of f32
+    /// tensors, for calls the vec4 layout cannot take whose row tensors share a phase and
+    /// whose bindings reach whole vec4s.
+    pub masked: Option<LayoutPlan>,
     /// Scalar loads, for calls whose offsets rule out vec4; an error where such rows cannot
     /// run on this device (LayerNorm rows too long for any workgroup), returned by those
     /// calls' launch.
@@ -474,6 +480,7 @@ impl Plan {
             .unwrap_or(caps.device_type == wgpu::DeviceType::Cpu);
         let io = tensor_io(caps, config, options, ElemLayout::Scalar, cpu, pass)?;
         let vec4_io = tensor_io(caps, config, options, ElemLayout::Vec4, cpu, pass)?;
+        let masked_io = tensor_io(caps, config, options, ElemLayout::Vec4Masked, cpu, pass)?;
         check_storage_buffers(caps, pass, &io)?;
         // A row of activations, or the gain or bias, in one binding.
         let element_bytes = config.dtype.bytes().max(config.weight_dtype.bytes());
@@ -495,7 +502,20 @@ impl Plan {
             split: split_policy,
             io,
             vec4_io,
+            masked_io,
+            hidden: config.hidden,
         };
+        // Bindings start at multiples of the offset alignment, which must hold whole vec4s.
+        let masked = (pass == Pass::Forward
+            && ElemLayout::Vec4Masked.holds(&masked_io)
+            && caps.storage_offset_alignment.is_multiple_of(16))
+        .then(|| {
+            planner.plan(
+                ElemLayout::Vec4Masked,
+                row_loads(ElemLayout::Vec4Masked, config.hidden),
+            )
+        })
+        .and_then(Result::ok);
         let vec4 = config
             .hidden
             .is_multiple_of(4)
@@ -510,6 +530,7 @@ impl Plan {
         // (the tree's barriers, a row per invocation) fewer loop over more rows.
         let alone = vec4
             .iter()
+            .chain(&masked)
             .chain(scalar.as_ref().ok())
             .any(|layout| layout.alone.is_some());
         let few_workgroups = alone
@@ -529,8 +550,10 @@ impl Plan {
             k,
             io,
             vec4_io,
+            masked_io,
             cpu,
             vec4,
+            masked,
             scalar,
             split_policy,
             max_workgroups: options.max_workgroups.map(|cap| cap.max(1)).or(default_cap),
@@ -543,13 +566,19 @@ impl Plan {
         match elem {
             ElemLayout::Vec4 => self.vec4_io,
             ElemLayout::Scalar => self.io,
+            ElemLayout::Vec4Masked => self.masked_io,
         }
     }
 
     /// Every pipeline this plan can run.
     pub fn stages(&self) -> Vec<StagePlan> {
         let mut stages = Vec::new();
-        for layout in self.vec4.iter().chain(self.scalar.as_ref().ok()) {
+        for layout in self
+            .vec4
+            .iter()
+            .chain(&self.masked)
+            .chain(self.scalar.as_ref().ok())
+        {
             stages.extend(layout.rows);
             stages.extend(layout.alone);
             stages.extend(layout.split.iter().flatten());
@@ -567,17 +596,19 @@ impl Plan {
         }
     }
 
-    /// Plans a call of `rows` rows. `vec4_offsets`: whether every buffer offset of the call
-    /// is a multiple of 16 bytes (vec4 loads need that as well as `hidden % 4 == 0`).
-    pub fn launch(&self, rows: u32, vec4_offsets: bool) -> Result<Launch> {
-        let (elem, layout) = match (&self.vec4, vec4_offsets) {
-            (Some(layout), true) => (ElemLayout::Vec4, layout),
+    /// Plans a call of `rows` rows. `offsets`: what the call's buffer offsets allow (vec4
+    /// loads need every offset a multiple of 16 bytes as well as `hidden % 4 == 0`; rows at
+    /// any element need x, y, r and the sum at one phase and bindings that reach whole vec4s).
+    pub fn launch(&self, rows: u32, offsets: WideOffsets) -> Result<Launch> {
+        let (elem, layout) = match (&self.vec4, &self.masked) {
+            (Some(layout), _) if offsets.aligned => (ElemLayout::Vec4, layout),
+            (_, Some(layout)) if offsets.same_phase => (ElemLayout::Vec4Masked, layout),
             _ => (
                 ElemLayout::Scalar,
                 self.scalar.as_ref().map_err(Clone::clone)?,
             ),
         };
-        let row_len = self.hidden / lanes(elem);
+        let row_len = row_loads(elem, self.hidden);
         // Split where the layout has no whole-row stage, else by the policy.
         let pieces = match (layout.rows, &layout.split) {
             (None, Some(_)) => Some(split_piece_count(row_len, self.split_policy)),
@@ -790,6 +821,7 @@ impl Plan {
         let loads = match launch.elem {
             ElemLayout::Vec4 => "vec4",
             ElemLayout::Scalar => "scalar",
+            ElemLayout::Vec4Masked => "vec4 masked edges",
         };
         let wg = stage.shape.workgroup_size;
         let pass = match self.pass {
@@ -966,6 +998,9 @@ struct LayoutPlanner<'a> {
     split: SplitPolicy,
     io: TensorIo,
     vec4_io: TensorIo,
+    masked_io: TensorIo,
+    /// Elements per row.
+    hidden: u32,
 }
 
 /// What a stage computes per work item, for the iteration budget: its entry points, the
@@ -982,6 +1017,7 @@ impl LayoutPlanner<'_> {
         match elem {
             ElemLayout::Vec4 => self.vec4_io,
             ElemLayout::Scalar => self.io,
+            ElemLayout::Vec4Masked => self.masked_io,
         }
     }
 
@@ -1283,7 +1319,7 @@ impl LayoutPlanner<'_> {
             && options.workgroup_size.is_none()
             && options.read_once != Some(true)
             && options.split_rows != Some(true)
-            && work.loads * lanes(elem) <= max_hidden;
+            && self.hidden <= max_hidden;
         let workgroup_size = self.per_invocation_workgroup();
         let fits = self.iterations(work, ReductionKind::PerInvocation, workgroup_size)
             <= LOOP_ITERATION_BUDGET;
@@ -1366,9 +1402,47 @@ impl LayoutPlanner<'_> {
 /// Elements per load.
 pub(crate) fn lanes(elem: ElemLayout) -> u32 {
     match elem {
-        ElemLayout::Vec4 => 4,
+        ElemLayout::Vec4 | ElemLayout::Vec4Masked => 4,
         ElemLayout::Scalar => 1,
     }
+}
+
+/// The most Elems a row of `elements` covers in `elem` rows (of a row or of its first k): a
+/// row at any element may start at the last lane of an Elem.
+pub(crate) fn row_loads(elem: ElemLayout, elements: u32) -> u32 {
+    match elem {
+        ElemLayout::Vec4Masked => (elements + 3).div_ceil(4),
+        _ => elements / lanes(elem),
+    }
+}
+
+/// What a call's buffer offsets allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WideOffsets {
+    /// Every offset a multiple of 16 bytes: vec4 loads where the hidden size is a multiple
+    /// of 4.
+    pub aligned: bool,
+    /// f32 tensors whose rows share a phase within aligned vec4s, every binding reaching
+    /// whole vec4s within its buffer: vec4 loads with masked row edges.
+    pub same_phase: bool,
+}
+
+impl WideOffsets {
+    /// Offsets that allow every layout (tensors bound from their first element, padded).
+    pub const ANY: Self = Self {
+        aligned: true,
+        same_phase: true,
+    };
+    /// Offsets that allow the aligned layouts only (a framework's own buffers).
+    pub const ALIGNED: Self = Self {
+        aligned: true,
+        same_phase: false,
+    };
+    /// Offsets that allow scalar loads only.
+    pub const NONE: Self = Self {
+        aligned: false,
+        same_phase: false,
+    };
 }
 
 /// CPU adapters: a workgroup of about one SIMD width keeps barriers cheap. The GL backend

@@ -76,7 +76,7 @@ fn next_id() -> u64 {
 }
 
 /// A tensor in a GPU buffer of the library's device (`buffer`, a `GPUBuffer` with usages
-/// STORAGE | COPY_SRC | COPY_DST, `byteLength` rounded up to 4 bytes). Normalization calls
+/// STORAGE | COPY_SRC | COPY_DST, `byteLength` rounded up to 16 bytes). Normalization calls
 /// given one return one, with no readback; `read()` reads it back. `destroy()` (or `using`,
 /// or `free()`) frees the GPU memory at once; otherwise it goes when the object is collected.
 #[wasm_bindgen]
@@ -103,8 +103,13 @@ impl GpuTensor {
         contents: Option<&[u8]>,
     ) -> Result<Self, JsError> {
         let bytes = len * dtype.bytes();
-        let size = bytes.next_multiple_of(4).max(4);
         let limit = gpu.device().limits().max_buffer_size;
+        // Whole vec4s where the device allows: rows at any element bind vec4s up to the next
+        // 16 bytes.
+        let size = match bytes.next_multiple_of(16).max(16) {
+            padded if padded <= limit => padded,
+            _ => bytes.next_multiple_of(4),
+        };
         if size > limit {
             return Err(JsError::new(&format!(
                 "a tensor of {len} {dtype} elements needs {size} bytes; this device's buffers \
@@ -188,7 +193,7 @@ impl GpuTensor {
         self.state.len as f64
     }
 
-    /// Bytes of the elements (the buffer itself is rounded up to 4).
+    /// Bytes of the elements (the buffer itself is rounded up to 16).
     #[wasm_bindgen(getter, js_name = byteLength)]
     pub fn byte_length(&self) -> f64 {
         self.state.byte_len() as f64
@@ -524,7 +529,7 @@ impl LayerInner {
                     .map(|b| b.bytes.len() / config.weight_dtype.bytes() as usize),
             )
             .map_err(to_js)?;
-        let vector = (u64::from(hidden) * config.weight_dtype.bytes()).next_multiple_of(4);
+        let vector = (u64::from(hidden) * config.weight_dtype.bytes()).next_multiple_of(16);
         let alignment = u64::from(gpu.device().limits().min_storage_buffer_offset_alignment);
         let bias_offset = vector.next_multiple_of(alignment);
         let weights = (gain.is_some() || bias.is_some()).then(|| {

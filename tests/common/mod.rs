@@ -251,7 +251,8 @@ impl Placed {
     pub fn new(gpu: &GpuContext, values: &[f32], dtype: DType, offset_elements: u64) -> Self {
         let offset = offset_elements * dtype.bytes();
         let data = encode(values, dtype);
-        let mut contents = vec![GUARD; (offset as usize + data.len() + 6).next_multiple_of(4)];
+        // At least 16 guard bytes after the data: rows at any element bind whole vec4s.
+        let mut contents = vec![GUARD; (offset as usize + data.len() + 18).next_multiple_of(4)];
         contents[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         let buffer = gpu
             .device()
