@@ -542,11 +542,11 @@ fn every_plan_keeps_the_device_limits_and_the_iteration_budget() {
                             match plan.launch(rows, offsets) {
                                 Ok(launch) => check_launch(&device, &plan, &launch, rows, &what),
                                 // Only calls that fall back to a scalar layout that cannot run.
-                                Err(e) => assert!(
-                                    !(offsets.aligned && plan.vec4.is_some())
-                                        && !(offsets.same_phase && plan.masked.is_some()),
-                                    "{what}: {e:?}"
-                                ),
+                                Err(e) => {
+                                    let vec4 = offsets.aligned && plan.vec4.is_some();
+                                    let masked = offsets.same_phase && plan.masked.is_some();
+                                    assert!(!vec4 && !masked, "{what}: {e:?}");
+                                }
                             }
                         }
                     }
