@@ -1,8 +1,8 @@
 // LayerNorm forward, the baseline RMSNorm is measured against: written like rmsnorm.wgsl
-// (one workgroup per row, strided loads, the same layouts and reductions; few long rows split
-// across workgroups; CPU adapters' short rows one per invocation in
-// layernorm_per_invocation.wgsl), so that the comparison shows what re-centering costs and
-// nothing else.
+// (one workgroup per row, strided loads, the same layouts and reductions; rows read once
+// from registers; few long rows split across workgroups; CPU adapters' short rows one per
+// invocation in layernorm_per_invocation.wgsl), so that the comparison shows what
+// re-centering costs and nothing else.
 //
 //   y = (x - mean(x)) / sqrt(var(x) + eps) * g + b
 //
@@ -61,6 +61,57 @@ fn layer_norm(
 
         write_normalized(row_offset, lane, 0u, row_elems(), m);
     }
+}
+
+// Read once, as rmsnorm.wgsl's rms_norm_cached: each invocation keeps its CACHE_LEN Elems of
+// the row (lane, lane + WG, ...) in registers, and the statistics take two passes over them
+// (the mean of x - shift, then the sum of squared deviations from it: nothing cancels, as in
+// Welford's), so x crosses the memory bus once. The host writes `RowCache`, `cache_load`,
+// `cache_sum_centered` and `cache_store_normalized`, unrolled, from the helpers below.
+@compute @workgroup_size(WG)
+fn layer_norm_cached(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    reduce_setup(lane);
+    for (var row = group.x; row < params.rows; row = row + groups.x) {
+        let row_offset = row_begin(row);
+        let shift = row_shift(row_offset);
+        let cache = cache_load(row_offset, lane);
+        let sum = cache_sum_centered(cache, row_offset, lane, shift, 0.0, false);
+        let mean = reduce_sum(elem_sum(sum)) / params.k_f32;
+        let squares = cache_sum_centered(cache, row_offset, lane, shift, mean, true);
+        let m = moments_from(shift, mean, reduce_sum(elem_sum(squares)));
+        if (lane == 0u) {
+            stats_store_moments(row, m);
+        }
+        // As in layer_norm: every invocation has read the shift's elements before any
+        // stores h over them.
+        if (SUM_OVER_R) {
+            storageBarrier();
+        }
+        cache_store_normalized(cache, row_offset, lane, m);
+    }
+}
+
+// (v - shift) - mean for the lanes of Elem i of a row (v, as cached) that lie in the row, 0
+// for the others; squared with `square` (a constant at every call).
+fn centered_in_row(row_offset: u32, i: u32, v: Elem, shift: f32, mean: f32, square: bool) -> Elem {
+    var counted = Count(0.0);
+    if (i < row_elems()) {
+        counted = in_row_count(row_offset + i);
+    }
+    let d = ((v - shift) - mean) * counted;
+    if (square) {
+        return d * d;
+    }
+    return d;
+}
+
+// Stores Elem i of a row (v, as cached) normalized by `m`.
+fn store_normalized_in_row(row_offset: u32, i: u32, v: Elem, m: Moments) {
+    store_in_row(row_offset, i, v, ((v - m.shift) - m.mean) * m.scale);
 }
 
 // Split rows (few long rows, each across params.chunks workgroups: g = row * chunks + piece),

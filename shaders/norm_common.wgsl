@@ -138,6 +138,27 @@ fn store(row_offset: u32, i: u32, normalized: Elem, inner: bool) {
     }
 }
 
+// The read-once kernels' cache (RMSNorm's and LayerNorm's): Elem i of the row whose Elems
+// start at `row_offset`, or zero past the row's end.
+fn load_in_row(row_offset: u32, i: u32) -> Elem {
+    var v = Elem(0.0);
+    if (i < row_elems()) {
+        v = load_input(row_offset + i);
+    }
+    return v;
+}
+
+// Stores Elem i of a row from its input h (where the call stores the sum) and normalized
+// value, if the row has it.
+fn store_in_row(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
+    if (i < row_elems()) {
+        if (STORES_SUM) {
+            put_sum(row_offset + i, h);
+        }
+        store(row_offset, i, normalized, false);
+    }
+}
+
 // Split rows (a few long rows, each across params.chunks workgroups): the Elems [begin, end)
 // of piece g % chunks of its row, empty for the last pieces of a row shorter than
 // chunks * chunk_len (a short row split in 8: 9 Elems leave pieces 5 to 7 empty).

@@ -59,33 +59,15 @@ fn rms_norm(
 // lane + WG, ...) between the sum and the scaling, so x crosses the memory bus once: 2n
 // bytes per row instead of 3n. The host writes `RowCache` (one field per Elem, which every
 // compiler keeps in registers) and the unrolled `cache_load`, `cache_sum_squares` and
-// `cache_store` from the helpers below, so no compiler has to unroll a loop over a private
-// array for the cache to stay out of memory.
+// `cache_store` from the helpers below and norm_common.wgsl's `load_in_row` and
+// `store_in_row`, so no compiler has to unroll a loop over a private array for the cache to
+// stay out of memory.
 
-// Elem i of the row whose Elems start at `row_offset`, or zero past the row's end.
-fn load_in_row(row_offset: u32, i: u32) -> Elem {
-    var v = Elem(0.0);
-    if (i < row_elems()) {
-        v = load_input(row_offset + i);
-    }
-    return v;
-}
 
 // The squares of the lanes of `v` (Elem i of a row) that lie in the first k elements.
 fn square_first_k(v: Elem, i: u32) -> Elem {
     let kept = first_k(v, i);
     return kept * kept;
-}
-
-// Stores Elem i of a row from its input h (where the call stores the sum) and normalized
-// value, if the row has it.
-fn store_in_row(row_offset: u32, i: u32, h: Elem, normalized: Elem) {
-    if (i < row_elems()) {
-        if (STORES_SUM) {
-            put_sum(row_offset + i, h);
-        }
-        store(row_offset, i, normalized, false);
-    }
 }
 
 @compute @workgroup_size(WG)

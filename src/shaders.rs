@@ -308,8 +308,8 @@ pub struct Kernel {
     /// is [`ReductionKind::PerInvocation`] (and only there: its loop over rows depends on the
     /// invocation, so no other reduction's barriers may stand in it).
     pub per_invocation: Option<ShaderFile>,
-    /// Whether the read-once entry point needs the generated `RowCache` code.
-    pub row_cache: bool,
+    /// What the read-once entry point does with the generated `RowCache` code, if it has one.
+    pub row_cache: Option<RowCacheUse>,
     /// Whether it is a backward kernel (its tensors are dy, dx, dgain, dbias besides x).
     pub backward: bool,
 }
@@ -324,6 +324,16 @@ const LAYERNORM_PER_INVOCATION: ShaderFile = shader_file!("layernorm_per_invocat
 const RMSNORM_BACKWARD_FILE: ShaderFile = shader_file!("rmsnorm_backward.wgsl");
 const LAYERNORM_BACKWARD_FILE: ShaderFile = shader_file!("layernorm_backward.wgsl");
 
+/// What a kernel's read-once entry point does with its cached Elems: the generated functions
+/// after `RowCache` and `cache_load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCacheUse {
+    /// RMSNorm: `cache_sum_squares`, `cache_store` (y = (x * f.x) * f.y).
+    Scale,
+    /// LayerNorm: `cache_sum_centered`, `cache_store_normalized`.
+    Normalize,
+}
+
 /// RMSNorm and pRMSNorm forward (`shaders/rmsnorm.wgsl`).
 pub const RMSNORM: Kernel = Kernel {
     path: RMSNORM_FILE.path,
@@ -336,7 +346,7 @@ pub const RMSNORM: Kernel = Kernel {
         "rms_norm_per_invocation",
     ],
     per_invocation: Some(RMSNORM_PER_INVOCATION),
-    row_cache: true,
+    row_cache: Some(RowCacheUse::Scale),
     backward: false,
 };
 /// The LayerNorm baseline, in the same style (`shaders/layernorm.wgsl`).
@@ -345,12 +355,13 @@ pub const LAYERNORM: Kernel = Kernel {
     files: &[LAYER_MOMENTS, LAYERNORM_FILE],
     entries: &[
         "layer_norm",
+        "layer_norm_cached",
         "split_partials",
         "split_scale",
         "layer_norm_per_invocation",
     ],
     per_invocation: Some(LAYERNORM_PER_INVOCATION),
-    row_cache: false,
+    row_cache: Some(RowCacheUse::Normalize),
     backward: false,
 };
 /// RMSNorm and pRMSNorm backward (`shaders/rmsnorm_backward.wgsl`), with the pass that
@@ -366,7 +377,7 @@ pub const RMSNORM_BACKWARD: Kernel = Kernel {
         "weight_grads",
     ],
     per_invocation: None,
-    row_cache: false,
+    row_cache: None,
     backward: true,
 };
 /// LayerNorm backward (`shaders/layernorm_backward.wgsl`), with the pass that sums dgain and
@@ -382,7 +393,7 @@ pub const LAYERNORM_BACKWARD: Kernel = Kernel {
         "weight_grads",
     ],
     per_invocation: None,
-    row_cache: false,
+    row_cache: None,
     backward: true,
 };
 /// `shaders/copy_vec4.wgsl`: a plain vec4 copy, the benchmarks' speed-of-light kernel.
@@ -488,8 +499,8 @@ pub fn compose(kernel: Kernel, shape: &ModuleShape, target: ShaderTarget) -> Com
         source.push_str("enable subgroups;\n");
     }
     source.push_str(&format!("const WG: u32 = {}u;\n", shape.workgroup_size));
-    if kernel.row_cache {
-        source.push_str(&row_cache_code(shape.cache_len.max(1)));
+    if let Some(used) = kernel.row_cache {
+        source.push_str(&row_cache_code(shape.cache_len.max(1), used));
     }
     source.push_str(&tensor_code(&shape.io, shape.elem, kernel.backward));
     if kernel.backward {
@@ -860,7 +871,7 @@ fn act_round_code(storage: Storage, elem: ElemLayout) -> String {
 
 /// The read-once kernel's cache of `len` Elems, unrolled: a struct with one field per Elem
 /// and the three functions over it that `rms_norm_cached` calls (see `shaders/rmsnorm.wgsl`).
-fn row_cache_code(len: u32) -> String {
+fn row_cache_code(len: u32, used: RowCacheUse) -> String {
     let fields: Vec<String> = (0..len).map(|j| format!("c{j}: Elem")).collect();
     let index = |j: u32| format!("lane + {j}u * WG");
     let loads: Vec<String> = (0..len)
@@ -868,27 +879,51 @@ fn row_cache_code(len: u32) -> String {
         .collect();
     let mut code = format!(
         "struct RowCache {{ {} }}\n\
-         fn cache_load(row_offset: u32, lane: u32) -> RowCache {{\n    return RowCache({});\n}}\n\
-         fn cache_sum_squares(c: RowCache, lane: u32, pre: f32) -> Elem {{\n    var s = Elem(0.0);\n",
+         fn cache_load(row_offset: u32, lane: u32) -> RowCache {{\n    return RowCache({});\n}}\n",
         fields.join(", "),
         loads.join(", ")
     );
-    for j in 0..len {
-        code.push_str(&format!(
-            "    s = s + square_first_k(c.c{j} * pre, {});\n",
-            index(j)
-        ));
+    // One statement per cached Elem j, from `each(j, index)`.
+    let mut unrolled = |head: &str, each: &dyn Fn(u32, &str) -> String, tail: &str| {
+        code.push_str(head);
+        for j in 0..len {
+            code.push_str(&each(j, &index(j)));
+        }
+        code.push_str(tail);
+    };
+    match used {
+        RowCacheUse::Scale => {
+            unrolled(
+                "fn cache_sum_squares(c: RowCache, lane: u32, pre: f32) -> Elem {\n    \
+                 var s = Elem(0.0);\n",
+                &|j, i| format!("    s = s + square_first_k(c.c{j} * pre, {i});\n"),
+                "    return s;\n}\n",
+            );
+            unrolled(
+                "fn cache_store(c: RowCache, row_offset: u32, lane: u32, f: vec2<f32>) {\n",
+                &|j, i| {
+                    format!("    store_in_row(row_offset, {i}, c.c{j}, (c.c{j} * f.x) * f.y);\n")
+                },
+                "}\n",
+            );
+        }
+        RowCacheUse::Normalize => {
+            unrolled(
+                "fn cache_sum_centered(c: RowCache, row_offset: u32, lane: u32, shift: f32, \
+                 mean: f32, square: bool) -> Elem {\n    var s = Elem(0.0);\n",
+                &|j, i| {
+                    format!(
+                        "    s = s + centered_in_row(row_offset, {i}, c.c{j}, shift, mean, square);\n"
+                    )
+                },
+                "    return s;\n}\n",
+            );
+            unrolled(
+                "fn cache_store_normalized(c: RowCache, row_offset: u32, lane: u32, m: Moments) {\n",
+                &|j, i| format!("    store_normalized_in_row(row_offset, {i}, c.c{j}, m);\n"),
+                "}\n",
+            );
+        }
     }
-    code.push_str(
-        "    return s;\n}\n\
-         fn cache_store(c: RowCache, row_offset: u32, lane: u32, f: vec2<f32>) {\n",
-    );
-    for j in 0..len {
-        code.push_str(&format!(
-            "    store_in_row(row_offset, {}, c.c{j}, (c.c{j} * f.x) * f.y);\n",
-            index(j)
-        ));
-    }
-    code.push_str("}\n");
     code
 }

@@ -45,16 +45,23 @@ fn hidden_sizes_and_reductions() {
     }
 }
 
-/// One row per invocation and split rows, forced (by default: CPU adapters' rows of at most
-/// 256 elements; few long rows), with gain and bias, a row of large mean and small spread and
-/// a constant row; split rows also with a last piece that is empty (9 elements in 8 pieces).
+/// One row per invocation, split rows and read-once, forced (by default: CPU adapters' rows
+/// of at most 256 elements; few long rows; GPUs' rows of up to 32 f32 per invocation), with
+/// gain and bias, a row of large mean and small spread and a constant row; split rows also
+/// with a last piece that is empty (9 elements in 8 pieces).
 #[test]
-fn one_row_per_invocation_and_split_rows() {
+fn one_row_per_invocation_split_rows_and_read_once() {
     let Some(turn) = gpu() else { return };
     let gpu: &wgpu_rmsnorm::GpuContext = &turn;
     let per_invocation = KernelOptions::with_reduction(Reduction::PerInvocation);
     let split = KernelOptions {
         split_rows: Some(true),
+        ..KernelOptions::default()
+    };
+    // 64 invocations keep up to 128 x 64 vec4s: every shape below.
+    let read_once = KernelOptions {
+        read_once: Some(true),
+        workgroup_size: Some(64),
         ..KernelOptions::default()
     };
     let shapes = [
@@ -71,6 +78,7 @@ fn one_row_per_invocation_and_split_rows() {
         ("PerInvocation", per_invocation, &shapes[..]),
         ("split", split, &shapes[..]),
         ("split", split, &long[..]),
+        ("read-once", read_once, &shapes[..]),
     ] {
         for &(rows, n) in shapes {
             let mut x = data(rows * n as usize, u64::from(n) + 5);

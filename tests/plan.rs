@@ -324,7 +324,7 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
         // The same three and LayerNorm's two over a whole row, in one invocation.
         Entry::RmsNormPerInvocation => (3 * u64::from(row_len), 0),
         Entry::LayerNormPerInvocation => (2 * u64::from(row_len), 0),
-        Entry::RmsNormCached => (0, 2),
+        Entry::RmsNormCached | Entry::LayerNormCached => (0, 2),
         Entry::LayerNorm => (2 * row, 2),
         // split_partials: the sum over the piece; out of range, the max and the scaled sum.
         Entry::SplitPartials => (3 * piece, 3),
@@ -1049,6 +1049,54 @@ fn layer_norm_splits_few_long_rows() {
             .unwrap()
             .split_pieces
             .is_none());
+    }
+}
+
+/// LayerNorm reads a row once where RMSNorm does, with the same workgroup and cache: on
+/// every simulated GPU by default (rows of up to 32 f32 per invocation), never by default on
+/// a CPU adapter, and forced anywhere a row fits 128 loads per invocation.
+#[test]
+fn layer_norm_reads_once_where_rms_norm_does() {
+    let cpu_devices = ["lavapipe", "GL backend", "SwiftShader"];
+    for device in devices() {
+        let cpu = cpu_devices.iter().any(|p| device.name.starts_with(p));
+        for hidden in [1024u32, 4096, 4097, 32768] {
+            for read_once in [None, Some(true)] {
+                let options = KernelOptions {
+                    read_once,
+                    ..KernelOptions::default()
+                };
+                let config = RmsNormConfig::new(hidden);
+                let plans = [Norm::Rms, Norm::Layer]
+                    .map(|norm| Plan::new(&device.caps, norm, &config, &options));
+                let what = format!("{} n={hidden} {read_once:?}", device.name);
+                let (rms, layer) = match plans {
+                    [Ok(rms), Ok(layer)] => (rms, layer),
+                    // Forced where a row does not fit: refused alike.
+                    [Err(_), Err(e)] => {
+                        assert!(read_once.is_some(), "{what}: {e}");
+                        continue;
+                    }
+                    [rms, layer] => panic!("{what}: {:?} against {:?}", rms.err(), layer.err()),
+                };
+                let launch = |plan: &Plan| plan.launch(64, WideOffsets::ANY).unwrap().stages[0];
+                let (r, l) = (launch(&rms), launch(&layer));
+                let cached = l.entry == Entry::LayerNormCached;
+                assert_eq!(r.entry == Entry::RmsNormCached, cached, "{what}");
+                if cached {
+                    assert_eq!(
+                        (r.shape.workgroup_size, r.shape.cache_len),
+                        (l.shape.workgroup_size, l.shape.cache_len),
+                        "{what}"
+                    );
+                }
+                // By default: never on a CPU adapter; on every GPU for these rows (32768 where
+                // the device's workgroups are large enough).
+                if read_once.is_none() && (cpu || hidden <= 4097) {
+                    assert_eq!(cached, !cpu, "{what}");
+                }
+            }
+        }
     }
 }
 

@@ -111,17 +111,19 @@ async fn core_cases_match_the_reference() {
     }
 }
 
-/// LayerNorm one row per invocation (the default for SwiftShader's short rows) and split
-/// rows, with gain and bias, against the reference.
+/// LayerNorm one row per invocation (the default for SwiftShader's short rows), split rows
+/// and read-once (a GPU's default), with gain and bias, against the reference.
 #[wasm_bindgen_test]
 async fn layer_norm_per_invocation_and_split_rows() {
-    for (reduction, split_rows) in [
-        (Reduction::PerInvocation, None),
-        (Reduction::Auto, Some(true)),
+    for (reduction, split_rows, read_once) in [
+        (Reduction::PerInvocation, None, None),
+        (Reduction::Auto, Some(true), None),
+        (Reduction::Auto, None, Some(true)),
     ] {
         let options = KernelOptions {
             reduction,
             split_rows,
+            read_once,
             cpu_adapter: Some(true),
             ..KernelOptions::default()
         };
@@ -144,7 +146,10 @@ async fn layer_norm_per_invocation_and_split_rows() {
             let y = gpu.layer_norm(&x, &config, weights).await.unwrap();
             let expected = reference::layer_norm(&x, &config, Some(&g), Some(&b)).unwrap();
             let stats = reference::compare(&y, &expected, F32_ABS_TOL, F32_REL_TOL);
-            assert_eq!(stats.failures, 0, "{reduction:?} {rows} x {n}: {stats:?}");
+            assert_eq!(
+                stats.failures, 0,
+                "{reduction:?} read-once {read_once:?} {rows} x {n}: {stats:?}"
+            );
         }
     }
 }

@@ -70,8 +70,8 @@ pub struct KernelOptions {
     /// each (hidden >= 32768 with vec4); `Some(true)`: every call, in at least 8 pieces where
     /// the row allows; `Some(false)`: never.
     pub split_rows: Option<bool>,
-    /// Whether each invocation keeps its elements of a row between the sum and the scaling,
-    /// reading x once (RMSNorm and pRMSNorm). `None`: on GPUs where that is at most 32 f32
+    /// Whether each invocation keeps its elements of a row between the statistics and the
+    /// scaling, reading x once (RMSNorm, pRMSNorm and LayerNorm's forward). `None`: on GPUs where that is at most 32 f32
     /// per invocation, growing the workgroup up to the device's limit (n <= 32768 with 1024
     /// invocations); `Some(true)`: wherever it is at most 128 loads per invocation, else a
     /// typed error; `Some(false)`: never.

@@ -122,6 +122,8 @@ pub enum Entry {
     RmsNorm,
     /// `rms_norm_cached`: one workgroup per row, x read once.
     RmsNormCached,
+    /// `layer_norm_cached`: the same for LayerNorm.
+    LayerNormCached,
     /// `split_partials`: dispatch 1 of split rows.
     SplitPartials,
     /// `split_scale`: dispatch 2 of split rows.
@@ -153,6 +155,7 @@ impl Entry {
         match self {
             Entry::RmsNorm => "rms_norm",
             Entry::RmsNormCached => "rms_norm_cached",
+            Entry::LayerNormCached => "layer_norm_cached",
             Entry::SplitPartials => "split_partials",
             Entry::SplitScale => "split_scale",
             Entry::LayerNorm => "layer_norm",
@@ -400,7 +403,7 @@ pub fn item_iterations(
         // invocation of the workgroup).
         Entry::RmsNormPerInvocation => 3 * u64::from(loads),
         Entry::LayerNormPerInvocation => 2 * u64::from(loads),
-        Entry::RmsNormCached => 0,
+        Entry::RmsNormCached | Entry::LayerNormCached => 0,
         // The sum over the piece; out of range, the max and the scaled sum.
         Entry::SplitPartials => 3 * per_pass,
         // The scaling of the piece, after two passes over the row's pieces.
@@ -837,7 +840,7 @@ impl Plan {
                 format!("{pass}split x{pieces} {reduction:?} wg={wg} {loads}{stats}")
             }
             Some(pieces) => format!("split x{pieces} {reduction:?} wg={wg} {loads}"),
-            None if stage.entry == Entry::RmsNormCached => {
+            None if matches!(stage.entry, Entry::RmsNormCached | Entry::LayerNormCached) => {
                 format!("{reduction:?} wg={wg} {loads} read-once")
             }
             None if self.pass == Pass::Backward => {
@@ -1053,7 +1056,10 @@ impl LayoutPlanner<'_> {
                 Some(
                     match self.read_once(elem, loads, reduction, workgroup_size)? {
                         Some((workgroup_size, cache_len)) => StagePlan {
-                            entry: Entry::RmsNormCached,
+                            entry: match self.norm {
+                                Norm::Rms => Entry::RmsNormCached,
+                                Norm::Layer => Entry::LayerNormCached,
+                            },
                             shape: ModuleShape {
                                 workgroup_size,
                                 cache_len,
@@ -1346,7 +1352,7 @@ impl LayoutPlanner<'_> {
         width.min(self.caps.workgroup_limit())
     }
 
-    /// Read once (RMSNorm): the workgroup size and cache length, where each invocation's
+    /// Read once (RMSNorm and LayerNorm): the workgroup size and cache length, where each invocation's
     /// share of a row fits. On GPUs by default, growing the workgroup up to the device's
     /// limit so that rows up to 32 f32 per invocation fit; forced, up to
     /// [`READ_ONCE_FORCED_MAX`] Elems per invocation or a typed error.
@@ -1369,10 +1375,10 @@ impl LayoutPlanner<'_> {
                 })
             }
             _ if reduction == ReductionKind::PerInvocation => return Ok(None),
-            (Norm::Layer, _) | (_, Some(false)) => return Ok(None),
-            (Norm::Rms, Some(true)) => READ_ONCE_FORCED_MAX,
-            (Norm::Rms, None) if self.cpu => return Ok(None),
-            (Norm::Rms, None) => READ_ONCE_DEFAULT_MAX_VEC4 * 4 / lanes(elem),
+            (_, Some(false)) => return Ok(None),
+            (_, Some(true)) => READ_ONCE_FORCED_MAX,
+            (_, None) if self.cpu => return Ok(None),
+            (_, None) => READ_ONCE_DEFAULT_MAX_VEC4 * 4 / lanes(elem),
         };
         let fits = |wg: u32| loads.div_ceil(wg) <= max_len;
         // A forced size or a single subgroup keeps its workgroup; the others may grow.
