@@ -20,24 +20,9 @@ fn upstream(row_offset: u32, i: u32) -> Elem {
 }
 
 // y = ((x - shift) - mean) * scale * g + b for Elems begin + lane, begin + lane + ROW_STRIDE,
-// ... below end of one row (x being the input h, stored too where the call stores the sum):
-// the row's body unmasked, the Elems around it masked.
+// ... below end of one row (norm_common.wgsl's write_row).
 fn write_normalized(row_offset: u32, lane: u32, begin: u32, end: u32, m: Moments) {
-    let inner = inner_range(begin, end);
-    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
-        normalize_elem(row_offset, i, m, false);
-    }
-    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
-        normalize_elem(row_offset, i, m, true);
-    }
-    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
-        normalize_elem(row_offset, i, m, false);
-    }
-}
-
-fn normalize_elem(row_offset: u32, i: u32, m: Moments, inner: bool) {
-    let h = load_input_storing_sum(row_offset + i, inner);
-    store(row_offset, i, ((h - m.shift) - m.mean) * m.scale, inner);
+    write_row(row_offset, lane, begin, end, vec4<f32>(m.shift, m.mean, m.scale, 0.0), true);
 }
 
 @compute @workgroup_size(WG)

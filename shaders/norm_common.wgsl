@@ -138,6 +138,35 @@ fn store(row_offset: u32, i: u32, normalized: Elem, inner: bool) {
     }
 }
 
+// The last pass over a row: y = t(h) * g + b for Elems begin + lane, begin + lane +
+// ROW_STRIDE, ... below end of one row (h the input, stored too where the call stores the
+// sum), t(h) = ((h - t.x) - t.y) * t.z with `centered` (LayerNorm: shift, mean, scale), else
+// (h * t.z) * t.w (RMSNorm's two factors); `centered` is a constant at every call. The row's
+// body unmasked, the Elems around it masked.
+fn write_row(row_offset: u32, lane: u32, begin: u32, end: u32, t: vec4<f32>, centered: bool) {
+    let inner = inner_range(begin, end);
+    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
+        write_elem(row_offset, i, t, centered, false);
+    }
+    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
+        write_elem(row_offset, i, t, centered, true);
+    }
+    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
+        write_elem(row_offset, i, t, centered, false);
+    }
+}
+
+fn write_elem(row_offset: u32, i: u32, t: vec4<f32>, centered: bool, inner: bool) {
+    let h = load_input_storing_sum(row_offset + i, inner);
+    var normalized: Elem;
+    if (centered) {
+        normalized = ((h - t.x) - t.y) * t.z;
+    } else {
+        normalized = (h * t.z) * t.w;
+    }
+    store(row_offset, i, normalized, inner);
+}
+
 // The read-once kernels' cache (RMSNorm's and LayerNorm's): Elem i of the row whose Elems
 // start at `row_offset`, or zero past the row's end.
 fn load_in_row(row_offset: u32, i: u32) -> Elem {

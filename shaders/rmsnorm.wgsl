@@ -18,24 +18,9 @@
 
 
 // y = (x * f.x) * f.y * g + b for Elems begin + lane, begin + lane + ROW_STRIDE, ... below end
-// of one row (x being the input h, stored too where the call stores the sum): the row's body
-// unmasked, the Elems around it masked.
+// of one row (norm_common.wgsl's write_row).
 fn write_scaled(row_offset: u32, lane: u32, begin: u32, end: u32, f: vec2<f32>) {
-    let inner = inner_range(begin, end);
-    for (var i = begin + lane; i < inner.x; i = i + ROW_STRIDE) {
-        scale_elem(row_offset, i, f, false);
-    }
-    for (var i = inner.x + lane; i < inner.y; i = i + ROW_STRIDE) {
-        scale_elem(row_offset, i, f, true);
-    }
-    for (var i = inner.y + lane; i < end; i = i + ROW_STRIDE) {
-        scale_elem(row_offset, i, f, false);
-    }
-}
-
-fn scale_elem(row_offset: u32, i: u32, f: vec2<f32>, inner: bool) {
-    let h = load_input_storing_sum(row_offset + i, inner);
-    store(row_offset, i, (h * f.x) * f.y, inner);
+    write_row(row_offset, lane, begin, end, vec4<f32>(0.0, 0.0, f.x, f.y), false);
 }
 
 @compute @workgroup_size(WG)

@@ -347,6 +347,14 @@ fn loops_of(device: &Simulated, stage: &StagePlan, row_len: u32, pieces: Option<
     passes + reductions * reduce + 3
 }
 
+/// Whether a call of `rows` rows with offsets that allow every layout splits its rows.
+fn splits(plan: &Plan, rows: u32) -> bool {
+    plan.launch(rows, WideOffsets::ANY)
+        .unwrap()
+        .split_pieces
+        .is_some()
+}
+
 /// Offsets that allow the wide layouts, or scalar loads only.
 fn offsets(wide: bool) -> WideOffsets {
     if wide {
@@ -607,17 +615,9 @@ fn forced_options_are_honoured_or_refused() {
         ..weighted
     };
     let plan = Plan::new(&downlevel.caps, Norm::Rms, &long, &KernelOptions::default()).unwrap();
-    assert!(plan
-        .launch(1, WideOffsets::ANY)
-        .unwrap()
-        .split_pieces
-        .is_none());
+    assert!(!splits(&plan, 1));
     let plan = rms_plan(&downlevel.caps, 1 << 20, &KernelOptions::default()).unwrap();
-    assert!(plan
-        .launch(1, WideOffsets::ANY)
-        .unwrap()
-        .split_pieces
-        .is_some());
+    assert!(splits(&plan, 1));
 }
 
 /// f16 is WGSL's type where the device has SHADER_F16 and packed words elsewhere; forcing
@@ -1000,11 +1000,7 @@ fn one_row_per_invocation_where_it_pays_and_refused_where_it_cannot_run() {
     let plan = rms_plan(nvidia, 4096, &forced).unwrap();
     assert_eq!(plan.primary_stage().entry, Entry::RmsNormPerInvocation);
     assert_eq!(plan.primary_stage().shape.workgroup_size, 64);
-    assert!(plan
-        .launch(1, WideOffsets::ANY)
-        .unwrap()
-        .split_pieces
-        .is_none());
+    assert!(!splits(&plan, 1));
 }
 
 /// LayerNorm's forward splits few long rows as RMSNorm's does: two stages, three words per
@@ -1044,11 +1040,7 @@ fn layer_norm_splits_few_long_rows() {
         );
         check_launch(&device, &plan, &launch, 1, device.name);
         // Many rows do not split.
-        assert!(plan
-            .launch(33, WideOffsets::ANY)
-            .unwrap()
-            .split_pieces
-            .is_none());
+        assert!(!splits(&plan, 33));
     }
 }
 
