@@ -5,8 +5,9 @@
 // stream of elements from lane `params.row_phase` of Elem 0: row r's element j is element
 // row_phase + r * hidden + j. A row covers the aligned Elems that hold any of its elements;
 // in the first and last of them the lanes of the rows around it are zeroed on load and left
-// alone on store (a store of a whole vec4 only where every lane is the row's), so every
-// load of the row's body is one vec4 and no lane of another row is written. The gain and
+// alone on store (each of the row's own lanes stored alone). The kernels' loops take the
+// row's body a whole vec4 at a time with no test, and those two Elems apart
+// (norm_common.wgsl's inner_range), so no lane of another row is read into a sum or written. The gain and
 // bias have phases of their own: the Elem of the row's lanes is two aligned loads shifted by
 // the difference of phases (the same shift across the row). Composed after norm_common.wgsl,
 // in place of rows_aligned.wgsl.
@@ -120,18 +121,24 @@ fn realign(lo: Elem, hi: Elem, s: u32) -> Elem {
     }
 }
 
-// Elem i of the row's gain and bias: two aligned loads (clamped to the weights' Elems: the
-// lanes they would reach beyond are outside the row) shifted into the row's lanes.
+// The two aligned Elems of weights (element 0 at lane `phase` of Elem `base`, `next` as
+// row_begin sets it) that hold the weights of the row's Elem i, clamped to the weights'
+// Elems: the lanes they would reach beyond are outside the row.
+fn weight_elems(i: u32, next: u32, base: u32, phase: u32) -> vec2<u32> {
+    let q = next + i;
+    let last = base + (phase + params.hidden - 1u) / 4u;
+    return vec2<u32>(max(q, 1u) - 1u, min(q, last));
+}
+
+// Elem i of the row's gain and bias, shifted into the row's lanes.
 fn gain_at(i: u32) -> Elem {
-    let q = gain_next + i;
-    let last = params.gain_base + (params.gain_phase + params.hidden - 1u) / 4u;
-    return realign(gain_load(max(q, 1u) - 1u), gain_load(min(q, last)), weight_shift.x);
+    let w = weight_elems(i, gain_next, params.gain_base, params.gain_phase);
+    return realign(gain_load(w.x), gain_load(w.y), weight_shift.x);
 }
 
 fn bias_at(i: u32) -> Elem {
-    let q = bias_next + i;
-    let last = params.bias_base + (params.bias_phase + params.hidden - 1u) / 4u;
-    return realign(bias_load(max(q, 1u) - 1u), bias_load(min(q, last)), weight_shift.y);
+    let w = weight_elems(i, bias_next, params.bias_base, params.bias_phase);
+    return realign(bias_load(w.x), bias_load(w.y), weight_shift.y);
 }
 
 fn put_y(at: u32, v: Elem) {
