@@ -1,16 +1,17 @@
-// Rows at any element, with vec4 loads (elem_vec4.wgsl, f32 tensors): the hidden size and
-// the offsets need not be multiples of 4. x, y, r and the sum h share one phase (their
-// element 0 lies at the same lane of an aligned vec4), and each binding reaches whole vec4s
-// (the host checks both, else the call takes scalar loads). The dispatch's rows are one
-// stream of elements from lane `params.row_phase` of Elem 0: row r's element j is element
-// row_phase + r * hidden + j. A row covers the aligned Elems that hold any of its elements;
-// in the first and last of them the lanes of the rows around it are zeroed on load and left
-// alone on store (each of the row's own lanes stored alone). The kernels' loops take the
-// row's body a whole vec4 at a time with no test, and those two Elems apart
-// (norm_common.wgsl's inner_range), so no lane of another row is read into a sum or written. The gain and
-// bias have phases of their own: the Elem of the row's lanes is two aligned loads shifted by
-// the difference of phases (the same shift across the row). Composed after norm_common.wgsl,
-// in place of rows_aligned.wgsl.
+// Rows at any element, four elements per load (elem_vec4.wgsl; f32, f16 or packed 16-bit
+// storage): the hidden size and the offsets need not be multiples of 4. x, y, r and the sum
+// h share one phase (their element 0 lies at the same lane of an aligned Elem), and each
+// binding reaches whole Elems (the host checks both, else the call takes scalar loads).
+// The dispatch's rows are one stream of elements from lane `params.row_phase` of Elem 0:
+// row r's element j is element row_phase + r * hidden + j. A row covers the aligned Elems
+// that hold any of its elements; in the first and last of them the lanes of the rows around
+// it are zeroed on load and left alone on store (each of the row's own lanes stored alone,
+// or its halves of a packed word with atomic and/or). The kernels' loops take the row's
+// body a whole Elem at a time with no test, and those two Elems apart (norm_common.wgsl's
+// inner_range), so no lane of another row is read into a sum or written. The gain and bias
+// have phases of their own: the Elem of the row's lanes is two aligned loads shifted by the
+// difference of phases (the same shift across the row). Composed after norm_common.wgsl, in
+// place of rows_aligned.wgsl.
 
 alias Count = Elem;
 

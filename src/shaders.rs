@@ -13,20 +13,12 @@ pub enum ElemLayout {
     Vec4,
     /// `f32`: any hidden size and any 4-byte aligned offset.
     Scalar,
-    /// `vec4<f32>` for rows at any element (`shaders/rows_masked.wgsl`): any hidden size
-    /// and offsets, where x, y, the residual and the sum share one phase within aligned
-    /// vec4s and every binding reaches whole vec4s. The lanes of the rows around a row are
-    /// zeroed on load and not written. f32 tensors, forward kernels.
+    /// Four elements per load for rows at any element (`shaders/rows_masked.wgsl`): any
+    /// hidden size and offsets, where x, y, the residual and the sum share one phase within
+    /// aligned groups of four elements and every binding reaches whole groups. The lanes of
+    /// the rows around a row are zeroed on load and not written (packed 16-bit words that
+    /// two rows share are written with atomic and/or). Forward kernels.
     Vec4Masked,
-}
-
-impl ElemLayout {
-    /// Whether a module of this layout can hold tensors stored as `io` says: the masked
-    /// layout writes single lanes of a vec4, which only f32 storage has.
-    pub fn holds(self, io: &TensorIo) -> bool {
-        self != ElemLayout::Vec4Masked
-            || (io.activations == Storage::F32 && io.weights == Storage::F32)
-    }
 }
 
 /// How a workgroup combines its invocations' partial sums.
@@ -740,17 +732,23 @@ fn elem_map(elem: ElemLayout, f: &str, v: &str) -> String {
 }
 
 /// The binding `name` and its `name_load(i)` / `name_store(i, v)` (Elem i of the binding).
-/// Packed 16-bit tensors with one element per Elem share words between neighbouring
-/// elements, so neighbouring rows and regions outside the tensor may share a word: those
-/// are written with atomic and/or on the element's own half, never a read-modify-write.
+/// Packed 16-bit tensors share words between neighbouring elements, so neighbouring rows and
+/// regions outside the tensor may share a word where an Elem is one element (scalar rows) or
+/// a row's first or last Elem (rows at any element): those are written with atomic and/or on
+/// the element's own half, never a read-modify-write. Rows at any element also get
+/// `name_store_lanes(i, v, keep)`, which writes only the kept lanes of Elem i.
 fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: Access) -> String {
     let writes = access != Access::Load;
     let exact = matches!(access, Access::StoreExact | Access::LoadStoreExact);
     let scalar = elem == ElemLayout::Scalar;
+    let packed = matches!(storage, Storage::PackedF16 | Storage::PackedBf16);
+    // Writable packed rows at any element: words, each atomic (Elem i is words 2i and 2i+1).
+    let atomic_words = packed && writes && elem == ElemLayout::Vec4Masked;
     let array = match (storage, elem) {
         (Storage::F32, _) => "Elem",
         (Storage::F16, ElemLayout::Vec4 | ElemLayout::Vec4Masked) => "vec4<f16>",
         (Storage::F16, ElemLayout::Scalar) => "f16",
+        _ if atomic_words => "atomic<u32>",
         (_, ElemLayout::Vec4 | ElemLayout::Vec4Masked) => "vec2<u32>",
         (_, ElemLayout::Scalar) if writes => "atomic<u32>",
         (_, ElemLayout::Scalar) => "u32",
@@ -777,56 +775,107 @@ fn tensor(name: &str, binding: u32, storage: Storage, elem: ElemLayout, access: 
                 };
                 format!("return {to_f32}(({word} >> ((i & 1u) * 16u)) & 0xffffu);")
             }
-            _ => format!(
-                "let w = {name}[i];\n    return Elem({to_f32}(w.x & 0xffffu), {to_f32}(w.x >> 16u), \
-                 {to_f32}(w.y & 0xffffu), {to_f32}(w.y >> 16u));"
-            ),
+            _ => {
+                let load = if atomic_words {
+                    format!(
+                        "let w = vec2<u32>(atomicLoad(&{name}[2u * i]), \
+                         atomicLoad(&{name}[2u * i + 1u]));"
+                    )
+                } else {
+                    format!("let w = {name}[i];")
+                };
+                format!(
+                    "{load}\n    return Elem({to_f32}(w.x & 0xffffu), {to_f32}(w.x >> 16u), \
+                     {to_f32}(w.y & 0xffffu), {to_f32}(w.y >> 16u));"
+                )
+            }
         };
         code.push_str(&format!(
             "fn {name}_load(i: u32) -> Elem {{\n    {body}\n}}\n"
         ));
     }
-    if writes {
-        let body = match storage {
-            Storage::F32 => format!("{name}[i] = v;"),
+    if !writes {
+        return code;
+    }
+    // The packed words of Elem v (rows of four elements).
+    let words = format!(
+        "vec2<u32>({from_f32}(v.x) | ({from_f32}(v.y) << 16u), \
+         {from_f32}(v.z) | ({from_f32}(v.w) << 16u))"
+    );
+    // An f32 as the f16 it is stored as.
+    let as_f16 = |v: &str| {
+        if exact {
             // An f16 already: the conversion is exact.
-            Storage::F16 if exact => format!(
-                "{name}[i] = {}(v);",
-                if scalar { "f16" } else { "vec4<f16>" }
-            ),
+            format!("f16({v})")
+        } else {
             // Rounded to the nearest f16 first, so that the conversion is exact.
-            Storage::F16 if scalar => format!("{name}[i] = f16(f16_round(v));"),
-            Storage::F16 => format!(
-                "{name}[i] = vec4<f16>({});",
-                elem_map(elem, "f16_round", "v")
-            ),
-            _ if scalar => format!(
-                "let shift = (i & 1u) * 16u;\n    \
-                 atomicAnd(&{name}[i >> 1u], ~(0xffffu << shift));\n    \
-                 atomicOr(&{name}[i >> 1u], {from_f32}(v) << shift);"
-            ),
-            _ => format!(
-                "{name}[i] = vec2<u32>({from_f32}(v.x) | ({from_f32}(v.y) << 16u), \
-                 {from_f32}(v.z) | ({from_f32}(v.w) << 16u));"
-            ),
-        };
-        code.push_str(&format!(
-            "fn {name}_store(i: u32, v: Elem) {{\n    {body}\n}}\n"
-        ));
-        // Rows at any element write the lanes of their first and last Elems one by one
-        // (f32 storage: `ElemLayout::holds`).
-        if elem == ElemLayout::Vec4Masked && storage == Storage::F32 {
-            code.push_str(&format!(
-                "fn {name}_store_lanes(i: u32, v: Elem, keep: vec4<bool>) {{\n"
-            ));
+            format!("f16(f16_round({v}))")
+        }
+    };
+    let body = match storage {
+        Storage::F32 => format!("{name}[i] = v;"),
+        Storage::F16 if scalar => format!("{name}[i] = {};", as_f16("v")),
+        Storage::F16 => format!(
+            "{name}[i] = vec4<f16>({}, {}, {}, {});",
+            as_f16("v.x"),
+            as_f16("v.y"),
+            as_f16("v.z"),
+            as_f16("v.w")
+        ),
+        _ if scalar => format!(
+            "let shift = (i & 1u) * 16u;\n    \
+             atomicAnd(&{name}[i >> 1u], ~(0xffffu << shift));\n    \
+             atomicOr(&{name}[i >> 1u], {from_f32}(v) << shift);"
+        ),
+        _ if atomic_words => format!(
+            "let w = {words};\n    \
+             atomicStore(&{name}[2u * i], w.x);\n    \
+             atomicStore(&{name}[2u * i + 1u], w.y);"
+        ),
+        _ => format!("{name}[i] = {words};"),
+    };
+    code.push_str(&format!(
+        "fn {name}_store(i: u32, v: Elem) {{\n    {body}\n}}\n"
+    ));
+    if elem != ElemLayout::Vec4Masked {
+        return code;
+    }
+    // The kept lanes alone: one at a time where each lane is a value of its own, else the
+    // kept halves of each word, cleared then set atomically (the other half may belong to
+    // a row another invocation writes).
+    code.push_str(&format!(
+        "fn {name}_store_lanes(i: u32, v: Elem, keep: vec4<bool>) {{\n"
+    ));
+    match storage {
+        Storage::F32 | Storage::F16 => {
             for lane in ["x", "y", "z", "w"] {
+                let value = if storage == Storage::F32 {
+                    format!("v.{lane}")
+                } else {
+                    as_f16(&format!("v.{lane}"))
+                };
                 code.push_str(&format!(
-                    "    if (keep.{lane}) {{\n        {name}[i].{lane} = v.{lane};\n    }}\n"
+                    "    if (keep.{lane}) {{\n        {name}[i].{lane} = {value};\n    }}\n"
                 ));
             }
-            code.push_str("}\n");
+        }
+        _ => {
+            code.push_str(&format!(
+                "    let halves = select(vec4<u32>(0u), \
+                 vec4<u32>(0xffffu, 0xffff0000u, 0xffffu, 0xffff0000u), keep);\n    \
+                 let mask = vec2<u32>(halves.x | halves.y, halves.z | halves.w);\n    \
+                 let w = {words} & mask;\n"
+            ));
+            for (word, at) in [("x", "2u * i"), ("y", "2u * i + 1u")] {
+                code.push_str(&format!(
+                    "    if (mask.{word} != 0u) {{\n        \
+                     atomicAnd(&{name}[{at}], ~mask.{word});\n        \
+                     atomicOr(&{name}[{at}], w.{word});\n    }}\n"
+                ));
+            }
         }
     }
+    code.push_str("}\n");
     code
 }
 

@@ -119,6 +119,57 @@ fn offsets_scalar_and_vec4_with_guard_words() {
     check(5, 40, [0, 0, 4, 12], 0, Scalar);
 }
 
+/// 16-bit tensors group four elements in 8 bytes: rows at any element where x and y lie at
+/// one byte offset modulo 8 and each buffer reaches the end of its last group; vec4 where
+/// every offset is a multiple of 8 bytes and n of 4.
+#[test]
+fn sixteen_bit_offsets_choose_the_layout_by_groups_of_eight_bytes() {
+    let Some(turn) = gpu() else { return };
+    let gpu: &GpuContext = &turn;
+    use ElemLayout::{Scalar, Vec4, Vec4Masked};
+    // (n, rows, x and y byte offsets, bytes after the data, expected), bf16 tensors.
+    let cases: [(u32, u32, [u64; 2], u64, ElemLayout); 8] = [
+        (4096, 2, [0, 8], 8, Vec4),
+        (4096, 2, [2, 10], 8, Vec4Masked),
+        (4097, 2, [0, 0], 8, Vec4Masked),
+        (4097, 2, [2, 10], 8, Vec4Masked),
+        (4097, 2, [6, 22], 8, Vec4Masked),
+        (4097, 2, [2, 6], 8, Scalar),
+        (4097, 2, [2, 4], 8, Scalar),
+        // x ends 2 bytes into a group and its buffer with it.
+        (4097, 1, [0, 0], 0, Scalar),
+    ];
+    for (n, rows, [xo, yo], tail, expect) in cases {
+        let config = RmsNormConfig::new(n).with_dtype(wgpu_rmsnorm::DType::Bf16);
+        let bytes = u64::from(n * rows) * 2;
+        let buffer = |offset: u64| {
+            gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (offset + bytes + tail).next_multiple_of(4),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (x, y) = (buffer(xo), buffer(yo));
+        let buffers = RmsNormBuffers::new(
+            BufferRegion {
+                buffer: &x,
+                offset: xo,
+            },
+            BufferRegion {
+                buffer: &y,
+                offset: yo,
+            },
+        );
+        let kernel = RmsNorm::new(gpu.device(), &config, &KernelOptions::default()).unwrap();
+        assert_eq!(
+            kernel.elem_layout(&buffers, rows).unwrap(),
+            expect,
+            "n {n} x {rows}, offsets {xo} {yo}, {tail} bytes after"
+        );
+    }
+}
+
 #[test]
 fn buffers_are_reused_between_calls() {
     let Some(turn) = gpu() else { return };

@@ -266,18 +266,10 @@ fn residual_add_in_every_form_matches_the_unfused_reference() {
     }
 }
 
-/// Rows at any element (f32 tensors of any hidden size, x, r, y and the sum at one lane of a
-/// vec4, the gain and bias at others): vec4 loads with each row's first and last Elem masked,
-/// the lanes of the rows around it neither counted nor written. Hidden sizes around
-/// multiples of 4 (rows of one to three elements within one Elem, rows straddling two), every
-/// phase, every residual form, RMSNorm, pRMSNorm and LayerNorm, with whole rows, one row per
-/// invocation, split rows, read-once and three workgroups looping over rows: each output a
-/// rounding of the f64 reference, the sum bit for bit, the guard bytes around every tensor
-/// intact.
-#[test]
-fn rows_at_any_element_match_the_reference() {
-    let Some(turn) = gpu() else { return };
-    let options = [
+/// The option sets rows at any element are tested with: whole rows, one row per
+/// invocation, split rows, three workgroups looping over rows, and read-once.
+fn rows_at_any_element_options() -> [KernelOptions; 5] {
+    [
         KernelOptions::default(),
         KernelOptions::with_reduction(Reduction::PerInvocation),
         KernelOptions {
@@ -293,69 +285,136 @@ fn rows_at_any_element_match_the_reference() {
             workgroup_size: Some(64),
             ..KernelOptions::default()
         },
+    ]
+}
+
+/// Hidden sizes around multiples of 4: rows of one to three elements within one Elem, rows
+/// straddling two, long rows.
+const ANY_ELEMENT_HIDDEN: [u32; 12] = [1, 2, 3, 5, 7, 13, 63, 257, 1023, 4097, 4098, 4099];
+
+/// One case of rows at any element: `config`'s hidden size at `case`'s phase (x, r, y and
+/// the sum at one lane, in different Elems; gain and bias at two others), its rows and
+/// residual form, RMSNorm, pRMSNorm and LayerNorm with `options`. Asserts that the call took
+/// masked vec4 rows and checks every output.
+fn run_any_element_case(
+    gpu: &GpuContext,
+    config: RmsNormConfig,
+    case: usize,
+    options: &KernelOptions,
+) {
+    let phase = case as u64 % 4;
+    let offsets = [
+        phase,
+        phase + 4,
+        phase + 8,
+        phase + 12,
+        phase + 1,
+        phase + 6,
     ];
-    let residuals = [
+    let rows = [1, 3, 33][case % 3];
+    let residual = [
         Residual::None,
         Residual::Add,
         Residual::AddStoreSum,
         Residual::AddStoreSumInPlace,
-    ];
-    let hidden = [1u32, 2, 3, 5, 7, 13, 63, 257, 1023, 4097, 4098, 4099];
-    for (case, hidden) in hidden.into_iter().enumerate() {
-        let phase = case as u64 % 4;
-        // x, r, y, sum at one lane (and different vec4s); gain and bias at two others.
-        let offsets = [
-            phase,
-            phase + 4,
-            phase + 8,
-            phase + 12,
-            phase + 1,
-            phase + 6,
-        ];
-        let rows = [1, 3, 33][case % 3];
-        let residual = residuals[case % 4];
-        for options in &options {
-            for which in [Which::Rms, Which::Partial, Which::Layer] {
-                let config = RmsNormConfig::new(hidden)
+    ][case % 4];
+    let config = config
+        .with_gain(Gain::Scale)
+        .with_bias(true)
+        .with_residual(residual);
+    let hidden = config.hidden;
+    for which in [Which::Rms, Which::Partial, Which::Layer] {
+        let config = match which {
+            Which::Partial => config.with_partial(PartialRms::Fraction(0.3)),
+            _ => config,
+        };
+        let what = format!(
+            "{which:?} {} (weights {}) n={hidden} x {rows} {residual:?} offsets {offsets:?} \
+             {options:?}",
+            config.dtype, config.weight_dtype
+        );
+        let call = Call::new(&config, rows, u64::from(hidden), offsets);
+        let input = call.input(&config);
+        let (gain, bias) = (call.gain.as_deref(), call.bias.as_deref());
+        let (written, expected) = match which {
+            Which::Layer => {
+                let layer = LayerNormConfig::new(hidden)
                     .with_gain(Gain::Scale)
                     .with_bias(true)
+                    .with_dtype(config.dtype)
+                    .with_weight_dtype(config.weight_dtype)
                     .with_residual(residual);
-                let config = match which {
-                    Which::Partial => config.with_partial(PartialRms::Fraction(0.3)),
-                    _ => config,
+                let kernel = LayerNorm::new(gpu.device(), &layer, options).expect(&what);
+                let expected = reference::layer_norm(&input, &layer, gain, bias);
+                (call.run(gpu, &kernel, &config), expected.unwrap())
+            }
+            _ => {
+                let kernel = RmsNorm::new(gpu.device(), &config, options).expect(&what);
+                let expected = reference::rms_norm(&input, &config, gain, bias);
+                (call.run(gpu, &kernel, &config), expected.unwrap())
+            }
+        };
+        assert_eq!(written.elem, ElemLayout::Vec4Masked, "{what}");
+        call.check(&written, &config, &expected, &what);
+    }
+}
+
+/// Rows at any element (f32 tensors of any hidden size, x, r, y and the sum at one lane of a
+/// vec4, the gain and bias at others): vec4 loads with each row's first and last Elem masked,
+/// the lanes of the rows around it neither counted nor written. Every hidden size of
+/// `ANY_ELEMENT_HIDDEN` with every option set, every phase, every residual form, RMSNorm,
+/// pRMSNorm and LayerNorm: each output a rounding of the f64 reference, the sum bit for bit,
+/// the guard bytes around every tensor intact.
+#[test]
+fn rows_at_any_element_match_the_reference() {
+    let Some(turn) = gpu() else { return };
+    for (case, hidden) in ANY_ELEMENT_HIDDEN.into_iter().enumerate() {
+        for options in &rows_at_any_element_options() {
+            run_any_element_case(&turn, RmsNormConfig::new(hidden), case, options);
+        }
+    }
+}
+
+/// 16-bit rows at any element: f16 (packed words, and WGSL's f16 where the device has it)
+/// and bf16 activations, with 16-bit and f32 weights. A row's first and last Elems share
+/// packed words with the rows around it, written half by half with atomics; an f16 lane is
+/// a value of its own. Every hidden size of `ANY_ELEMENT_HIDDEN`, each with one of the option
+/// sets in turn, every phase and residual form, RMSNorm, pRMSNorm and LayerNorm.
+#[test]
+fn sixteen_bit_rows_at_any_element_match_the_reference() {
+    let Some(turn) = gpu() else { return };
+    let option_sets = rows_at_any_element_options();
+    for f16_options in f16_options(&turn) {
+        let native = f16_options.native_f16 == Some(true);
+        let dtypes: &[(DType, DType)] = if native {
+            &[(DType::F16, DType::F16), (DType::Bf16, DType::F16)]
+        } else {
+            &[
+                (DType::F16, DType::F16),
+                (DType::F16, DType::F32),
+                (DType::Bf16, DType::Bf16),
+                (DType::Bf16, DType::F16),
+            ]
+        };
+        for (turn_of, &(act, weights)) in dtypes.iter().enumerate() {
+            for (case, hidden) in ANY_ELEMENT_HIDDEN.into_iter().enumerate() {
+                let options = KernelOptions {
+                    native_f16: f16_options.native_f16,
+                    ..option_sets[(case + turn_of) % option_sets.len()]
                 };
-                let what = format!(
-                    "{which:?} n={hidden} x {rows} {residual:?} offsets {offsets:?} {options:?}"
-                );
-                let call = Call::new(&config, rows, u64::from(hidden), offsets);
-                let input = call.input(&config);
-                let (gain, bias) = (call.gain.as_deref(), call.bias.as_deref());
-                let (written, expected) = match which {
-                    Which::Layer => {
-                        let layer = LayerNormConfig::new(hidden)
-                            .with_gain(Gain::Scale)
-                            .with_bias(true)
-                            .with_residual(residual);
-                        let kernel = LayerNorm::new(turn.device(), &layer, options).expect(&what);
-                        let expected = reference::layer_norm(&input, &layer, gain, bias);
-                        (call.run(&turn, &kernel, &config), expected.unwrap())
-                    }
-                    _ => {
-                        let kernel = RmsNorm::new(turn.device(), &config, options).expect(&what);
-                        let expected = reference::rms_norm(&input, &config, gain, bias);
-                        (call.run(&turn, &kernel, &config), expected.unwrap())
-                    }
-                };
-                assert_eq!(written.elem, ElemLayout::Vec4Masked, "{what}");
-                call.check(&written, &config, &expected, &what);
+                let config = RmsNormConfig::new(hidden)
+                    .with_dtype(act)
+                    .with_weight_dtype(weights);
+                run_any_element_case(&turn, config, case, &options);
             }
         }
     }
 }
 
 /// Many rows of an odd hidden size at an odd offset: neighbouring rows share a word at every
-/// boundary, so a lost write shows. The same call 20 times must give the same bits, and
-/// every one must match the reference.
+/// boundary, so a lost write shows. Scalar rows (x, r and y at different phases) and rows at
+/// any element (one phase: each row's first and last Elems written half by half). The same
+/// call 20 times must give the same bits, and every one must match the reference.
 #[test]
 fn packed_rows_sharing_words_are_bit_exact_run_to_run() {
     let Some(turn) = gpu() else { return };
@@ -368,20 +427,27 @@ fn packed_rows_sharing_words_are_bit_exact_run_to_run() {
             ..KernelOptions::default()
         };
         let kernel = RmsNorm::new(turn.device(), &config, &options).unwrap();
-        let call = Call::new(&config, 513, 7, [1, 1, 3, 0, 0, 0]);
-        let expected = reference::rms_norm(&call.input(&config), &config, None, None).unwrap();
-        let first = call.run(&turn, &kernel, &config);
-        call.check(&first, &config, &expected, &format!("{dtype}"));
-        for run in 1..20 {
-            let again = call.run(&turn, &kernel, &config);
-            assert!(
-                again
-                    .y
-                    .iter()
-                    .zip(&first.y)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{dtype} run {run}: outputs differ from the first run"
-            );
+        for (offsets, elem) in [
+            ([1, 1, 3, 0, 0, 0], ElemLayout::Scalar),
+            ([1, 1, 1, 0, 0, 0], ElemLayout::Vec4Masked),
+        ] {
+            let what = format!("{dtype} offsets {offsets:?}");
+            let call = Call::new(&config, 513, 7, offsets);
+            let expected = reference::rms_norm(&call.input(&config), &config, None, None).unwrap();
+            let first = call.run(&turn, &kernel, &config);
+            assert_eq!(first.elem, elem, "{what}");
+            call.check(&first, &config, &expected, &what);
+            for run in 1..20 {
+                let again = call.run(&turn, &kernel, &config);
+                assert!(
+                    again
+                        .y
+                        .iter()
+                        .zip(&first.y)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what} run {run}: outputs differ from the first run"
+                );
+            }
         }
     }
 }

@@ -650,19 +650,55 @@ fn formats_and_residual_are_planned_by_the_device() {
         ),
         "{e}"
     );
-    // lavapipe: packed words in vec4 rows (its vec4<f16> conversions are slow), the type in
-    // scalar rows (no atomics).
+    // lavapipe: packed words in vec4 rows, aligned or with masked edges (its vec4<f16>
+    // conversions are slow), the type in scalar rows (no atomics).
     let lavapipe = simulated("lavapipe");
     let plan = Plan::new(&lavapipe.caps, Norm::Rms, &f16, &default).unwrap();
     assert_eq!(plan.io(ElemLayout::Vec4).activations, Storage::PackedF16);
+    assert_eq!(
+        plan.io(ElemLayout::Vec4Masked).activations,
+        Storage::PackedF16
+    );
     assert_eq!(plan.io(ElemLayout::Scalar).activations, Storage::F16);
     let launch = plan.launch(4, WideOffsets::ANY).unwrap();
     assert!(plan.variant_name(&launch).ends_with("vec4 packed-f16"));
     let launch = plan.launch(4, WideOffsets::NONE).unwrap();
     assert!(plan.variant_name(&launch).ends_with("scalar f16"));
+    // 16-bit rows at any element take vec4 loads with masked edges on every device.
+    let odd = RmsNormConfig::new(4097).with_dtype(DType::F16);
+    let same_phase = WideOffsets {
+        aligned: false,
+        same_phase: true,
+    };
+    for (device, storage) in [
+        (&lavapipe, " packed-f16"),
+        (&nvidia, " f16"),
+        (&webgpu, " packed-f16"),
+    ] {
+        let plan = Plan::new(&device.caps, Norm::Rms, &odd, &default).unwrap();
+        let launch = plan.launch(4, same_phase).unwrap();
+        let name = plan.variant_name(&launch);
+        assert_eq!(launch.elem, ElemLayout::Vec4Masked, "{}", device.name);
+        assert!(
+            name.contains("vec4 masked edges") && name.ends_with(storage),
+            "{}: {name}",
+            device.name
+        );
+    }
     let bf16 = f16.with_dtype(DType::Bf16);
     let plan = Plan::new(&nvidia.caps, Norm::Rms, &bf16, &default).unwrap();
     assert_eq!(plan.io.activations, Storage::PackedBf16);
+    let plan = Plan::new(
+        &nvidia.caps,
+        Norm::Rms,
+        &odd.with_dtype(DType::Bf16),
+        &default,
+    )
+    .unwrap();
+    assert_eq!(
+        plan.launch(4, WideOffsets::ANY).unwrap().elem,
+        ElemLayout::Vec4Masked
+    );
 
     let fused = f16
         .with_gain(Gain::Scale)

@@ -269,13 +269,14 @@ pub(crate) fn backward_tensors<'a>(
 }
 
 /// What the offsets of a call of `rows` rows allow: vec4 loads where every offset is a
-/// multiple of 4 elements; rows at any element where the tensors are f32, the row tensors'
-/// element 0 lie at one lane of an aligned vec4, and every binding can be rounded up to
-/// whole vec4s within its buffer.
+/// multiple of 4 elements; rows at any element where the row tensors' element 0 lie at one
+/// lane of an aligned group of four elements, and every binding can be rounded up to whole
+/// groups within its buffer.
 pub(crate) fn wide_offsets(tensors: &[Tensor<'_>], rows: u32) -> WideOffsets {
     let elems = || tensors.iter().filter(|t| t.elems);
     let aligned = elems().all(|t| t.region.offset % (4 * t.element_bytes) == 0);
-    let phase = |t: &Tensor<'_>| t.region.offset % 16;
+    // The lane of an Elem (four elements) where the tensor's element 0 lies.
+    let phase = |t: &Tensor<'_>| t.region.offset % (4 * t.element_bytes) / t.element_bytes;
     let row_phase = elems()
         .find(|t| matches!(t.extent, Extent::PerRow(_)))
         .map(phase);
@@ -285,8 +286,7 @@ pub(crate) fn wide_offsets(tensors: &[Tensor<'_>], rows: u32) -> WideOffsets {
             Extent::PerRow(n) => u64::from(rows) * n,
         };
         let end = t.region.offset + elements * t.element_bytes;
-        t.element_bytes == 4
-            && end.next_multiple_of(16) <= t.region.buffer.size()
+        end.next_multiple_of(4 * t.element_bytes) <= t.region.buffer.size()
             && (matches!(t.extent, Extent::Fixed(_)) || Some(phase(t)) == row_phase)
     });
     WideOffsets {

@@ -278,15 +278,15 @@ pub struct Plan {
     pub io: TensorIo,
     /// The tensors as the vec4 layout runs them.
     vec4_io: TensorIo,
-    /// The tensors as rows at any element run them (f32 only).
+    /// The tensors as rows at any element run them.
     masked_io: TensorIo,
     /// Whether the device was treated as a CPU adapter.
     pub cpu: bool,
     /// vec4 loads, where `hidden` is a multiple of 4 (calls with such offsets use it).
     pub vec4: Option<LayoutPlan>,
-    /// vec4 loads for rows at any element (`ElemLayout::Vec4Masked`): the forward of f32
-    /// tensors, for calls the vec4 layout cannot take whose row tensors share a phase and
-    /// whose bindings reach whole vec4s.
+    /// vec4 loads for rows at any element (`ElemLayout::Vec4Masked`): the forward, for
+    /// calls the vec4 layout cannot take whose row tensors share a phase and whose bindings
+    /// reach whole vec4s.
     pub masked: Option<LayoutPlan>,
     /// Scalar loads, for calls whose offsets rule out vec4; an error where such rows cannot
     /// run on this device (LayerNorm rows too long for any workgroup), returned by those
@@ -509,16 +509,14 @@ impl Plan {
             hidden: config.hidden,
         };
         // Bindings start at multiples of the offset alignment, which must hold whole vec4s.
-        let masked = (pass == Pass::Forward
-            && ElemLayout::Vec4Masked.holds(&masked_io)
-            && caps.storage_offset_alignment.is_multiple_of(16))
-        .then(|| {
-            planner.plan(
-                ElemLayout::Vec4Masked,
-                row_loads(ElemLayout::Vec4Masked, config.hidden),
-            )
-        })
-        .and_then(Result::ok);
+        let masked = (pass == Pass::Forward && caps.storage_offset_alignment.is_multiple_of(16))
+            .then(|| {
+                planner.plan(
+                    ElemLayout::Vec4Masked,
+                    row_loads(ElemLayout::Vec4Masked, config.hidden),
+                )
+            })
+            .and_then(Result::ok);
         let vec4 = config
             .hidden
             .is_multiple_of(4)
@@ -927,7 +925,7 @@ fn tensor_io(
             })
         }
         Some(native) => native,
-        None => caps.shader_f16 && !(cpu && elem == ElemLayout::Vec4),
+        None => caps.shader_f16 && !(cpu && elem != ElemLayout::Scalar),
     };
     let storage = |dtype: DType| match dtype {
         DType::F32 => Storage::F32,
@@ -1425,11 +1423,11 @@ pub(crate) fn row_loads(elem: ElemLayout, elements: u32) -> u32 {
 /// What a call's buffer offsets allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WideOffsets {
-    /// Every offset a multiple of 16 bytes: vec4 loads where the hidden size is a multiple
-    /// of 4.
+    /// Every offset a multiple of 4 elements: vec4 loads where the hidden size is a
+    /// multiple of 4.
     pub aligned: bool,
-    /// f32 tensors whose rows share a phase within aligned vec4s, every binding reaching
-    /// whole vec4s within its buffer: vec4 loads with masked row edges.
+    /// Row tensors that share a phase within aligned groups of four elements, every binding
+    /// reaching whole groups within its buffer: vec4 loads with masked row edges.
     pub same_phase: bool,
 }
 
