@@ -39,7 +39,7 @@ mod native {
         (1, 1048576),
     ];
     /// The quick run: a small batch, 64 MiB, short rows, one split row, and 16 MiB at hidden
-    /// sizes 4096, 4097 and 4098 (rows not a multiple of 4 take scalar loads).
+    /// sizes 4096, 4097 and 4098 (rows at any element: vec4 loads with masked edges).
     const QUICK_SHAPES: [(u32, u32); 7] = [
         (64, 4096),
         (4096, 4096),
@@ -49,15 +49,18 @@ mod native {
         (1024, 4097),
         (1024, 4098),
     ];
-    /// The element types and the residual add: small, 16 MiB, 64 MiB, short rows, one row.
-    const FORMAT_SHAPES: [(u32, u32); 5] = [
+    /// The element types and the residual add: small, 16 MiB, 64 MiB, short rows, one row,
+    /// and rows at any element.
+    const FORMAT_SHAPES: [(u32, u32); 6] = [
         (64, 4096),
         (1024, 4096),
         (4096, 4096),
         (65536, 128),
         (1, 1048576),
+        (1024, 4097),
     ];
-    const QUICK_FORMAT_SHAPES: [(u32, u32); 3] = [(64, 4096), (4096, 4096), (1, 1048576)];
+    const QUICK_FORMAT_SHAPES: [(u32, u32); 4] =
+        [(64, 4096), (4096, 4096), (1, 1048576), (1024, 4097)];
     const ROUND_TRIPS: usize = 50;
 
     struct Record {

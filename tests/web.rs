@@ -757,7 +757,8 @@ async fn the_js_api_takes_16_bit_tensors_and_the_residual() {
 }
 
 /// The formats benchmark runs in the browser: every contestant checked against the
-/// reference, then timed (its table goes to the console).
+/// reference, then timed (its table goes to the console), at an aligned hidden size and at
+/// an odd one (rows at any element, tensors padded to whole vec4s for the copies and adds).
 #[wasm_bindgen_test]
 async fn the_formats_benchmark_runs() {
     let Some(gpu) = gpu(KernelOptions::default()).await else {
@@ -768,29 +769,34 @@ async fn the_formats_benchmark_runs() {
         samples: 3,
         min_sample_seconds: 0.02,
     };
-    let (rows, hidden) = (64, 1024);
-    let measured = wgpu_rmsnorm::bench::bench_formats(&gpu, &timer, rows, hidden, &options)
-        .await
-        .unwrap();
-    assert_eq!(
-        measured.len(),
-        3 * 5,
-        "per dtype: 2 copies, RMSNorm, fused, unfused"
-    );
-    for m in &measured {
-        web_sys::console::log_1(
-            &format!(
-                "{rows} x {hidden} {} {} {} {}: {:.3} ms, sol_kernel {:.2}",
-                m.kernel,
-                m.dtype,
-                m.residual,
-                m.variant,
-                m.seconds * 1e3,
-                m.sol_kernel
-            )
-            .into(),
+    for (rows, hidden) in [(64, 1024), (31, 1023)] {
+        let measured = wgpu_rmsnorm::bench::bench_formats(&gpu, &timer, rows, hidden, &options)
+            .await
+            .unwrap();
+        assert_eq!(
+            measured.len(),
+            3 * 5,
+            "per dtype: 2 copies, RMSNorm, fused, unfused"
         );
-        assert!(m.seconds > 0.0 && m.gbps.is_finite(), "{m:?}");
+        for m in &measured {
+            web_sys::console::log_1(
+                &format!(
+                    "{rows} x {hidden} {} {} {} {}: {:.3} ms, sol_kernel {:.2}",
+                    m.kernel,
+                    m.dtype,
+                    m.residual,
+                    m.variant,
+                    m.seconds * 1e3,
+                    m.sol_kernel
+                )
+                .into(),
+            );
+            assert!(m.seconds > 0.0 && m.gbps.is_finite(), "{m:?}");
+            if m.kernel == "RMSNorm" {
+                let masked = m.variant.contains("vec4 masked edges");
+                assert_eq!(masked, hidden % 4 != 0, "{m:?}");
+            }
+        }
     }
 }
 
