@@ -167,7 +167,7 @@ enum Which {
 }
 
 /// Runs one case of `which` with `config` (its partial and residual set here) on `rows`
-/// rows, and checks it.
+/// rows, and checks it and that the call took the `expect` layout.
 fn run_case(
     gpu: &GpuContext,
     which: Which,
@@ -175,6 +175,7 @@ fn run_case(
     options: &KernelOptions,
     rows: u32,
     offsets: [u64; 6],
+    expect: ElemLayout,
 ) {
     let what = format!(
         "{which:?} {} (weights {}) n={} {:?} offsets {offsets:?} native_f16 {:?}",
@@ -193,6 +194,7 @@ fn run_case(
             let kernel = RmsNorm::new(gpu.device(), &config, options).expect(&what);
             let written = call.run(gpu, &kernel, &config);
             let expected = reference::rms_norm(&input, &config, gain, bias).unwrap();
+            assert_eq!(written.elem, expect, "{what}");
             call.check(&written, &config, &expected, &what);
         }
         Which::Layer => {
@@ -205,13 +207,15 @@ fn run_case(
             let kernel = LayerNorm::new(gpu.device(), &layer, options).expect(&what);
             let written = call.run(gpu, &kernel, &config);
             let expected = reference::layer_norm(&input, &layer, gain, bias).unwrap();
+            assert_eq!(written.elem, expect, "{what}");
             call.check(&written, &config, &expected, &what);
         }
     }
 }
 
 /// Every activation and weight type, for RMSNorm, pRMSNorm and LayerNorm, with gain and
-/// bias, on vec4 rows (n = 256, aligned) and scalar rows (n = 37, odd offsets everywhere).
+/// bias, on vec4 rows (n = 256, aligned), scalar rows (n = 37, x and y at different phases)
+/// and rows at any element (n = 37, x and y at one phase, the weights at others).
 #[test]
 fn every_dtype_combination_matches_the_reference() {
     let Some(turn) = gpu() else { return };
@@ -224,12 +228,32 @@ fn every_dtype_combination_matches_the_reference() {
                         .with_weight_dtype(weights)
                         .with_gain(Gain::Scale)
                         .with_bias(true);
-                    run_case(&turn, which, config, &options, 6, [4, 8, 12, 0, 4, 8]);
+                    let offsets = [4, 8, 12, 0, 4, 8];
+                    run_case(&turn, which, config, &options, 6, offsets, ElemLayout::Vec4);
                     let config = RmsNormConfig {
                         hidden: 37,
                         ..config
                     };
-                    run_case(&turn, which, config, &options, 5, [1, 3, 5, 7, 1, 3]);
+                    let offsets = [1, 3, 6, 7, 1, 3];
+                    run_case(
+                        &turn,
+                        which,
+                        config,
+                        &options,
+                        5,
+                        offsets,
+                        ElemLayout::Scalar,
+                    );
+                    let offsets = [1, 3, 5, 7, 2, 3];
+                    run_case(
+                        &turn,
+                        which,
+                        config,
+                        &options,
+                        5,
+                        offsets,
+                        ElemLayout::Vec4Masked,
+                    );
                 }
             }
         }
@@ -254,12 +278,22 @@ fn residual_add_in_every_form_matches_the_unfused_reference() {
                         .with_weight_dtype(DType::F32)
                         .with_gain(Gain::UnitOffset)
                         .with_residual(residual);
-                    run_case(&turn, which, config, &options, 4, [0, 4, 8, 12, 0, 0]);
+                    let offsets = [0, 4, 8, 12, 0, 0];
+                    run_case(&turn, which, config, &options, 4, offsets, ElemLayout::Vec4);
                     let config = RmsNormConfig {
                         hidden: 33,
                         ..config
                     };
-                    run_case(&turn, which, config, &options, 7, [3, 1, 5, 2, 0, 0]);
+                    let offsets = [3, 1, 5, 2, 0, 0];
+                    run_case(
+                        &turn,
+                        which,
+                        config,
+                        &options,
+                        7,
+                        offsets,
+                        ElemLayout::Scalar,
+                    );
                 }
             }
         }

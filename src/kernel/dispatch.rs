@@ -626,7 +626,8 @@ impl<'a> ChunkBindings<'a> {
         Self { bound }
     }
 
-    /// The lane of its base Elem where the tensor at `binding` starts (vec4s of f32).
+    /// The lane of its base Elem (a group of four elements) where the tensor at `binding`
+    /// starts.
     fn phase(&self, binding: u32) -> u32 {
         self.bound
             .iter()

@@ -550,9 +550,10 @@ impl<N: NormKind> NormKernel<N> {
     }
 
     /// The loads a call of `rows` rows with these buffers would use: vec4 (hidden size and
-    /// every offset a multiple of 4 elements), vec4 with masked row edges (f32 forward, rows
-    /// at any element: x, y, the residual and the sum at one offset modulo 16 bytes, and
-    /// every buffer reaching the next multiple of 16 bytes past its data), else scalar.
+    /// every offset a multiple of 4 elements), vec4 with masked row edges (the forward, rows
+    /// at any element: x, y, the residual and the sum at one element of an aligned group of
+    /// four, i.e. one offset modulo 16 bytes for f32 and 8 for f16 and bf16, and every buffer
+    /// reaching the end of the group that holds its last element), else scalar.
     pub fn elem_layout(&self, buffers: &RmsNormBuffers<'_>, rows: u32) -> Result<ElemLayout> {
         let tensors = dispatch::tensors(N::NORM, &self.core.config, buffers);
         Ok(self.core.launch(&tensors, rows)?.elem)

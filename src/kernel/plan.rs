@@ -598,8 +598,9 @@ impl Plan {
     }
 
     /// Plans a call of `rows` rows. `offsets`: what the call's buffer offsets allow (vec4
-    /// loads need every offset a multiple of 16 bytes as well as `hidden % 4 == 0`; rows at
-    /// any element need x, y, r and the sum at one phase and bindings that reach whole vec4s).
+    /// loads need every offset a multiple of 4 elements as well as `hidden % 4 == 0`; rows at
+    /// any element need x, y, r and the sum at one phase and bindings that reach whole
+    /// groups of four elements).
     pub fn launch(&self, rows: u32, offsets: WideOffsets) -> Result<Launch> {
         let (elem, layout) = match (&self.vec4, &self.masked) {
             (Some(layout), _) if offsets.aligned => (ElemLayout::Vec4, layout),
@@ -902,10 +903,12 @@ pub(crate) fn public_reduction(kind: ReductionKind) -> Reduction {
 
 /// The storage formats and tensors of `config` in `elem` rows on a device with `caps`
 /// (`options.native_f16` decides f16 where it is set). f16 is WGSL's type where the device
-/// has it, except in vec4 rows on CPU adapters: lavapipe converts vec4<f16> slowly (RMSNorm
-/// on 4096 x 4096 f16: 90 ms with the type, 48 ms with packed words), while in scalar rows
-/// the type saves the packed words' atomics (64 x 4097: 1.8 ms against 4.7 ms). bf16 is
-/// always packed, and so is f16 where the device lacks the type.
+/// has it, except in vec4 rows (aligned or with masked edges) on CPU adapters: lavapipe
+/// converts vec4<f16> slowly (RMSNorm on 4096 x 4096 f16: 90 ms with the type, 48 ms with
+/// packed words; 1024 x 4097 with masked edges: 23 ms against 14), while in scalar rows
+/// (tensors at different phases) the type saves the packed words' atomics on every element
+/// (64 x 4097 in scalar rows: 1.8 ms against 4.7 ms). bf16 is always packed, and so is f16
+/// where the device lacks the type.
 fn tensor_io(
     caps: &DeviceCaps,
     config: &RmsNormConfig,

@@ -19,7 +19,8 @@ impl Normalizer {
 
     /// Times RMSNorm in f32, f16 and bf16, fused with the residual add and unfused (an add
     /// kernel, then RMSNorm), next to copies of tensors of each element size, on
-    /// `rows x hidden` (hidden a multiple of 4), like `cargo xtask bench`'s second table.
+    /// `rows x hidden` (any hidden size: the tensors are padded to whole vec4s for the
+    /// copies and adds), like `cargo xtask bench`'s second table.
     #[wasm_bindgen(js_name = benchmarkFormats, unchecked_return_type = "Promise<BenchmarkRecord[]>")]
     pub fn benchmark_formats(&self, rows: f64, hidden: f64) -> js_sys::Promise {
         self.bench_promise(rows, hidden, true)
