@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use wgpu_rmsnorm::shaders::ElemLayout;
 use wgpu_rmsnorm::{
-    block_on, BufferRegion, Error, Gain, GpuContext, KernelOptions, PartialRms, Reduction, RmsNorm,
-    RmsNormBuffers, RmsNormConfig, Weights,
+    bf16, block_on, BufferRegion, Error, Gain, GpuContext, KernelOptions, PartialRms, Reduction,
+    RmsNorm, RmsNormBuffers, RmsNormConfig, Weights,
 };
 
 const GUARD: f32 = -12345.678;
@@ -236,8 +236,9 @@ fn rows_beyond_the_binding_limit_are_split_into_chunks() {
         return;
     };
     let gpu = GpuContext::from_device(device, queue, KernelOptions::default());
-    // 1000-element rows: 15 rows per 64 KiB binding, so 100 rows take 7 dispatches.
-    for n in [1000u32, 1024] {
+    // 1000-element rows: 15 rows per 64 KiB binding, so 100 rows take 7 dispatches. Odd
+    // rows (vec4 loads with masked edges) start each chunk at another phase.
+    for n in [1000u32, 1001, 1024] {
         let x = data(100 * n as usize, 9);
         let config = RmsNormConfig::new(n).with_partial(PartialRms::Fraction(0.1));
         let y = no_gpu_errors(gpu.device(), || {
@@ -245,6 +246,30 @@ fn rows_beyond_the_binding_limit_are_split_into_chunks() {
         })
         .unwrap();
         assert_matches_reference(&y, &x, &config, None, None, &format!("chunked n={n}"));
+    }
+    // 16-bit rows of odd length in chunks: packed words shared at every row boundary,
+    // including where one chunk ends and the next begins.
+    for n in [2001u32, 2003] {
+        let x: Vec<bf16> = data(100 * n as usize, 10)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let widened: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let config = RmsNormConfig::new(n).with_dtype(wgpu_rmsnorm::DType::Bf16);
+        let y = no_gpu_errors(gpu.device(), || {
+            gpu.rms_norm_blocking(&x, &config, Weights::<bf16>::default())
+        })
+        .unwrap();
+        let y: Vec<f32> = y.iter().map(|v| v.to_f32()).collect();
+        let expected = wgpu_rmsnorm::reference::rms_norm(&widened, &config, None, None).unwrap();
+        let stats = wgpu_rmsnorm::reference::compare_rounded(
+            &y,
+            &expected,
+            config.dtype,
+            wgpu_rmsnorm::reference::F32_ABS_TOL,
+            wgpu_rmsnorm::reference::F32_REL_TOL,
+        );
+        assert_eq!(stats.failures, 0, "chunked bf16 n={n}: {stats:?}");
     }
     // A row of 16385 elements cannot fit in one 64 KiB binding at all.
     let e = RmsNorm::new(
