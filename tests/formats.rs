@@ -228,32 +228,15 @@ fn every_dtype_combination_matches_the_reference() {
                         .with_weight_dtype(weights)
                         .with_gain(Gain::Scale)
                         .with_bias(true);
-                    let offsets = [4, 8, 12, 0, 4, 8];
-                    run_case(&turn, which, config, &options, 6, offsets, ElemLayout::Vec4);
-                    let config = RmsNormConfig {
-                        hidden: 37,
-                        ..config
-                    };
-                    let offsets = [1, 3, 6, 7, 1, 3];
-                    run_case(
-                        &turn,
-                        which,
-                        config,
-                        &options,
-                        5,
-                        offsets,
-                        ElemLayout::Scalar,
-                    );
-                    let offsets = [1, 3, 5, 7, 2, 3];
-                    run_case(
-                        &turn,
-                        which,
-                        config,
-                        &options,
-                        5,
-                        offsets,
-                        ElemLayout::Vec4Masked,
-                    );
+                    // Aligned; x and y at different phases; x and y at one phase.
+                    for (hidden, rows, offsets, layout) in [
+                        (256, 6, [4, 8, 12, 0, 4, 8], ElemLayout::Vec4),
+                        (37, 5, [1, 3, 6, 7, 1, 3], ElemLayout::Scalar),
+                        (37, 5, [1, 3, 5, 7, 2, 3], ElemLayout::Vec4Masked),
+                    ] {
+                        let config = RmsNormConfig { hidden, ..config };
+                        run_case(&turn, which, config, &options, rows, offsets, layout);
+                    }
                 }
             }
         }
@@ -278,22 +261,13 @@ fn residual_add_in_every_form_matches_the_unfused_reference() {
                         .with_weight_dtype(DType::F32)
                         .with_gain(Gain::UnitOffset)
                         .with_residual(residual);
-                    let offsets = [0, 4, 8, 12, 0, 0];
-                    run_case(&turn, which, config, &options, 4, offsets, ElemLayout::Vec4);
-                    let config = RmsNormConfig {
-                        hidden: 33,
-                        ..config
-                    };
-                    let offsets = [3, 1, 5, 2, 0, 0];
-                    run_case(
-                        &turn,
-                        which,
-                        config,
-                        &options,
-                        7,
-                        offsets,
-                        ElemLayout::Scalar,
-                    );
+                    for (hidden, rows, offsets, layout) in [
+                        (128, 4, [0, 4, 8, 12, 0, 0], ElemLayout::Vec4),
+                        (33, 7, [3, 1, 5, 2, 0, 0], ElemLayout::Scalar),
+                    ] {
+                        let config = RmsNormConfig { hidden, ..config };
+                        run_case(&turn, which, config, &options, rows, offsets, layout);
+                    }
                 }
             }
         }
