@@ -7,12 +7,14 @@
 //   y = (x - mean(x)) / sqrt(var(x) + eps) * g + b
 //
 // The statistics (layer_moments.wgsl) come from one pass, merged without cancellation.
-// LayerNorm reads x twice like RMSNorm, and pays a second reduction, the subtraction and one
+// LayerNorm reads x as often as RMSNorm (twice, or once from registers where both read it
+// once), and pays a second reduction and the subtraction, and in Welford's statistics one
 // division per load.
 //
 // The host prepends an element layout (Elem, LANES), a reduction (WG, reduce_*),
 // norm_common.wgsl (Params, the options, load_input with the residual add, store), where
-// rows lie (rows_aligned.wgsl or rows_masked.wgsl), layer_moments.wgsl (row_moments) and the tensors' accessors for the call's storage formats.
+// rows lie (rows_aligned.wgsl or rows_masked.wgsl), layer_moments.wgsl (row_moments) and the
+// tensors' accessors for the call's storage formats.
 
 // The backward's upstream gradient, which the forward's statistics do not take.
 fn upstream(row_offset: u32, i: u32) -> Elem {

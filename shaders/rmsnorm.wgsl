@@ -48,7 +48,6 @@ fn rms_norm(
 // `store_in_row`, so no compiler has to unroll a loop over a private array for the cache to
 // stay out of memory.
 
-
 // The squares of the lanes of `v` (Elem i of a row) that lie in the first k elements.
 fn square_first_k(v: Elem, i: u32) -> Elem {
     let kept = first_k(v, i);

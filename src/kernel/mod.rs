@@ -71,9 +71,9 @@ pub struct KernelOptions {
     /// the row allows; `Some(false)`: never.
     pub split_rows: Option<bool>,
     /// Whether each invocation keeps its elements of a row between the statistics and the
-    /// scaling, reading x once (RMSNorm, pRMSNorm and LayerNorm's forward). `None`: on GPUs where that is at most 32 f32
-    /// per invocation, growing the workgroup up to the device's limit (n <= 32768 with 1024
-    /// invocations); `Some(true)`: wherever it is at most 128 loads per invocation, else a
+    /// scaling, reading x once (RMSNorm, pRMSNorm and LayerNorm's forward). `None`: on GPUs
+    /// where that is at most 32 f32 per invocation, growing the workgroup up to the device's
+    /// limit (n <= 32768 with 1024 invocations); `Some(true)`: wherever it is at most 128 loads per invocation, else a
     /// typed error; `Some(false)`: never.
     pub read_once: Option<bool>,
     /// Whether f16 tensors use WGSL's `f16` type (needs `Features::SHADER_F16`) rather than

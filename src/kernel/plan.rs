@@ -1353,8 +1353,8 @@ impl LayoutPlanner<'_> {
         width.min(self.caps.workgroup_limit())
     }
 
-    /// Read once (RMSNorm and LayerNorm): the workgroup size and cache length, where each invocation's
-    /// share of a row fits. On GPUs by default, growing the workgroup up to the device's
+    /// Read once (RMSNorm and LayerNorm): the workgroup size and cache length, where each
+    /// invocation's share of a row fits. On GPUs by default, growing the workgroup up to the device's
     /// limit so that rows up to 32 f32 per invocation fit; forced, up to
     /// [`READ_ONCE_FORCED_MAX`] Elems per invocation or a typed error.
     fn read_once(
